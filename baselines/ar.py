@@ -1,0 +1,72 @@
+"""Autoregressive transformer (spec 4): causal attention in natural order, exact NLL,
+KV-cached sampling. ``adaln=True`` gives "AR + AdaLN" (Table 1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from esolm.backbone import Backbone
+from esolm.config import ModelConfig
+from esolm.diffusion import ones_like_valid, target_logprob
+from esolm.interface import NLL, Capabilities, Clock, LanguageModel, LossOutput, SampleOutput
+from esolm.sampling import sample_categorical
+
+
+@dataclass
+class ARConfig(ModelConfig):
+    """AR: the backbone with causal attention; no AdaLN unless ``adaln=True``."""
+
+    adaln: bool = False
+
+
+class AR(LanguageModel):
+    config_class = ARConfig
+    capabilities = Capabilities(parallel_generation=False, kv_cache=True,
+                                exact_likelihood=True, single_pass_likelihood=True)
+
+    def __init__(self, config: ARConfig):
+        super().__init__(config)
+        self.backbone = Backbone(config)
+
+    def _token_nll(self, tokens):
+        """-log p(x_{i+1} | x_{<=i}) for the L - 1 next-token predictions (spec 4.2)."""
+        L = tokens.shape[1]
+        logits = self.backbone(tokens[:, :-1], torch.arange(L - 1, device=tokens.device), "causal")
+        return -target_logprob(logits, tokens[:, 1:])
+
+    def loss(self, tokens, valid=None) -> LossOutput:
+        self.check_tokens(tokens)
+        valid = ones_like_valid(tokens, valid)[:, 1:]
+        nll = self._token_nll(tokens) * valid
+        n = valid.sum()
+        return LossOutput(loss=nll.sum() / n, nll_sum=nll.sum().detach(), num_tokens=n)
+
+    @torch.no_grad()
+    def nll(self, tokens, *, exact=False, valid=None, **opts) -> NLL:
+        """Exact NLL (the AR likelihood is exact whatever ``exact`` says)."""
+        self.check_tokens(tokens)
+        valid = ones_like_valid(tokens, valid)[:, 1:]
+        nll = (self._token_nll(tokens) * valid).double().sum(1)
+        return NLL(per_sequence=nll, num_tokens=valid.sum(1))
+
+    @torch.no_grad()
+    def sample(self, num_samples, *, length=None, steps=None, top_p=1.0, kv_cache=True,
+               generator=None, profile=False, **opts) -> SampleOutput:
+        """Left to right from BOS: L - 1 network calls (``steps`` is ignored: NFE = L - 1)."""
+        length = self.check_sample_args(length, steps or 1, top_p)
+        dev = self.device
+        x = torch.full((num_samples, length), self.config.bos_id, dtype=torch.long, device=dev)
+        clock = Clock(dev)
+        cache = self.backbone.new_cache(num_samples, length) if kv_cache else None
+        with clock.region(not profile):
+            for i in range(length - 1):
+                with clock.region(profile):
+                    if cache is not None:
+                        logits = self.backbone(x[:, i:i + 1], torch.tensor([i], device=dev), None, cache=cache)
+                        cache.advance(1)
+                    else:
+                        logits = self.backbone(x[:, :i + 1], torch.arange(i + 1, device=dev), "causal", last=1)
+                if not profile:
+                    x[:, i + 1] = sample_categorical(logits[:, -1], top_p, generator)
+        return SampleOutput(tokens=x, nfe=length - 1, seconds=clock.seconds)

@@ -1,0 +1,234 @@
+"""The DiT backbone shared by every model (spec 2), read top to bottom:
+RoPE -> LayerNorm -> conditioning -> attention -> block -> KV cache -> Backbone.
+
+Attention always takes an explicit boolean mask (True = may attend) or the string
+"causal"; positions are an explicit input, so permuted and partial inputs work.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esolm.config import ModelConfig
+
+MASK_LOGIT = -1e6  # the mask token's logit, everywhere (spec 1.1, 13)
+
+
+# --------------------------------------------------------------------------- RoPE (2.3)
+class Rotary(nn.Module):
+    """Rotate-half RoPE over the whole head dimension, indexed by original position."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0):
+        super().__init__()
+        self.head_dim, self.base = head_dim, base
+        self.register_buffer("_cos", torch.empty(0, head_dim, dtype=torch.float64), persistent=False)
+        self.register_buffer("_sin", torch.empty(0, head_dim, dtype=torch.float64), persistent=False)
+
+    def _grow(self, n: int) -> None:
+        half = self.head_dim // 2
+        inv = self.base ** (-torch.arange(half, dtype=torch.float64, device=self._cos.device) * 2 / self.head_dim)
+        theta = torch.arange(n, dtype=torch.float64, device=self._cos.device)[:, None] * inv[None]
+        theta = torch.cat([theta, theta], dim=-1)
+        self._cos, self._sin = theta.cos(), theta.sin()
+
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype):
+        """cos, sin of shape [B or 1, 1, N, d_h] for integer ``positions`` [B, N] or [N]."""
+        need = int(positions.max()) + 1 if positions.numel() else 1
+        if need > self._cos.shape[0]:
+            self._grow(max(need, 2 * self._cos.shape[0]))
+        if positions.dim() == 1:
+            positions = positions[None]
+        cos, sin = self._cos[positions], self._sin[positions]
+        return cos.to(dtype)[:, None], sin.to(dtype)[:, None]
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+# ------------------------------------------------------------------- LayerNorm (2.2)
+class LayerNorm(nn.Module):
+    """Bias-free LayerNorm with a learned weight, computed in (at least) float32."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        compute = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return F.layer_norm(x.to(compute), (x.shape[-1],), self.weight.to(compute), None, 1e-5)
+
+
+# ------------------------------------------------------------- conditioning (2.2, 2.4)
+class SigmaEmbedding(nn.Module):
+    """sigma -> SiLU(MLP(sinusoid(sigma))); the models always feed sigma = 0."""
+
+    def __init__(self, cond_dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim))
+
+    def forward(self, sigma: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=sigma.device, dtype=torch.float32) / half)
+        args = sigma.float()[:, None] * freqs[None]
+        feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.mlp[0].weight.dtype)
+        return F.silu(self.mlp(feats))
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+# ------------------------------------------------------------------- KV cache (7.8)
+class KVCache:
+    """Per-layer key/value buffers [B, H, max_len, d_h], written by slot.
+
+    A forward pass with a cache attends to committed slots ``[0, length)`` without
+    restriction plus the fed chunk (under the chunk mask), and writes the chunk's
+    K/V at ``[length, length + N)``. ``advance(n)`` commits the first ``n`` of them;
+    the rest are provisional and get overwritten by the next pass.
+    """
+
+    def __init__(self, n_layers: int, batch: int, max_len: int, n_heads: int, head_dim: int,
+                 dtype: torch.dtype, device: torch.device):
+        shape = (batch, n_heads, max_len, head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(n_layers)]
+        self.length = 0
+        self.max_len = max_len
+
+    def advance(self, n: int) -> None:
+        self.length += n
+        assert self.length <= self.max_len, "KV cache overflow"
+
+    def reset(self) -> None:
+        self.length = 0
+
+
+# ------------------------------------------------------------------ attention (2.2)
+def _sdpa_mask(mask, nq: int, nk: int, prefix: int, device):
+    """Turn a chunk mask (None | "causal" | bool [B|1, nq, nq]) into SDPA's argument."""
+    if prefix == 0:
+        if mask is None or isinstance(mask, str):
+            return None, mask == "causal"
+        return mask[:, None], False
+    if mask is None:
+        return None, False
+    if isinstance(mask, str):  # causal inside the chunk, everything in the prefix
+        mask = torch.ones(nq, nq, dtype=torch.bool, device=device).tril()[None]
+    full = torch.ones(mask.shape[0], nq, prefix, dtype=torch.bool, device=device)
+    return torch.cat([full, mask], dim=-1)[:, None], False
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.n_heads, self.head_dim = cfg.n_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=False)
+        self.out = nn.Linear(cfg.d_model, cfg.d_model, bias=False)
+
+    def forward(self, h, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
+        B, N, _ = h.shape
+        q, k, v = self.qkv(h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        prefix = 0
+        if cache is not None:
+            prefix = cache.length
+            cache.k[layer][:, :, prefix:prefix + N] = k
+            cache.v[layer][:, :, prefix:prefix + N] = v
+            k, v = cache.k[layer][:, :, :prefix + N], cache.v[layer][:, :, :prefix + N]
+        attn_mask, causal = _sdpa_mask(mask, N, prefix + N, prefix, h.device)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
+        return self.out(o.transpose(1, 2).reshape(B, N, -1))
+
+
+# ---------------------------------------------------------------------- block (2.2)
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.norm1, self.norm2 = LayerNorm(d), LayerNorm(d)
+        self.attn = Attention(cfg)
+        self.mlp = nn.Sequential(nn.Linear(d, cfg.mlp_ratio * d), nn.GELU(approximate="tanh"),
+                                 nn.Linear(cfg.mlp_ratio * d, d))
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.adaln = nn.Linear(cfg.cond_dim, 6 * d) if cfg.adaln else None
+        if self.adaln is not None:  # adaLN-zero: every block starts as the identity
+            nn.init.zeros_(self.adaln.weight)
+            nn.init.zeros_(self.adaln.bias)
+
+    def forward(self, x, c, cos, sin, mask, cache=None, layer=0):
+        if self.adaln is not None:
+            shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)[:, None].chunk(6, dim=-1)
+            h = modulate(self.norm1(x), shift1, scale1)
+            x = x + gate1 * self.dropout(self.attn(h, cos, sin, mask, cache, layer))
+            h = modulate(self.norm2(x), shift2, scale2)
+            return x + gate2 * self.dropout(self.mlp(h))
+        x = x + self.dropout(self.attn(self.norm1(x), cos, sin, mask, cache, layer))
+        return x + self.dropout(self.mlp(self.norm2(x)))
+
+
+# ------------------------------------------------------------------- backbone (2.2)
+class Backbone(nn.Module):
+    """Tokens + positions + mask (+ optional KV cache) -> logits with the mask logit at -1e6."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        nn.init.kaiming_uniform_(self.embed.weight, a=math.sqrt(5))
+        self.sigma_embed = SigmaEmbedding(cfg.cond_dim) if cfg.adaln else None
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm_final = LayerNorm(cfg.d_model)
+        self.final_adaln = nn.Linear(cfg.cond_dim, 2 * cfg.d_model) if cfg.adaln else None
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size)  # untied, with bias
+        for layer in (self.final_adaln, self.head):
+            if layer is not None:  # initial logits are exactly 0
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        p = self.head.weight
+        return KVCache(self.cfg.n_layers, batch, max_len, self.cfg.n_heads, self.cfg.head_dim,
+                       torch.get_autocast_dtype(p.device.type) if torch.is_autocast_enabled(p.device.type)
+                       else p.dtype, p.device)
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask=None,
+                cache: KVCache | None = None, last: int | None = None,
+                at: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [B, N or last, V].
+
+        tokens [B, N]; positions [B, N] or [N] (original indices, for RoPE);
+        mask: None (bidirectional), "causal", or bool [B|1, N, N] (True = may attend);
+        cache: attend to its committed slots and write this chunk's K/V after them;
+        last: only compute logits for the last ``last`` positions;
+        at: or only at the positions ``at`` [B, k] (indices into the N fed tokens).
+        """
+        x = self.embed(tokens)
+        cos, sin = self.rotary.tables(positions, x.dtype if not torch.is_autocast_enabled(x.device.type)
+                                      else torch.get_autocast_dtype(x.device.type))
+        c = None
+        if self.sigma_embed is not None:  # sigma = 0 always (spec 2.4)
+            c = self.sigma_embed(torch.zeros(1, device=tokens.device))
+        for i, block in enumerate(self.blocks):
+            x = block(x, c, cos, sin, mask, cache, i)
+        if last is not None:
+            x = x[:, -last:]
+        elif at is not None:
+            x = torch.gather(x, 1, at[..., None].expand(-1, -1, x.shape[-1]))
+        h = self.norm_final(x)
+        if self.final_adaln is not None:
+            shift, scale = self.final_adaln(c)[:, None].chunk(2, dim=-1)
+            h = modulate(h, shift, scale)
+        logits = self.head(h)
+        if logits.dtype in (torch.bfloat16, torch.float16):
+            logits = logits.float()
+        logits[..., self.cfg.mask_id] = MASK_LOGIT
+        return logits

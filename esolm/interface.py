@@ -1,0 +1,185 @@
+"""The one model interface every member of the registry implements.
+
+Experiment code talks to models only through this contract and through
+``model.capabilities``; it never branches on a model's name.
+
+    model.loss(tokens)               -> LossOutput(loss, nll_sum, num_tokens)
+    model.nll(tokens, exact=False)   -> NLL(per_sequence, num_tokens)      (nats)
+    model.sample(num_samples, steps) -> SampleOutput(tokens, nfe, seconds)
+"""
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
+
+import torch
+from torch import nn
+
+from esolm.config import ConfigError, ModelConfig
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a model can do; the harness asks these instead of model names."""
+
+    parallel_generation: bool  # can fill several tokens per network call
+    kv_cache: bool  # sample(kv_cache=True) reuses keys/values exactly
+    exact_likelihood: bool  # nll(exact=True) is available
+    single_pass_likelihood: bool  # exact NLL costs one forward pass (per order)
+
+    def as_dict(self) -> dict[str, bool]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class LossOutput:
+    """Training objective of one batch: ``loss`` is what gets backpropagated.
+
+    ``nll_sum / num_tokens`` is the per-token NLL (or NELBO) estimate of the batch.
+    """
+
+    loss: torch.Tensor
+    nll_sum: torch.Tensor
+    num_tokens: torch.Tensor
+
+
+@dataclass
+class NLL:
+    """Per-sequence negative log-likelihood in nats (an upper bound unless exact).
+
+    ``num_tokens`` is the number of tokens each sequence's NLL is normalized by
+    when reporting perplexity (e.g. L - 1 for AR, L - 1 for BD3-LM with ignore_bos).
+    """
+
+    per_sequence: torch.Tensor  # [B] float64, nats
+    num_tokens: torch.Tensor  # [B] long
+
+    @property
+    def per_token(self) -> float:
+        return float(self.per_sequence.sum() / self.num_tokens.sum())
+
+
+@dataclass
+class SampleOutput:
+    """Tokens in natural order [num_samples, length]; honest NFE; wall seconds.
+
+    With ``profile=True`` ``seconds`` covers only the network forward passes.
+    """
+
+    tokens: torch.Tensor
+    nfe: int
+    seconds: float
+    extra: dict = field(default_factory=dict)
+
+
+def sync(device: torch.device | str) -> None:
+    """Wait for queued device work so a clock reading means something."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Clock:
+    """Accumulates seconds of the regions it brackets, synchronizing the device."""
+
+    def __init__(self, device: torch.device | str):
+        self.device = torch.device(device)
+        self.seconds = 0.0
+
+    @contextmanager
+    def region(self, enabled: bool = True):
+        if not enabled:
+            yield
+            return
+        sync(self.device)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync(self.device)
+            self.seconds += time.perf_counter() - t0
+
+
+class LanguageModel(nn.Module):
+    """Base class: holds the config; subclasses implement loss / nll / sample.
+
+    Subclasses set ``config_class`` (a ModelConfig subclass) and ``capabilities``.
+    The dataloader hands ``tokens`` of shape [B, config.length]; ``valid`` marks
+    real tokens (all ones for packed data).
+    """
+
+    config_class: type[ModelConfig] = ModelConfig
+    capabilities: Capabilities
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        # DDP / stratified-time slice: (index of this rank's first row, global rows factor)
+        self.rank, self.world_size = 0, 1
+
+    # -- the contract ---------------------------------------------------------------
+    def loss(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
+        raise NotImplementedError
+
+    def nll(self, tokens: torch.Tensor, *, exact: bool = False, **opts) -> NLL:
+        raise NotImplementedError
+
+    def sample(
+        self,
+        num_samples: int,
+        *,
+        length: int | None = None,
+        steps: int,
+        top_p: float = 1.0,
+        kv_cache: bool = True,
+        generator: torch.Generator | None = None,
+        profile: bool = False,
+        **opts,
+    ) -> SampleOutput:
+        raise NotImplementedError
+
+    # -- shared helpers ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "registry_name", type(self).__name__)
+
+    def check_tokens(self, tokens: torch.Tensor) -> None:
+        """Reject batches the model cannot take, with the fix in the message."""
+        if tokens.dim() != 2:
+            raise ConfigError(f"tokens must have shape [batch, length]; got {tuple(tokens.shape)}")
+        if tokens.shape[1] != self.config.length:
+            raise ConfigError(
+                f"{self.name} was built for length={self.config.length} but got sequences of "
+                f"length {tokens.shape[1]}; rebuild it with length={tokens.shape[1]} or repack the data"
+            )
+        if tokens.numel() and (int(tokens.max()) >= self.config.vocab_size or int(tokens.min()) < 0):
+            raise ConfigError(
+                f"token ids must lie in [0, {self.config.vocab_size}); got range "
+                f"[{int(tokens.min())}, {int(tokens.max())}]: the data and the model use different vocabularies"
+            )
+
+    def check_sample_args(self, length: int | None, steps: int, top_p: float) -> int:
+        length = self.config.length if length is None else int(length)
+        if not 2 <= length <= self.config.length:
+            raise ConfigError(
+                f"{self.name} cannot sample length={length}: it was built for sequences of up to "
+                f"{self.config.length} tokens (and at least 2); pass length<= {self.config.length} "
+                f"or build the model with a larger length"
+            )
+        if int(steps) < 1:
+            raise ConfigError(f"steps must be >= 1; got {steps}")
+        if not 0.0 < float(top_p) <= 1.0:
+            raise ConfigError(f"top_p must lie in (0, 1]; got {top_p}")
+        return length
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
