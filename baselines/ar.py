@@ -29,11 +29,15 @@ class AR(LanguageModel):
         super().__init__(config)
         self.backbone = Backbone(config)
 
+    def next_token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """log p(x_{i+1} | x_{<=i}) [B, n - 1] for any n <= config.length (evaluator use)."""
+        n = tokens.shape[1]
+        logits = self.backbone(tokens[:, :-1], torch.arange(n - 1, device=tokens.device), "causal")
+        return target_logprob(logits, tokens[:, 1:])
+
     def _token_nll(self, tokens):
         """-log p(x_{i+1} | x_{<=i}) for the L - 1 next-token predictions (spec 4.2)."""
-        L = tokens.shape[1]
-        logits = self.backbone(tokens[:, :-1], torch.arange(L - 1, device=tokens.device), "causal")
-        return -target_logprob(logits, tokens[:, 1:])
+        return -self.next_token_logprobs(tokens)
 
     def loss(self, tokens, valid=None) -> LossOutput:
         self.check_tokens(tokens)

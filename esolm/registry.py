@@ -9,6 +9,7 @@ subclass and one line in ``_BUILTIN`` (or a call to :func:`register`).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 
 from esolm.config import BACKBONE_PRESETS, ConfigError, make_config
 from esolm.interface import LanguageModel
@@ -34,7 +35,10 @@ def register(name: str, cls: type[LanguageModel] | str) -> None:
 
 def _importable(target: str) -> bool:
     module, _ = target.split(":")
-    return importlib.util.find_spec(module) is not None
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
 
 
 def available() -> list[str]:

@@ -1,0 +1,71 @@
+"""The on-disk cache of tokenizers and tokenized corpora: where it lives, content hashes,
+atomic writes, and the progress lines that say what is being built and where it went."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from esolm.checkpoint import atomic_write_bytes, atomic_write_json
+
+# Bump when the way documents become packed ids changes, so old caches are not reused.
+FORMAT_VERSION = 1
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """``cache_dir``, else ``$ESOLM_CACHE``, else ``~/.cache/esolm``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("ESOLM_CACHE") or Path.home() / ".cache" / "esolm"
+    return Path(cache_dir).expanduser()
+
+
+def digest(*parts) -> str:
+    """sha256 hex of a JSON-able description (strings, numbers, lists, dicts)."""
+    blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def array_digest(array) -> str:
+    """sha256 hex of an array's dtype, shape and bytes (numpy or torch)."""
+    a = np.ascontiguousarray(array.numpy() if hasattr(array, "numpy") else array)
+    h = hashlib.sha256(f"{a.dtype}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def log(message: str) -> None:
+    """One progress line on stderr (stdout stays free for results)."""
+    print(f"[esolm.data] {message}", file=sys.stderr, flush=True)
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` as .npy atomically (temp file + os.replace)."""
+    buf = io.BytesIO()
+    np.save(buf, array, allow_pickle=False)
+    atomic_write_bytes(path, lambda f: f.write(buf.getbuffer()))
+
+
+def save_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, lambda f: f.write(text.encode()))
+
+
+def save_json(path: Path, obj) -> None:
+    atomic_write_json(path, obj)
+
+
+def load_json(path: Path):
+    return json.loads(Path(path).read_text())
+
+
+def storage_dtype(vocab_size: int):
+    """The smallest integer type that holds every id (uint16 covers GPT-2 and BERT)."""
+    return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32

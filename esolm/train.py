@@ -1,0 +1,358 @@
+"""Training (spec 9): AdamW, linear warmup, clipping, EMA, bf16 autocast on CUDA,
+atomic resumable checkpoints, data-parallel over several processes.
+
+    python experiments/run.py train --model mdlm --preset tiny            # one process
+    torchrun --nproc_per_node 2 experiments/run.py train --model ar ...   # DDP (gloo on CPU)
+"""
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from esolm.checkpoint import atomic_write_json, read_checkpoint, save_checkpoint
+from esolm.config import ConfigError, make_config
+
+# Training budgets per preset. The paper's numbers (small) are spec 9; the CPU presets are
+# scaled so a run fits in seconds (smoke) or minutes (tiny) on 2 cores, with a shorter EMA
+# horizon and a higher learning rate to match the short budget.
+TRAIN_PRESETS: dict[str, dict] = {
+    # 40 steps x 16 x L: seconds on a 2-core CPU
+    "smoke": dict(steps=40, batch_size=16, lr=1e-3, warmup=5, ema=0.0, eval_every=0, log_every=10),
+    # 1000 steps x 16 x 128 = 2M tokens; lr 1e-3 with 100 warmup steps; EMA 0.99 (~100 steps)
+    "tiny": dict(steps=1000, batch_size=16, lr=1e-3, warmup=100, ema=0.99, eval_every=250, log_every=25),
+    # spec 9 (OWT): 250K steps x 512 x 1024, lr 3e-4, 2500 warmup, EMA 0.9999
+    "small": dict(steps=250_000, batch_size=512, lr=3e-4, warmup=2500, ema=0.9999, eval_every=10_000,
+                  log_every=100, micro_batch=64),
+}
+
+
+@dataclass
+class TrainConfig:
+    """Optimization and bookkeeping (spec 9). batch_size is the global batch in sequences."""
+
+    steps: int = 1000
+    batch_size: int = 16
+    micro_batch: int = 0  # per-process micro-batch for accumulation; 0 = the whole local batch
+    lr: float = 1e-3
+    warmup: int = 100  # linear warmup from 0, then constant
+    beta1: float = 0.9
+    beta2: float = 0.999
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema: float = 0.99  # target EMA decay; effective min(ema, (1+n)/(10+n)); 0 disables
+    seed: int = 1
+    eval_every: int = 250  # steps between validation passes; 0 = never
+    eval_batches: int = 8
+    log_every: int = 25
+    checkpoint_every: int = 250
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32" / "bf16"
+    device: str = "auto"
+
+    def __post_init__(self):
+        for k in ("steps", "batch_size"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"{k} must be >= 1; got {getattr(self, k)}")
+        if self.lr <= 0:
+            raise ConfigError(f"lr must be > 0; got {self.lr}")
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"ema must lie in [0, 1); got {self.ema}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ConfigError(f"precision must be auto, fp32 or bf16; got {self.precision!r}")
+
+
+def train_config(preset: str | None = None, **overrides) -> TrainConfig:
+    if preset is not None and preset not in TRAIN_PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(TRAIN_PRESETS)}")
+    return make_config(TrainConfig, TRAIN_PRESETS.get(preset, {}), **overrides)
+
+
+# ------------------------------------------------------------------ distributed
+def dist_info() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed_from_env() -> tuple[int, int]:
+    """Join the process group torchrun (or the Slurm launcher) set up; single process otherwise."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    return dist_info()
+
+
+def all_reduce_grads(model: torch.nn.Module, world: int) -> None:
+    """Average gradients over ranks in one flat buffer (what DDP does, without its wrapper)."""
+    if world == 1:
+        return
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad = flat[offset:offset + n].view_as(p).clone()
+        offset += n
+
+
+def broadcast_parameters(model: torch.nn.Module, world: int) -> None:
+    if world > 1:
+        for t in list(model.parameters()) + list(model.buffers()):
+            dist.broadcast(t.data, src=0)
+
+
+# ------------------------------------------------------------------------- EMA
+class EMA:
+    """Exponential moving average of parameters (spec 2.6): decay min(d, (1+n)/(10+n))."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay, self.updates = decay, 0
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                self.shadow[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.shadow[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"decay": self.decay, "updates": self.updates, "shadow": self.shadow}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.decay, self.updates = state["decay"], state["updates"]
+        self.shadow = {k: v.clone() for k, v in state["shadow"].items()}
+
+
+# ----------------------------------------------------------------- RNG state
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# ---------------------------------------------------------------------- data
+class BatchStream:
+    """Deterministic global batches over the training rows: epoch e visits a permutation
+    seeded by (seed, e). ``position`` counts sequences consumed, so it resumes exactly."""
+
+    def __init__(self, data: torch.Tensor, batch_size: int, seed: int, position: int = 0):
+        if data.shape[0] < batch_size:
+            raise ConfigError(f"the training split has {data.shape[0]} sequences, fewer than batch_size="
+                              f"{batch_size}; lower batch_size or use a larger corpus / shorter length")
+        self.data, self.batch_size, self.seed, self.position = data, batch_size, seed, position
+        self.per_epoch = data.shape[0] // batch_size * batch_size
+
+    def next(self) -> torch.Tensor:
+        epoch, offset = divmod(self.position, self.per_epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(self.data.shape[0], generator=g)[:self.per_epoch]
+        self.position += self.batch_size
+        return self.data[order[offset:offset + self.batch_size]]
+
+
+# ---------------------------------------------------------------------- loop
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} asked for but CUDA is not available; use device=cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, precision: str):
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
+
+
+class ema_weights:
+    """Context: evaluate with the EMA weights, then put the training weights back."""
+
+    def __init__(self, model, ema: EMA | None):
+        self.model, self.ema = model, ema
+
+    def __enter__(self):
+        if self.ema is not None:
+            self.backup = {k: v.clone() for k, v in self.model.state_dict().items()}
+            self.model.load_state_dict(self.ema.shadow)
+        return self.model
+
+    def __exit__(self, *exc):
+        if self.ema is not None:
+            self.model.load_state_dict(self.backup)
+
+
+def _identity(model_name: str, model, corpus, cfg: TrainConfig) -> dict:
+    """What must match for a checkpoint to be resumed by this run."""
+    skip = {"eval_every", "eval_batches", "log_every", "checkpoint_every", "device", "steps"}
+    return {"model_name": model_name, "model_config": model.config.to_dict(),
+            "corpus_fingerprint": corpus.fingerprint,
+            "train_config": {k: v for k, v in asdict(cfg).items() if k not in skip}}
+
+
+def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *,
+        progress: bool = True, stop_after: int | None = None, log=print) -> dict:
+    """Train ``model`` on ``corpus``; checkpoints and logs go to ``out_dir``; resumes from its
+    checkpoint when one exists for the same run. Returns the run's metrics dict.
+
+    stop_after: return after that many steps of this call (to simulate an interruption).
+    """
+    from esolm.evaluate import evaluate
+
+    out = Path(out_dir)
+    rank, world = init_distributed_from_env()
+    device = resolve_device(cfg.device)
+    if cfg.batch_size % world:
+        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
+    local = cfg.batch_size // world
+    micro = cfg.micro_batch or local
+    if local % micro:
+        raise ConfigError(f"the per-process batch {local} must be divisible by micro_batch={micro}")
+    accum = local // micro
+
+    seed_everything(cfg.seed + rank)  # per-rank seeds, spec 9
+    model.to(device).train()
+    broadcast_parameters(model, world)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                            weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    stream = BatchStream(corpus.splits["train"], cfg.batch_size, cfg.seed)
+    identity = _identity(model_name, model, corpus, cfg)
+    ckpt_path, log_path = out / "checkpoint.pt", out / "train_log.jsonl"
+    step, history = 0, []
+    if ckpt_path.exists():
+        state = read_checkpoint(ckpt_path)
+        if state.get("identity") != identity:
+            raise ConfigError(f"{out} holds a checkpoint of a different run (model, data or optimizer settings "
+                              f"differ); pass another --out, or delete {ckpt_path} to start over")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema_state"])
+        step, stream.position = state["step"], state["data_position"]
+        set_rng_state(state["rng"][rank])
+        history = [h for h in _read_log(log_path) if h["step"] <= step]
+        if rank == 0:
+            log(f"resuming {model_name} from {ckpt_path} at step {step}/{cfg.steps}")
+    elif rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {**identity, "corpus": corpus.spec(), "steps": cfg.steps})
+
+    def save():
+        rngs = [None] * world
+        if world > 1:
+            dist.all_gather_object(rngs, rng_state())
+        else:
+            rngs = [rng_state()]
+        if rank == 0:
+            save_checkpoint(ckpt_path, {
+                "model_name": model_name, "model_config": model.config.to_dict(), "identity": identity,
+                "model": model.state_dict(), "ema": ema.shadow if ema else None,
+                "ema_state": ema.state_dict() if ema else None, "optimizer": opt.state_dict(),
+                "step": step, "rng": rngs, "data_position": stream.position, "corpus": corpus.spec(),
+                "train_config": asdict(cfg), "metrics": metrics})
+            _write_log(log_path, history)
+
+    metrics: dict = {}
+    bar = None
+    if progress and rank == 0:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {model_name}", unit="step", dynamic_ncols=True)
+    t_start, tokens_seen, steps_this_call = time.perf_counter(), 0, 0
+    while step < cfg.steps and (stop_after is None or steps_this_call < stop_after):
+        batch = stream.next()[rank * local:(rank + 1) * local]
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+        loss_sum, nll_sum, n_tok = 0.0, 0.0, 0
+        for i in range(accum):
+            model.rank, model.world_size = rank * accum + i, world * accum  # this micro-batch's t-strata
+            with autocast(device, cfg.precision):
+                out_ = model.loss(batch[i * micro:(i + 1) * micro].to(device))
+            (out_.loss / accum).backward()
+            loss_sum += float(out_.loss.detach()) / accum
+            nll_sum += float(out_.nll_sum)
+            n_tok += int(out_.num_tokens)
+        all_reduce_grads(model, world)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        steps_this_call += 1
+        tokens_seen += batch.numel() * world
+        tok_s = tokens_seen / (time.perf_counter() - t_start)
+        history.append({"step": step, "loss": loss_sum, "nll_per_token": nll_sum / max(n_tok, 1),
+                        "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"], "tokens_per_s": tok_s})
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}")
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+            with ema_weights(model, ema), torch.random.fork_rng(devices=[]):
+                model.eval()
+                val = evaluate(model, corpus, "valid", batch_size=micro, max_batches=cfg.eval_batches,
+                               seed=cfg.seed, progress=False)
+                model.train()
+            history[-1]["valid_nll_per_token"] = val["nll_per_token"]
+            metrics["valid"] = val
+            if rank == 0:
+                msg = f"step {step}: valid NLL {val['nll_per_token']:.4f} nats/token (PPL {val['ppl']:.2f})"
+                if val.get("true_nll_per_token") is not None:
+                    msg += f"; true NLL of the source {val['true_nll_per_token']:.4f}"
+                (bar.write if bar is not None else log)(msg)
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            metrics.update(step=step, train_loss=loss_sum, tokens_per_s=tok_s)
+            save()
+    if bar is not None:
+        bar.close()
+    metrics.update(step=step, train_loss=history[-1]["loss"] if history else None,
+                   wall_seconds=time.perf_counter() - t_start)
+    if step == cfg.steps and rank == 0:
+        atomic_write_json(out / "train_metrics.json", metrics)
+    return {"metrics": metrics, "history": history, "checkpoint": str(ckpt_path), "finished": step == cfg.steps}
+
+
+def _read_log(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_log(path: Path, history: list[dict]) -> None:
+    from esolm.checkpoint import atomic_write_bytes
+
+    data = "".join(json.dumps(h) + "\n" for h in history).encode()
+    atomic_write_bytes(path, lambda f: f.write(data))

@@ -1,0 +1,374 @@
+"""Executors for ``--cluster slurm|local|debug``: Slurm parameters, submission with clear
+errors, requeue-and-resume on timeout / preemption, torch.distributed from the job
+environment, and a status report that never raises (see docs/slurm.md).
+
+    params = slurm_params(preset_dict, ["gpus_per_node=0", "time_min=30"])
+    executor = make_executor("slurm", "results/jobs", params)
+    job = submit(executor, resumable(train), config)
+    print(job_status([job]).summary())
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import submitit
+from submitit.core import utils as submitit_utils
+
+from esolm.config import ConfigError, make_config, parse_overrides
+
+CLUSTERS = ("slurm", "local", "debug")
+
+
+@dataclass
+class SlurmParams:
+    """Resources of one job; every field can be set from a preset dict or ``key=value``."""
+
+    partition: str | None = None  # None: the cluster's default partition
+    time_min: int = 60  # time limit; the job gets USR2 signal_delay_s before it, then requeues
+    nodes: int = 1
+    tasks_per_node: int = 1  # one process per task (one per GPU for DDP)
+    gpus_per_node: int = 0  # 0: no GPU request at all (no --gpus-per-node flag)
+    cpus_per_task: int = 1
+    mem_gb: float | None = None  # per node; None: the cluster's default
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None  # node features, e.g. "a100"
+    array_parallelism: int = 64  # array tasks running at once
+    signal_delay_s: int = 90  # USR2 this long before the time limit (checkpoint, requeue)
+    max_num_timeout: int = 3  # requeues after time-outs before the job gives up
+    job_name: str = "esolm"
+    additional: dict[str, str] = field(default_factory=dict)  # other sbatch flags
+
+    def __post_init__(self):
+        for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1; got {getattr(self, name)}")
+        for name in ("gpus_per_node", "signal_delay_s", "max_num_timeout"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.mem_gb is not None and self.mem_gb <= 0:
+            raise ConfigError(f"mem_gb must be positive (or none for the cluster default); got {self.mem_gb}")
+        if not isinstance(self.additional, dict):
+            raise ConfigError(f"additional must be a dict of sbatch flags; got {self.additional!r}; "
+                              f"pass one flag as additional.<flag>=<value>")
+
+    @property
+    def num_tasks(self) -> int:
+        return self.nodes * self.tasks_per_node
+
+
+def slurm_params(base: Mapping[str, Any] | None = None,
+                 overrides: Sequence[str] | Mapping[str, Any] = ()) -> SlurmParams:
+    """SlurmParams from a preset dict and ``key=value`` overrides (``additional.<flag>=v`` adds a flag)."""
+    values = dict(base or {})
+    values.update(parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else overrides)
+    additional = dict(values.pop("additional", None) or {})
+    for key in [k for k in values if k.startswith("additional.")]:
+        additional[key.split(".", 1)[1]] = str(values.pop(key))
+    params = make_config(SlurmParams, None, **values)
+    params.additional = {str(k): str(v) for k, v in additional.items()}
+    return params
+
+
+def _as_params(params: SlurmParams | Mapping[str, Any] | None) -> SlurmParams:
+    if isinstance(params, SlurmParams):
+        return params
+    return slurm_params(params or {})
+
+
+def make_executor(cluster: str, folder: str | Path,
+                  params: SlurmParams | Mapping[str, Any] | None = None) -> submitit.Executor:
+    """A submitit executor: "slurm" (sbatch), "local" (subprocesses here) or "debug" (in-process)."""
+    params = _as_params(params)
+    folder = Path(folder)
+    if cluster == "slurm":
+        if shutil.which("sbatch") is None or shutil.which("srun") is None:
+            raise ConfigError("--cluster slurm needs sbatch and srun, which are not installed here; start the "
+                              "local cluster with `sudo bash scripts/local-slurm/start.sh` or use --cluster local")
+        executor = submitit.SlurmExecutor(folder, max_num_timeout=params.max_num_timeout)
+        executor.update_parameters(**_sbatch_parameters(params))
+        return executor
+    if cluster in ("local", "debug"):
+        if params.nodes > 1:
+            raise ConfigError(f"--cluster {cluster} runs on this machine only; set nodes=1 "
+                              f"(got nodes={params.nodes}) or use --cluster slurm")
+        _check_local_gpus(params.gpus_per_node, cluster)
+        if cluster == "debug":
+            if params.tasks_per_node > 1:
+                raise ConfigError(f"--cluster debug runs one task in this process; set tasks_per_node=1 "
+                                  f"(got {params.tasks_per_node}) or use --cluster local for several tasks")
+            return submitit.DebugExecutor(folder)
+        executor = submitit.LocalExecutor(folder, max_num_timeout=params.max_num_timeout)
+        local = dict(timeout_min=params.time_min, tasks_per_node=params.tasks_per_node,
+                     signal_delay_s=params.signal_delay_s)
+        if params.gpus_per_node > 0:
+            local["gpus_per_node"] = params.gpus_per_node
+        executor.update_parameters(**local)
+        return executor
+    raise ConfigError(f"unknown cluster {cluster!r}; choose one of {', '.join(CLUSTERS)}")
+
+
+def _sbatch_parameters(p: SlurmParams) -> dict[str, Any]:
+    """SlurmParams -> submitit SlurmExecutor parameters; unset fields send no flag."""
+    out: dict[str, Any] = dict(job_name=p.job_name, time=p.time_min, nodes=p.nodes,
+                               ntasks_per_node=p.tasks_per_node, cpus_per_task=p.cpus_per_task,
+                               array_parallelism=p.array_parallelism, signal_delay_s=p.signal_delay_s)
+    if p.gpus_per_node > 0:
+        out["gpus_per_node"] = p.gpus_per_node
+    if p.mem_gb is not None:
+        out["mem"] = f"{max(1, round(p.mem_gb * 1024))}M"
+    for name in ("partition", "account", "qos", "constraint"):
+        if getattr(p, name):
+            out[name] = getattr(p, name)
+    if p.additional:
+        out["additional_parameters"] = dict(p.additional)
+    return out
+
+
+def _check_local_gpus(gpus: int, cluster: str) -> None:
+    if gpus <= 0:
+        return
+    import torch
+
+    have = torch.cuda.device_count()
+    if gpus > have:
+        raise ConfigError(f"gpus_per_node={gpus} but this machine has {have} CUDA GPU(s); "
+                          f"drop gpus_per_node or lower it to {have} for --cluster {cluster}")
+
+
+# ----------------------------------------------------------------------------- submission
+def submit(executor: submitit.Executor, fn: Callable, *args, **kwargs) -> submitit.Job:
+    """``executor.submit`` whose submit-time failures (sbatch rejections) are one ConfigError."""
+    with _explained(executor):
+        return executor.submit(fn, *args, **kwargs)
+
+
+def submit_array(executor: submitit.Executor, fn: Callable, *iterables: Iterable) -> list[submitit.Job]:
+    """``executor.map_array`` (one Slurm job array) with the same clear submit errors."""
+    with _explained(executor):
+        return executor.map_array(fn, *iterables)
+
+
+class _explained:
+    """Context manager: turn a failed sbatch into a ConfigError that says what to change."""
+
+    def __init__(self, executor):
+        self.executor = executor
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, error, tb):
+        if error is None or not isinstance(error, (submitit_utils.FailedJobError,
+                                                   submitit_utils.FailedSubmissionError,
+                                                   subprocess.CalledProcessError)):
+            return False
+        raise ConfigError(explain_submit_error(str(error), getattr(self.executor, "parameters", {}))) from None
+
+
+def slurm_partitions() -> list[str]:
+    """Partitions ``sinfo -h -o %P`` reports (the default one marked with a trailing ``*``)."""
+    try:
+        out = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip()] if out.returncode == 0 else []
+
+
+def explain_submit_error(text: str, sbatch: Mapping[str, Any]) -> str:
+    """One message naming what Slurm refused and the fix, from sbatch's stderr ``text``."""
+    lines = [ln.strip() for ln in text.splitlines() if "error" in ln.lower()]
+    said = "; ".join(dict.fromkeys(ln.split("error:", 1)[-1].strip() for ln in lines)) or text.strip()
+    partition = sbatch.get("partition")
+    where = f"partition {partition!r}" if partition else "the default partition"
+    low = text.lower()
+    if "gres" in low or "gpu" in low:
+        gpus = sbatch.get("gpus_per_node")
+        return (f"the cluster has no GPUs (gres) in {where}; drop gpus_per_node={gpus} or submit to a "
+                f"GPU partition (sbatch said: {said})")
+    if "invalid partition" in low:
+        parts = slurm_partitions()
+        listed = ", ".join(p.rstrip("*") + (" (default)" if p.endswith("*") else "") for p in parts)
+        return (f"unknown partition {partition!r}; the cluster's partitions are: {listed or 'none reported'}; "
+                f"set partition=<one of them> or leave it unset for the default")
+    if "memory specification" in low:
+        return (f"mem_gb asks for more memory ({sbatch.get('mem')}) than a node of {where} has; lower mem_gb "
+                f"(`sinfo -o '%P %m'` shows MB per node) (sbatch said: {said})")
+    if "more processors" in low or "cpu count" in low:
+        return (f"cpus_per_task={sbatch.get('cpus_per_task')} x tasks_per_node={sbatch.get('ntasks_per_node')} "
+                f"is more CPUs than a node of {where} has; lower them (`sinfo -o '%P %c'`) (sbatch said: {said})")
+    if "feature" in low:
+        return (f"constraint={sbatch.get('constraint')!r} names a feature no node of {where} has; drop or fix "
+                f"constraint (`sinfo -o '%P %f'` lists features) (sbatch said: {said})")
+    if "account" in low:
+        return f"account={sbatch.get('account')!r} is not valid here; fix or drop account (sbatch said: {said})"
+    if "qos" in low:
+        return f"qos={sbatch.get('qos')!r} is not valid here; fix or drop qos (sbatch said: {said})"
+    if "time limit" in low:
+        return (f"time_min={sbatch.get('time')} exceeds the time limit of {where}; lower time_min "
+                f"(`sinfo -o '%P %l'`) (sbatch said: {said})")
+    if "node count" in low or "nodes" in low:
+        return f"nodes={sbatch.get('nodes')} is more than {where} has; lower nodes (sbatch said: {said})"
+    if "contact slurm controller" in low or "connection refused" in low:
+        return ("the Slurm controller does not answer; start the local cluster with "
+                "`sudo bash scripts/local-slurm/start.sh` or check `sinfo`")
+    return f"the job could not be submitted: {said}; check the Slurm parameters ({dict(sbatch)})"
+
+
+# ----------------------------------------------------------------------------- requeue
+class Checkpointable(submitit.helpers.Checkpointable):
+    """A job whose time-out or preemption requeues the same call; ``__call__`` must save its own
+    checkpoint file as it goes and resume from it when it starts (``num_requeues`` counts restarts)."""
+
+    num_requeues = 0
+
+    def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:
+        self.num_requeues += 1
+        print(f"[cluster] requeueing {type(self).__name__} (requeue #{self.num_requeues}); "
+              f"it resumes from its last checkpoint", flush=True)
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+class Resumable(Checkpointable):
+    """Wrap a plain function that saves and resumes its own checkpoint, so it is requeued."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+
+    def __call__(self, *args, **kwargs):
+        return self.fn(*args, **kwargs)
+
+
+def resumable(fn: Callable) -> Resumable:
+    return Resumable(fn)
+
+
+# ----------------------------------------------------------------------------- distributed
+def setup_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank): init torch.distributed from a multi-task submitit job,
+    else from torchrun's variables, else a single process (nothing initialized)."""
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
+    env = submitit.JobEnvironment() if os.environ.get("SUBMITIT_EXECUTOR") else None
+    if env is not None and env.num_tasks > 1:
+        dist_env = submitit.helpers.TorchDistributedEnvironment()
+        dist_env.export(set_cuda_visible_devices=False, overwrite=True)
+    elif not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
+        return 0, 1, 0
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if world_size == 1:
+        return 0, 1, local_rank
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend=backend or ("nccl" if cuda else "gloo"), init_method="env://",
+                            rank=rank, world_size=world_size,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return rank, world_size, local_rank
+
+
+def teardown_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+# ----------------------------------------------------------------------------- status
+_FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                  "DEADLINE", "PREEMPTED", "INTERRUPTED")
+
+
+@dataclass
+class JobFailure:
+    """One failed job: its id, what went wrong (exception text) and where its stderr log is."""
+
+    job_id: str
+    error: str
+    stderr: Path | None
+    state: str = ""
+
+    @property
+    def last_line(self) -> str:
+        lines = [ln for ln in self.error.strip().splitlines() if ln.strip()]
+        return lines[-1].strip() if lines else self.state
+
+    def __str__(self) -> str:
+        return f"job {self.job_id} failed: {self.last_line} (log: {self.stderr})"
+
+
+@dataclass
+class JobsStatus:
+    """Counts of finished / unfinished / failed jobs and the failures' details."""
+
+    done: int = 0
+    running: int = 0
+    failed: int = 0
+    failures: list[JobFailure] = field(default_factory=list)
+
+    def summary(self) -> str:
+        head = f"{self.done} done, {self.running} running, {self.failed} failed"
+        return "\n".join([head] + [f"  {f}" for f in self.failures])
+
+
+def job_status(jobs: Sequence[submitit.Job]) -> JobsStatus:
+    """Done / running / failed counts for submitted jobs, without raising or waiting on a result."""
+    status = JobsStatus()
+    for job in jobs:
+        failure = _failure(job)
+        if failure is None:
+            status.running += 1
+        elif failure is False:
+            status.done += 1
+        else:
+            status.failed += 1
+            status.failures.append(failure)
+    return status
+
+
+def wait_jobs(jobs: Sequence[submitit.Job], poll_s: float = 1.0, timeout_s: float | None = None) -> JobsStatus:
+    """Poll :func:`job_status` until no job is running (or ``timeout_s`` passes)."""
+    start = time.monotonic()
+    while True:
+        status = job_status(jobs)
+        if status.running == 0 or (timeout_s is not None and time.monotonic() - start > timeout_s):
+            return status
+        time.sleep(poll_s)
+
+
+def _failure(job: submitit.Job) -> JobFailure | bool | None:
+    """None while running, False when it succeeded, else the JobFailure."""
+    stderr = getattr(getattr(job, "paths", None), "stderr", None)
+    try:
+        if isinstance(job, submitit.DebugJob):
+            error = job.exception()  # runs the job in this process; never opens pdb
+        else:
+            if not job.done():
+                return None
+            state = str(job.state)
+            if not _has_results(job) and state.split()[0].upper() in _FAILED_STATES:
+                return JobFailure(job.job_id, f"the job ended as {state} before writing its result "
+                                              f"(killed, cancelled or out of time)", stderr, state)
+            error = job.exception()
+    except Exception as e:  # the status helper never raises: a driver carries on
+        return JobFailure(str(job.job_id), f"{type(e).__name__}: {e}", stderr, "UNKNOWN")
+    if error is None:
+        return False
+    return JobFailure(str(job.job_id), f"{type(error).__name__}: {error}", stderr, "FAILED")
+
+
+def _has_results(job: submitit.Job) -> bool:
+    sub_jobs = getattr(job, "_sub_jobs", None) or [job]
+    return all(j.paths.result_pickle.exists() for j in sub_jobs)

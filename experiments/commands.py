@@ -1,0 +1,191 @@
+"""The single-model commands of ``run.py``: models, train, eval, sample, score.
+
+Each is a plain function of parsed arguments; each says what it does and where its
+outputs went. Bad input raises ConfigError, which ``run.py`` turns into one message and
+exit status 2.
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from esolm import registry
+from esolm.checkpoint import atomic_write_bytes, atomic_write_json, load_model
+from esolm.config import ConfigError, coerce
+from experiments.runspec import RunSpec
+
+
+def say(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------ models
+def cmd_models(args) -> int:
+    names = registry.available()
+    caps = [registry.model_class(n).capabilities.as_dict() for n in names]
+    cols = list(caps[0])
+    print("model".ljust(10) + "".join(c.ljust(24) for c in cols))
+    for n, c in zip(names, caps):
+        print(n.ljust(10) + "".join(("yes" if c[k] else "no").ljust(24) for k in cols))
+    return 0
+
+
+# ------------------------------------------------------------------------- train
+def cmd_train(args) -> int:
+    from esolm.train import fit, seed_everything
+
+    spec, _ = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.overrides)
+    cfg = spec.train_config()
+    out = Path(args.out) if args.out else spec.run_dir()
+    say(f"loading corpus {args.corpus} ...")
+    corpus = spec.load_corpus()
+    seed_everything(cfg.seed)  # the initial weights are a function of the seed
+    model = spec.build_model(corpus)
+    say(f"training {args.model} ({model.num_parameters() / 1e6:.2f}M parameters, preset {args.preset}) on "
+        f"{corpus.name}: {corpus.splits['train'].shape[0]} sequences of {corpus.length} tokens, "
+        f"{cfg.steps} steps x {cfg.batch_size} sequences; outputs -> {out}")
+    result = fit(args.model, model, corpus, cfg, out, progress=not args.no_progress, log=say)
+    m = result["metrics"]
+    if "valid" in m:
+        v = m["valid"]
+        say(f"final valid NLL {v['nll_per_token']:.4f} nats/token (PPL {v['ppl']:.2f})"
+            + (f"; source entropy {v['true_nll_per_token']:.4f}" if v.get("true_nll_per_token") else ""))
+    say(f"checkpoint: {result['checkpoint']}\nlog: {out / 'train_log.jsonl'}")
+    return 0
+
+
+def resolve_checkpoint(args) -> Path:
+    if getattr(args, "checkpoint", None):
+        return Path(args.checkpoint)
+    if not getattr(args, "model", None):
+        raise ConfigError("pass --checkpoint PATH, or --model NAME (with the --preset/--corpus/overrides "
+                          "used for training) to use that run's checkpoint")
+    spec, _ = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.train_pairs)
+    return spec.run_dir() / "checkpoint.pt"
+
+
+def split_model_pairs(args, extra: set[str]) -> dict:
+    """Separate sample/eval keys from the training-run keys that locate the checkpoint."""
+    if not getattr(args, "model", None) or getattr(args, "checkpoint", None):
+        args.train_pairs = {}
+        return dict(args.overrides)
+    spec_keys = {k for k in args.overrides if k not in extra}
+    args.train_pairs = {k: args.overrides[k] for k in spec_keys}
+    return {k: v for k, v in args.overrides.items() if k in extra}
+
+
+# -------------------------------------------------------------------------- eval
+def cmd_eval(args) -> int:
+    from esolm.data import load_corpus
+    from esolm.evaluate import evaluate, format_result
+
+    keys = {"num_orders", "batch_size", "max_batches", "seed", "pass_batch"}
+    opts = split_model_pairs(args, keys)
+    unknown = set(opts) - keys
+    if unknown:
+        raise ConfigError(f"unknown eval key(s) {sorted(unknown)}; valid: {', '.join(sorted(keys))}")
+    ckpt = resolve_checkpoint(args)
+    model, state = load_model(ckpt, device=args.device)
+    corpus_kw = dict(state["corpus"])
+    corpus = load_corpus(corpus_kw.pop("name"), **corpus_kw)
+    typed = {k: coerce(v, int, k) for k, v in opts.items()}
+    extra = {"pass_batch": typed.pop("pass_batch")} if "pass_batch" in typed else {}
+    result = evaluate(model, corpus, args.split, exact=args.exact, progress=not args.no_progress,
+                      batch_size=typed.get("batch_size", 32), max_batches=typed.get("max_batches"),
+                      num_orders=typed.get("num_orders", 1), seed=typed.get("seed", 1), **extra)
+    result.update(model=state["model_name"], checkpoint=str(ckpt), step=state["step"])
+    print(format_result(state["model_name"], result))
+    name = f"eval_{args.split}" + (f"_exact_K{result['num_orders']}" if args.exact else "") + ".json"
+    path = atomic_write_json(ckpt.parent / name, result)
+    say(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------ sample
+SAMPLE_KEYS = {"steps", "top_p", "kv_cache", "seed", "num_samples", "batch_size", "length", "profile"}
+
+
+def _sample_options(model, opts: dict) -> dict:
+    """Type the sample options by the model's ``sample`` signature; reject unknown ones."""
+    params = inspect.signature(model.sample).parameters
+    allowed = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
+    typed = {}
+    for k, v in opts.items():
+        if k not in allowed:
+            raise ConfigError(f"unknown sample option {k!r} for {model.name}; valid: "
+                              f"{', '.join(sorted(set(allowed) | {'seed', 'num_samples', 'batch_size'}))}")
+        default = allowed[k].default
+        typ = allowed[k].annotation if allowed[k].annotation is not inspect.Parameter.empty else None
+        if isinstance(typ, str) or typ is None:
+            typ = type(default) if default not in (None, inspect.Parameter.empty) else str
+        typed[k] = coerce(v, typ, k)
+    return typed
+
+
+def cmd_sample(args) -> int:
+    from esolm.data import load_corpus
+
+    # with --model, keys of the model's sample() are sample options; the rest locate the run
+    if getattr(args, "model", None) and not args.checkpoint:
+        cls = registry.model_class(args.model)
+        sig = inspect.signature(cls.sample).parameters
+        extra = {k for k, p in sig.items() if p.kind == p.KEYWORD_ONLY} | {"seed", "num_samples", "batch_size"}
+        opts = split_model_pairs(args, extra)
+    else:
+        opts = split_model_pairs(args, set())
+    ckpt = resolve_checkpoint(args)
+    model, state = load_model(ckpt, device=args.device)
+    corpus_kw = dict(state["corpus"])
+    corpus = load_corpus(corpus_kw.pop("name"), **corpus_kw)
+    num_samples = int(opts.pop("num_samples", args.num_samples))
+    batch_size = int(opts.pop("batch_size", min(num_samples, 64)))
+    seed = int(opts.pop("seed", 0))
+    sample_opts = _sample_options(model, opts)
+    sample_opts.setdefault("steps", model.config.length)
+    out = Path(args.out) if args.out else ckpt.parent / "samples" / (
+        "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}.jsonl")
+    gen = torch.Generator(device=model.device).manual_seed(seed)
+    records, t0 = [], time.perf_counter()
+    say(f"sampling {num_samples} sequences from {state['model_name']} ({ckpt}) with {sample_opts}")
+    for start in range(0, num_samples, batch_size):
+        n = min(batch_size, num_samples - start)
+        res = model.sample(n, generator=gen, **sample_opts)
+        texts = corpus.tokenizer.decode_batch(res.tokens.tolist())
+        for toks, text in zip(res.tokens.tolist(), texts):
+            records.append({
+                "text": text, "tokens": toks, "nfe": res.nfe, "seconds": res.seconds, "batch_size": n,
+                "model": state["model_name"], "config": state["model_config"], "checkpoint": str(ckpt),
+                "tokenizer": corpus.tokenizer.name, "tokenizer_fingerprint": corpus.tokenizer.fingerprint,
+                "corpus": state["corpus"], "steps": sample_opts.get("steps"), "top_p": sample_opts.get("top_p", 1.0),
+                "seed": seed, "options": {k: v for k, v in sample_opts.items()},
+            })
+        say(f"  {start + n}/{num_samples} samples, NFE {res.nfe}, {res.seconds:.2f} s for this batch")
+    data = "".join(json.dumps(r) + "\n" for r in records).encode()
+    atomic_write_bytes(out, lambda f: f.write(data))
+    say(f"wrote {len(records)} samples to {out} ({time.perf_counter() - t0:.1f} s)")
+    for r in records[: min(3, len(records))]:
+        say("---\n" + r["text"][:400])
+    if args.score:
+        return _score(out, args, corpus)
+    return 0
+
+
+# ------------------------------------------------------------------------- score
+def _score(path: Path, args, corpus=None) -> int:
+    from esolm.metrics import score_samples
+
+    result = score_samples(path, evaluator=args.evaluator, mauve=not args.no_mauve, device=args.device,
+                           corpus=corpus)
+    summary = {k: result[k] for k in ("gen_ppl", "entropy", "self_bleu", "mauve", "nfe") if k in result}
+    print(json.dumps(summary, indent=2, default=str))
+    say(f"wrote {result.get('path', path)}")
+    return 0
+
+
+def cmd_score(args) -> int:
+    return _score(Path(args.samples), args)

@@ -1,0 +1,104 @@
+"""esolm command line: one entry, one plain function per subcommand.
+
+    python experiments/run.py models
+    python experiments/run.py train  --model mdlm --preset tiny [--corpus shakespeare] [key=value ...]
+    python experiments/run.py eval   --model mdlm --preset tiny [--exact num_orders=K]
+    python experiments/run.py sample --model mdlm --preset tiny steps=64 top_p=0.9 [--score --evaluator ...]
+    python experiments/run.py score  SAMPLES.jsonl --evaluator PATH|source|hub-name
+    python experiments/run.py pareto --preset smoke --cluster local|slurm|debug
+    python experiments/run.py tables --preset tiny
+
+Run any subcommand with --help for its options. key=value pairs set any field of the model's
+config, the training config or the data (length, vocab_size, data_seed); unknown keys are
+refused with the list of valid ones.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
+
+from esolm.config import ConfigError, parse_overrides  # noqa: E402
+
+
+def _common_model_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
+    p.add_argument("--model", help="registry name (see `run.py models`)")
+    p.add_argument("--preset", default="tiny", help="smoke | tiny | small (default: tiny)")
+    p.add_argument("--corpus", default="shakespeare",
+                   help="synthetic | shakespeare | text:PATH | owt | lm1b (default: shakespeare)")
+    if checkpoint:
+        p.add_argument("--checkpoint", help="a checkpoint.pt; default: the run of --model/--preset/--corpus")
+    p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("models", help="list the registry and each model's capabilities")
+
+    p = sub.add_parser("train", help="train a model; resumes its run directory when interrupted")
+    _common_model_args(p)
+    p.add_argument("--out", help="run directory (default: runs/<model>-<corpus>-<preset>[-<hash>])")
+
+    p = sub.add_parser("eval", help="test perplexity: NELBO, or --exact likelihood")
+    _common_model_args(p, checkpoint=True)
+    p.add_argument("--split", default="test", choices=["train", "valid", "test"])
+    p.add_argument("--exact", action="store_true", help="exact likelihood (IW bound; key num_orders=K)")
+
+    p = sub.add_parser("sample", help="draw samples to JSONL (text, token ids, nfe, seconds, model, config)")
+    _common_model_args(p, checkpoint=True)
+    p.add_argument("--num-samples", type=int, default=16)
+    p.add_argument("--out", help="JSONL path (default: <run>/samples/samples-<options>.jsonl)")
+    p.add_argument("--score", action="store_true", help="score the samples right away (see `score`)")
+    p.add_argument("--evaluator", default=None, help="for --score: source | checkpoint | HF folder or hub name")
+    p.add_argument("--no-mauve", action="store_true")
+
+    p = sub.add_parser("score", help="gen PPL, entropy, self-BLEU, MAUVE of a samples JSONL")
+    p.add_argument("samples")
+    p.add_argument("--evaluator", required=True, help="source | path to checkpoint.pt | HF folder | hub name")
+    p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
+    p.add_argument("--no-mauve", action="store_true")
+
+    try:
+        from experiments.pipeline import add_pipeline_commands
+    except ImportError:
+        add_pipeline_commands = None
+    if add_pipeline_commands is not None:
+        add_pipeline_commands(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    from experiments import commands
+
+    args = parser().parse_args(argv)
+    try:
+        if hasattr(args, "overrides"):
+            args.overrides = parse_overrides(args.overrides)
+        handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
+        if args.command in ("train",) and not args.model:
+            raise ConfigError("train needs --model NAME; see `run.py models`")
+        return handler(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(main())

@@ -1,0 +1,258 @@
+"""Executors (experiments/cluster.py): typed Slurm parameters, submit-time errors, failure
+reports that keep sibling results, DDP in a 2-task Slurm job, requeue-and-resume.
+
+Tests marked ``slurm`` need the local cluster (``sudo bash scripts/local-slurm/start.sh``)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cloudpickle
+import pytest
+from submitit.slurm.slurm import _make_sbatch_string
+
+from esolm.config import ConfigError
+from experiments.cluster import (
+    Checkpointable, explain_submit_error, job_status, make_executor, setup_distributed, slurm_params,
+    submit, wait_jobs,
+)
+
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# job functions below live in this test module, which the job process cannot import: ship them by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _slurm_up() -> bool:
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+SLURM_UP = _slurm_up()
+
+
+def needs_slurm(test):
+    reason = "the local Slurm cluster is not running (`sinfo` fails); start it: sudo bash scripts/local-slurm/start.sh"
+    return pytest.mark.slurm(pytest.mark.skipif(not SLURM_UP, reason=reason)(test))
+
+
+# ----------------------------------------------------------------------------- job functions
+def square(x):
+    return x * x
+
+
+def explode(tag):
+    raise ValueError(f"boom {tag}")
+
+
+def _save_json(path: Path, obj) -> None:
+    """Atomic (write, rename): a kill mid-write leaves the previous state (no torch import in the job)."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, path)
+
+
+class CountSquares(Checkpointable):
+    """sum_{i<n} i^2, one step per ``pause`` s, state saved atomically after every step."""
+
+    def __call__(self, path, n, pause):
+        path = Path(path)
+        state = json.loads(path.read_text()) if path.exists() else {"i": 0, "total": 0, "starts": []}
+        state["starts"].append(state["i"])
+        _save_json(path, state)
+        while state["i"] < n:
+            state = dict(state, total=state["total"] + state["i"] ** 2, i=state["i"] + 1)
+            time.sleep(pause)
+            _save_json(path, state)
+        return {"total": state["total"], "starts": state["starts"], "requeues": self.num_requeues}
+
+
+def ddp_train(steps):
+    """A few DDP steps of the smoke AR model; each rank starts from different weights and data."""
+    import torch
+    from torch.nn.parallel import DistributedDataParallel
+
+    from esolm import registry
+    from experiments.cluster import teardown_distributed
+
+    class LossOf(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, tokens):
+            return self.model.loss(tokens).loss
+
+    def digest(model):
+        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
+        return hashlib.sha256(flat.numpy().tobytes()).hexdigest(), float(flat.double().sum())
+
+    torch.set_num_threads(1)  # 2 tasks on a small machine: no thread oversubscription
+    rank, world_size, local_rank = setup_distributed()
+    torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
+    model = registry.build("ar", preset="smoke", vocab_size=32, length=16)
+    init_sha, _ = digest(model)
+    ddp = DistributedDataParallel(LossOf(model))
+    data = torch.Generator().manual_seed(100 + rank)  # different batches: gradients must be averaged
+    for _ in range(steps):
+        ddp.zero_grad()
+        loss = ddp(torch.randint(0, 31, (4, 16), generator=data))
+        loss.backward()
+        with torch.no_grad():  # plain SGD (torch.optim's first step costs seconds of lazy imports)
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+    sha, checksum = digest(model)
+    teardown_distributed()
+    return dict(rank=rank, world_size=world_size, local_rank=local_rank, init_sha=init_sha, sha=sha,
+                checksum=checksum, loss=loss.item())
+
+
+def _wait_for_step(path: Path, step: int, timeout_s: float = 60.0) -> None:
+    start = time.monotonic()
+    while not (path.exists() and json.loads(path.read_text())["i"] >= step):
+        assert time.monotonic() - start < timeout_s, f"the job never reached step {step}"
+        time.sleep(0.1)
+
+
+# ----------------------------------------------------------------------------- no cluster needed
+def test_slurm_params_are_typed_from_preset_and_key_value():
+    p = slurm_params({"partition": "gpu", "time_min": "30", "mem_gb": 8},
+                     ["gpus_per_node=2", "tasks_per_node=2", "qos=none", "additional.exclusive=user"])
+    assert (p.partition, p.time_min, p.gpus_per_node, p.tasks_per_node, p.mem_gb) == ("gpu", 30, 2, 2, 8.0)
+    assert p.qos is None and p.additional == {"exclusive": "user"} and p.num_tasks == 2
+    with pytest.raises(ConfigError, match="unknown config key"):
+        slurm_params({}, ["gpus=1"])
+    with pytest.raises(ConfigError, match="nodes must be of type int"):
+        slurm_params({}, ["nodes=two"])
+    with pytest.raises(ConfigError, match="cpus_per_task must be >= 1"):
+        slurm_params({"cpus_per_task": 0})
+
+
+def test_sbatch_script_requests_gpus_only_when_asked(tmp_path):
+    from experiments.cluster import _sbatch_parameters
+
+    def script(**kw):
+        return _make_sbatch_string(command="true", folder=tmp_path, **_sbatch_parameters(slurm_params(kw)))
+
+    plain = script(mem_gb=2, account="lab", constraint="a100")
+    assert "gpu" not in plain and "--mem=2048M" in plain and "--account=lab" in plain
+    assert "--constraint=a100" in plain and "--partition" not in plain
+    assert "#SBATCH --gpus-per-node=2" in script(gpus_per_node=2)
+
+
+def test_unknown_cluster_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown cluster 'kube'; choose one of slurm, local, debug"):
+        make_executor("kube", tmp_path)
+
+
+def test_gpu_rejection_message_names_the_fix():
+    msg = explain_submit_error("sbatch: error: Invalid generic resource (gres) specification",
+                               {"gpus_per_node": 2})
+    assert msg.startswith("the cluster has no GPUs (gres)") and "drop gpus_per_node=2" in msg
+
+
+def test_single_process_without_launcher_env(monkeypatch):
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SUBMITIT_EXECUTOR"):
+        monkeypatch.delenv(var, raising=False)
+    assert setup_distributed() == (0, 1, 0)
+
+
+def test_local_executor_returns_the_result(tmp_path):
+    job = submit(make_executor("local", tmp_path, {"time_min": 2}), square, 7)
+    assert job.result() == 49
+
+
+def test_local_gpu_request_fails_clearly_without_cuda(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match="gpus_per_node=1 but this machine has 0 CUDA GPU"):
+        make_executor("local", tmp_path, {"gpus_per_node": 1})
+
+
+def test_debug_failure_is_reported_without_raising_or_pdb(tmp_path):
+    executor = make_executor("debug", tmp_path)
+    bad, good = submit(executor, explode, "dbg"), submit(executor, square, 3)
+    status = job_status([bad, good])
+    assert (status.done, status.running, status.failed) == (1, 0, 1)
+    assert "boom dbg" in status.failures[0].error and good.result() == 9
+
+
+# ----------------------------------------------------------------------------- the local Slurm cluster
+@needs_slurm
+def test_slurm_job_returns_the_result(tmp_path):
+    job = submit(make_executor("slurm", tmp_path, {"time_min": 5}), square, 12)
+    assert job.result() == 144
+
+
+@needs_slurm
+def test_failing_job_reports_error_and_log_while_sibling_result_is_kept(tmp_path):
+    executor = make_executor("slurm", tmp_path, {"time_min": 5})
+    bad, good = submit(executor, explode, 42), submit(executor, square, 5)
+    status = wait_jobs([bad, good], timeout_s=120)
+    assert (status.done, status.running, status.failed) == (1, 0, 1), status.summary()
+    failure = status.failures[0]
+    assert failure.job_id == bad.job_id and "ValueError: boom 42" in failure.error
+    assert failure.stderr == bad.paths.stderr and "boom 42" in failure.stderr.read_text()
+    assert f"job {bad.job_id} failed" in status.summary() and str(bad.paths.stderr) in status.summary()
+    assert good.result() == 25
+
+
+@needs_slurm
+def test_gpu_request_fails_at_submit_with_one_clear_message(tmp_path):
+    executor = make_executor("slurm", tmp_path, {"gpus_per_node": 1})
+    with pytest.raises(ConfigError, match=r"the cluster has no GPUs \(gres\).*drop gpus_per_node=1"):
+        submit(executor, square, 2)
+
+
+@needs_slurm
+def test_unknown_partition_fails_at_submit_listing_the_partitions(tmp_path):
+    partitions = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True).stdout.split()
+    executor = make_executor("slurm", tmp_path, {"partition": "no-such-partition"})
+    with pytest.raises(ConfigError, match="unknown partition 'no-such-partition'") as err:
+        submit(executor, square, 2)
+    assert all(p.rstrip("*") in str(err.value) for p in partitions)
+
+
+@needs_slurm
+def test_two_task_slurm_job_trains_ddp_and_ranks_end_identical(tmp_path):
+    executor = make_executor("slurm", tmp_path, {"tasks_per_node": 2, "time_min": 5})
+    ranks = sorted(submit(executor, ddp_train, 3).results(), key=lambda r: r["rank"])
+    assert [(r["rank"], r["world_size"], r["local_rank"]) for r in ranks] == [(0, 2, 0), (1, 2, 1)]
+    assert ranks[0]["init_sha"] != ranks[1]["init_sha"]  # they did start apart
+    assert ranks[0]["sha"] == ranks[1]["sha"] and ranks[0]["checksum"] == ranks[1]["checksum"]
+    assert ranks[0]["sha"] != ranks[0]["init_sha"]  # and training moved the weights
+
+
+@needs_slurm
+def test_preempted_job_requeues_and_resumes_from_its_checkpoint(tmp_path):
+    n, expected = 8, sum(i * i for i in range(8))
+    path = tmp_path / "count.json"
+    job = submit(make_executor("slurm", tmp_path / "jobs", {"time_min": 5}), CountSquares(), str(path), n, 0.3)
+    _wait_for_step(path, 2)
+    job._interrupt()  # submitit's preemption: SIGTERM, then USR2 -> checkpoint() -> scontrol requeue
+    out = job.result()
+    assert out["total"] == expected == CountSquares()(tmp_path / "ref.json", n, 0)["total"]
+    assert out["requeues"] == 1 and out["starts"][0] == 0 and 2 <= out["starts"][1] < n
+
+
+@needs_slurm
+def test_cancelled_job_is_reported_and_resumes_on_resubmit(tmp_path):
+    n, path = 40, tmp_path / "count.json"  # 10 s of work: scancel's SIGKILL (KillWait=5 s) comes first
+    executor = make_executor("slurm", tmp_path / "jobs", {"time_min": 5})
+    job = submit(executor, CountSquares(), str(path), n, 0.25)
+    _wait_for_step(path, 2)
+    job.cancel()
+    status = wait_jobs([job], timeout_s=120)
+    assert status.failed == 1 and status.failures[0].state.startswith("CANCELLED"), status.summary()
+    out = submit(executor, CountSquares(), str(path), n, 0.0).result()
+    assert out["total"] == sum(i * i for i in range(n))
+    assert out["starts"][0] == 0 and 2 <= out["starts"][1] < n and out["requeues"] == 0
