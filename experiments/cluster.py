@@ -9,9 +9,12 @@ environment, and a status report that never raises (see docs/slurm.md).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,7 +46,7 @@ class SlurmParams:
     signal_delay_s: int = 90  # USR2 this long before the time limit (checkpoint, requeue)
     max_num_timeout: int = 3  # requeues after time-outs before the job gives up
     job_name: str = "esolm"
-    additional: dict[str, str] = field(default_factory=dict)  # other sbatch flags
+    additional: dict[str, Any] = field(default_factory=dict)  # other sbatch flags (True: bare flag)
 
     def __post_init__(self):
         for name in ("time_min", "nodes", "tasks_per_node", "cpus_per_task", "array_parallelism"):
@@ -70,9 +73,9 @@ def slurm_params(base: Mapping[str, Any] | None = None,
     values.update(parse_overrides(list(overrides)) if not isinstance(overrides, Mapping) else overrides)
     additional = dict(values.pop("additional", None) or {})
     for key in [k for k in values if k.startswith("additional.")]:
-        additional[key.split(".", 1)[1]] = str(values.pop(key))
+        additional[key.split(".", 1)[1]] = values.pop(key)
     params = make_config(SlurmParams, None, **values)
-    params.additional = {str(k): str(v) for k, v in additional.items()}
+    params.additional = {str(k): v for k, v in additional.items()}
     return params
 
 
@@ -156,18 +159,26 @@ def submit_array(executor: submitit.Executor, fn: Callable, *iterables: Iterable
 
 
 class _explained:
-    """Context manager: turn a failed sbatch into a ConfigError that says what to change."""
+    """Context manager: turn a failed sbatch into a ConfigError that says what to change.
+
+    submitit prints sbatch's stderr before raising; it is held back here (the ConfigError
+    carries it) and passed on only when the submission worked."""
 
     def __init__(self, executor):
         self.executor = executor
+        self.held = io.StringIO()
+        self.redirect = contextlib.redirect_stderr(self.held)
 
     def __enter__(self):
+        self.redirect.__enter__()
         return self
 
     def __exit__(self, kind, error, tb):
+        self.redirect.__exit__(kind, error, tb)
         if error is None or not isinstance(error, (submitit_utils.FailedJobError,
                                                    submitit_utils.FailedSubmissionError,
                                                    subprocess.CalledProcessError)):
+            sys.stderr.write(self.held.getvalue())
             return False
         raise ConfigError(explain_submit_error(str(error), getattr(self.executor, "parameters", {}))) from None
 
@@ -188,15 +199,18 @@ def explain_submit_error(text: str, sbatch: Mapping[str, Any]) -> str:
     partition = sbatch.get("partition")
     where = f"partition {partition!r}" if partition else "the default partition"
     low = text.lower()
-    if "gres" in low or "gpu" in low:
-        gpus = sbatch.get("gpus_per_node")
-        return (f"the cluster has no GPUs (gres) in {where}; drop gpus_per_node={gpus} or submit to a "
-                f"GPU partition (sbatch said: {said})")
+    if "contact slurm controller" in low or "connection refused" in low:
+        return ("the Slurm controller does not answer; start the local cluster with "
+                "`sudo bash scripts/local-slurm/start.sh` or check `sinfo`")
     if "invalid partition" in low:
         parts = slurm_partitions()
         listed = ", ".join(p.rstrip("*") + (" (default)" if p.endswith("*") else "") for p in parts)
         return (f"unknown partition {partition!r}; the cluster's partitions are: {listed or 'none reported'}; "
                 f"set partition=<one of them> or leave it unset for the default")
+    if "gres" in low or "gpu" in low:
+        gpus = sbatch.get("gpus_per_node")
+        return (f"the cluster has no GPUs (gres) in {where}; drop gpus_per_node={gpus} or submit to a "
+                f"GPU partition (sbatch said: {said})")
     if "memory specification" in low:
         return (f"mem_gb asks for more memory ({sbatch.get('mem')}) than a node of {where} has; lower mem_gb "
                 f"(`sinfo -o '%P %m'` shows MB per node) (sbatch said: {said})")
@@ -213,11 +227,8 @@ def explain_submit_error(text: str, sbatch: Mapping[str, Any]) -> str:
     if "time limit" in low:
         return (f"time_min={sbatch.get('time')} exceeds the time limit of {where}; lower time_min "
                 f"(`sinfo -o '%P %l'`) (sbatch said: {said})")
-    if "node count" in low or "nodes" in low:
+    if "node count" in low:
         return f"nodes={sbatch.get('nodes')} is more than {where} has; lower nodes (sbatch said: {said})"
-    if "contact slurm controller" in low or "connection refused" in low:
-        return ("the Slurm controller does not answer; start the local cluster with "
-                "`sudo bash scripts/local-slurm/start.sh` or check `sinfo`")
     return f"the job could not be submitted: {said}; check the Slurm parameters ({dict(sbatch)})"
 
 
@@ -287,6 +298,7 @@ def teardown_distributed() -> None:
 
 
 # ----------------------------------------------------------------------------- status
+_TRACE_RULE = "----------------------"
 _FAILED_STATES = ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
                   "DEADLINE", "PREEMPTED", "INTERRUPTED")
 
@@ -301,12 +313,15 @@ class JobFailure:
     state: str = ""
 
     @property
-    def last_line(self) -> str:
-        lines = [ln for ln in self.error.strip().splitlines() if ln.strip()]
-        return lines[-1].strip() if lines else self.state
+    def reason(self) -> str:
+        """The exception line of the job's traceback (submitit frames it between rules)."""
+        parts = self.error.split(_TRACE_RULE)
+        body = parts[1] if len(parts) >= 3 else self.error
+        lines = [ln.strip() for ln in body.splitlines() if ln.strip()]
+        return lines[-1] if lines else self.state
 
     def __str__(self) -> str:
-        return f"job {self.job_id} failed: {self.last_line} (log: {self.stderr})"
+        return f"job {self.job_id} failed: {self.reason} (log: {self.stderr})"
 
 
 @dataclass

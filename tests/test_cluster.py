@@ -183,7 +183,7 @@ def test_debug_failure_is_reported_without_raising_or_pdb(tmp_path):
     bad, good = submit(executor, explode, "dbg"), submit(executor, square, 3)
     status = job_status([bad, good])
     assert (status.done, status.running, status.failed) == (1, 0, 1)
-    assert "boom dbg" in status.failures[0].error and good.result() == 9
+    assert status.failures[0].reason == "ValueError: boom dbg" and good.result() == 9
 
 
 # ----------------------------------------------------------------------------- the local Slurm cluster
@@ -202,7 +202,8 @@ def test_failing_job_reports_error_and_log_while_sibling_result_is_kept(tmp_path
     failure = status.failures[0]
     assert failure.job_id == bad.job_id and "ValueError: boom 42" in failure.error
     assert failure.stderr == bad.paths.stderr and "boom 42" in failure.stderr.read_text()
-    assert f"job {bad.job_id} failed" in status.summary() and str(bad.paths.stderr) in status.summary()
+    assert failure.reason == "ValueError: boom 42"
+    assert f"job {bad.job_id} failed: ValueError: boom 42 (log: {bad.paths.stderr})" in status.summary()
     assert good.result() == 25
 
 
