@@ -2,6 +2,7 @@
 import itertools
 import math
 import os
+import socket
 import time
 
 import numpy as np
@@ -10,8 +11,7 @@ import torch
 
 from esolm import registry
 from esolm.config import ConfigError
-from esolm.data import Corpus, SyntheticSource, Tokenizer, available_corpora, load_corpus, load_tokenizer
-from esolm.data import hub, text
+from esolm.data import Corpus, SyntheticSource, Tokenizer, available_corpora, hub, load_corpus, load_tokenizer, text
 from esolm.data.corpus import pack_with_bos, wrap_batch
 from esolm.data.tokenizer import bpe_name
 
@@ -163,6 +163,7 @@ def test_shakespeare_is_packed_into_bos_led_rows_with_disjoint_documents(shakesp
     docs = [set(c.documents[s]) for s in ("train", "valid", "test")]
     assert not (docs[0] & docs[1] or docs[0] & docs[2] or docs[1] & docs[2])
     assert len(c.splits["train"]) > 10 * len(c.splits["test"])
+    assert load_corpus(**c.spec()).fingerprint == c.fingerprint
 
 
 def test_texts_decode_sequences_with_or_without_special_tokens(shakespeare):
@@ -259,10 +260,13 @@ def test_hub_corpora_fail_within_seconds_offline_saying_what_to_fetch(name, tmp_
     assert str(tmp_path / "cache" / "hf") in msg
 
 
-def test_hub_probe_gives_up_within_its_timeout():
-    t0 = time.perf_counter()
-    assert hub.probe("10.255.255.1", 443, timeout=0.5) is False  # unroutable
-    assert time.perf_counter() - t0 < 1.5
+def test_hub_probe_gives_up_within_its_timeout_and_respects_offline_mode():
+    with socket.socket() as silent:  # accepts connections but never answers the TLS handshake
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        t0 = time.perf_counter()
+        assert hub.probe("127.0.0.1", silent.getsockname()[1], timeout=0.5) is False
+        assert time.perf_counter() - t0 < 1.5
     assert os.environ.get("HF_HUB_OFFLINE") == "1" and hub.hub_reachable() is False
 
 

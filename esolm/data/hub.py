@@ -11,9 +11,9 @@ Both drop the remainder of every processing batch of WRAP_BATCH documents.
 """
 from __future__ import annotations
 
+import http.client
 import os
 import re
-import socket
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from esolm.config import ConfigError
+from esolm.config import ConfigError, coerce
 from esolm.data.cache import FORMAT_VERSION, cache_root, digest, log, storage_dtype
 from esolm.data.corpus import Corpus, check_splits, load_splits, save_splits, wrap_batch
 from esolm.data.tokenizer import load_tokenizer
@@ -47,17 +47,20 @@ def offline_requested() -> bool:
 
 
 def probe(host: str, port: int = 443, timeout: float = 2.0) -> bool:
-    """Can a TCP connection to ``host:port`` open within ``timeout`` seconds (DNS included)?"""
+    """Does ``https://host:port/`` answer a HEAD request with a verified certificate within
+    ``timeout`` seconds? (A bare TCP connect is not enough: transparent proxies accept those.)"""
     ok: list[bool] = []
 
-    def connect():
+    def ask():
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            ok.append(True)
-        except OSError:
+            conn = http.client.HTTPSConnection(host, port, timeout=timeout)
+            conn.request("HEAD", "/")
+            ok.append(conn.getresponse().status < 500)
+            conn.close()
+        except (OSError, http.client.HTTPException):
             ok.append(False)
 
-    thread = threading.Thread(target=connect, daemon=True)  # getaddrinfo ignores timeouts
+    thread = threading.Thread(target=ask, daemon=True)  # DNS lookups ignore socket timeouts
     thread.start()
     thread.join(timeout)
     return bool(ok and ok[0])
@@ -154,7 +157,6 @@ _LM1B_RULES = [
     (re.compile(r" ([.,;:!?%)\]}])"), r"\1"),  # no space before closing punctuation
     (re.compile(r"([(\[{$£#]) "), r"\1"),  # no space after opening brackets and currency
     (re.compile(r" / "), "/"),
-    (re.compile(r" - "), "-"),
 ]
 
 
@@ -173,6 +175,7 @@ def build(corpus: str, *, length: int, vocab_size=None, tokenizer: str | None = 
     if unknown:
         raise ConfigError(f"unknown option(s) {unknown} for corpus {corpus!r}; options: {', '.join(OPTIONS)}")
     opts = {**OPTIONS, **options}
+    opts["max_documents"] = coerce(opts["max_documents"], int | None, "max_documents")
     info = HUB_CORPORA[corpus]
     if tokenizer not in (None, info["tokenizer"]):
         raise ConfigError(f"corpus {corpus!r} uses the {info['tokenizer']} tokenizer (spec 1.1); got "

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from esolm.config import ConfigError
+from esolm.config import ConfigError, coerce
 from esolm.data.cache import array_digest, digest
 from esolm.data.corpus import SPLITS, Corpus
 from esolm.data.tokenizer import SyntheticTokenizer
@@ -27,8 +27,10 @@ class SyntheticSource:
 
     def __init__(self, symbols: int = 64, branching: int = 4, zipf: float = 1.0, seed: int = 0):
         _check(symbols >= 4, f"symbols must be >= 4; got {symbols}")
-        _check(2 <= branching <= symbols // 2, f"branching must lie in [2, symbols/2 = {symbols // 2}]; got {branching}")
+        _check(2 <= branching <= symbols // 2,
+               f"branching must lie in [2, symbols/2 = {symbols // 2}]; got {branching}")
         _check(zipf >= 0, f"zipf must be >= 0 (0 = uniform weights); got {zipf}")
+        _check(seed >= 0, f"seed must be >= 0; got {seed}")
         self.vocab_size, self.branching, self.zipf, self.seed = int(symbols), int(branching), float(zipf), int(seed)
         self.bos_id, self.mask_id = self.vocab_size, self.vocab_size + 1
         rng = np.random.default_rng([self.seed, self.vocab_size, self.branching])
@@ -124,7 +126,9 @@ def build(length: int, vocab_size=None, tokenizer=None, seed: int = 0, cache_dir
     """The "synthetic" corpus: splits sampled from the seeded source (no disk cache needed)."""
     unknown = sorted(set(options) - set(DEFAULTS))
     _check(not unknown, f"unknown option(s) {unknown} for corpus 'synthetic'; options: {', '.join(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
+    types = dict(symbols=int, branching=int, zipf=float, num_train=int | None, num_valid=int | None,
+                 num_test=int | None)
+    opts = {k: coerce(v, types[k], k) for k, v in {**DEFAULTS, **options}.items()}
     _check(length >= 2, f"length must be >= 2; got {length}")
     source = SyntheticSource(opts["symbols"], opts["branching"], opts["zipf"], seed)
     tok = SyntheticTokenizer(source.vocab_size)
@@ -137,7 +141,7 @@ def build(length: int, vocab_size=None, tokenizer=None, seed: int = 0, cache_dir
         "test": opts["num_test"] or max(64, 2 ** 16 // length),
     }
     splits = {}
-    for k, split in enumerate(SPLITS):
+    for split in SPLITS:
         g = torch.Generator().manual_seed(int(digest("synthetic-split", seed, split)[:12], 16))
         splits[split] = source.sample(int(counts[split]), length, g)
     opts.update({f"num_{s}": int(c) for s, c in counts.items()})

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from esolm.config import ConfigError
+from esolm.config import ConfigError, coerce
 from esolm.data.cache import FORMAT_VERSION, cache_root, digest, log, text_digest
 from esolm.data.corpus import SPLITS, Corpus, check_splits, load_splits, pack_with_bos, save_splits
-from esolm.data.tokenizer import package_file, load_tokenizer, train_bpe
+from esolm.data.tokenizer import load_tokenizer, package_file, train_bpe
 
 OPTIONS = dict(valid_fraction=0.05, test_fraction=0.05)
 DEFAULT_BPE_SIZE = 2048
@@ -118,7 +118,7 @@ def build(name: str, docs: list[Document], *, length: int, vocab_size: int | Non
         raise ConfigError(f"unknown option(s) {unknown} for corpus {name!r}; options: {', '.join(OPTIONS)}")
     if length < 2:
         raise ConfigError(f"length must be >= 2; got {length}")
-    opts = {**OPTIONS, **options}
+    opts = {k: coerce(v, float, k) for k, v in {**OPTIONS, **options}.items()}
     parts = split_documents(docs, float(opts["valid_fraction"]), float(opts["test_fraction"]))
     tok_spec = tokenizer or "bpe"
     if tok_spec == "bpe":
