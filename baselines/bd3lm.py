@@ -109,7 +109,8 @@ class BD3LM(LanguageModel):
     def store_block(self, block: torch.Tensor, start: int, cache: KVCache) -> None:
         """The store pass (6.4 step 3): compute a clean block's K/V and commit them to the cache."""
         if cache.length != start:
-            raise ConfigError(f"the cache holds {cache.length} clean tokens but the block starts at {start}")
+            raise ConfigError(f"the cache holds {cache.length} clean tokens but the block starts at {start}; "
+                              f"store the blocks in order, each right after the one before it")
         none = torch.empty(block.shape[0], 0, dtype=torch.long, device=block.device)
         self.backbone(block, self.positions[start:start + block.shape[1]], None, cache=cache, at=none)
         cache.advance(block.shape[1])

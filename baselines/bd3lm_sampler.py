@@ -6,6 +6,8 @@ cache plus sampling work on the few positions it fills: nothing proportional to 
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from esolm.sampling import gumbel_noise, nucleus_filter
@@ -44,16 +46,7 @@ def sample_blocks(model, z: torch.Tensor, *, steps_per_block: int, top_p: float,
     for b in range(length // bs):
         start, end = b * bs, (b + 1) * bs
         block = z[:, start:end]  # a view: writes land in z
-
-        def denoise() -> torch.Tensor:
-            with clock.region(profile):
-                logits = (model.block_logits(block, start, cache) if cache is not None
-                          else model.prefix_logits(z[:, :end]))
-            counts["denoise_passes"] += 1
-            if on_step is not None:
-                on_step(b, z.clone(), logits)
-            return logits
-
+        denoise = partial(_denoise, model, z, b, bs, cache, clock, profile, counts, on_step)
         fill = _ancestral if sampler == "ancestral" else _first_hitting
         fill(block, m, steps_per_block, denoise, top_p, nucleus, generator, profile)
         if cache is not None and end < length:  # the store pass (6.4 step 3)
@@ -61,6 +54,18 @@ def sample_blocks(model, z: torch.Tensor, *, steps_per_block: int, top_p: float,
                 model.store_block(block, start, cache)
             counts["store_passes"] += 1
     return counts
+
+
+def _denoise(model, z, b, bs, cache, clock, profile, counts, on_step) -> torch.Tensor:
+    """One denoising pass on block b: against the cache, or recomputing its clean prefix."""
+    start, end = b * bs, (b + 1) * bs
+    with clock.region(profile):
+        logits = (model.block_logits(z[:, start:end], start, cache) if cache is not None
+                  else model.prefix_logits(z[:, :end]))
+    counts["denoise_passes"] += 1
+    if on_step is not None:
+        on_step(b, z.clone(), logits)
+    return logits
 
 
 def _ancestral(block, m, steps, denoise, top_p, nucleus, generator, profile) -> None:

@@ -139,6 +139,11 @@ class LanguageModel(nn.Module):
     ) -> SampleOutput:
         raise NotImplementedError
 
+    def after_validation(self, batches: list[torch.Tensor]) -> dict | None:
+        """Hook the trainer calls after each validation pass (BD3-LM's clipped-schedule
+        search uses it); returns what it changed, for the log."""
+        return None
+
     # -- shared helpers ---------------------------------------------------------------
     @property
     def device(self) -> torch.device:

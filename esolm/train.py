@@ -115,6 +115,16 @@ def broadcast_parameters(model: torch.nn.Module, world: int) -> None:
             dist.broadcast(t.data, src=0)
 
 
+def parameter_checksum(model: torch.nn.Module) -> str:
+    """sha256 of every parameter's bytes: equal iff the ranks hold identical weights."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in model.parameters():
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 # ------------------------------------------------------------------------- EMA
 class EMA:
     """Exponential moving average of parameters (spec 2.6): decay min(d, (1+n)/(10+n))."""
@@ -271,11 +281,15 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
         atomic_write_json(out / "config.json", {**identity, "corpus": corpus.spec(), "steps": cfg.steps})
 
     def save():
-        rngs = [None] * world
+        rngs, sums = [None] * world, [None] * world
         if world > 1:
             dist.all_gather_object(rngs, rng_state())
+            dist.all_gather_object(sums, parameter_checksum(model))
+            if len(set(sums)) != 1:
+                raise RuntimeError(f"data-parallel ranks diverged at step {step}: parameter checksums {sums}")
         else:
-            rngs = [rng_state()]
+            rngs, sums = [rng_state()], [parameter_checksum(model)]
+        metrics.update(world_size=world, rank_parameter_checksums=sums)
         if rank == 0:
             save_checkpoint(ckpt_path, {
                 "model_name": model_name, "model_config": model.config.to_dict(), "identity": identity,
@@ -325,7 +339,11 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
                 model.eval()
                 val = evaluate(model, corpus, "valid", batch_size=micro, max_batches=cfg.eval_batches,
                                seed=cfg.seed, progress=False)
+                valid_rows = corpus.splits["valid"][: cfg.eval_batches * micro].to(device)
+                changed = model.after_validation(list(torch.split(valid_rows, micro)))
                 model.train()
+            if changed:
+                history[-1]["after_validation"] = str(changed.interval if hasattr(changed, "interval") else changed)
             history[-1]["valid_nll_per_token"] = val["nll_per_token"]
             metrics["valid"] = val
             if rank == 0:

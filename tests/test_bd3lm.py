@@ -1,5 +1,6 @@
 """BD3-LM against spec 6 (and 3.2, 5.5, 5.6, 8.6, 11.5): the block-diffusion mask, exact KV
 cache, the limits L' = L (MDLM) and L' = 1 (AR), the NELBO, the clipped schedule, the sampler."""
+import itertools
 import math
 
 import pytest
@@ -131,7 +132,7 @@ def test_every_sampler_step_sees_the_logits_of_the_training_pass(kv_cache, sampl
                                                     ("ancestral", 0.9, "eso"), ("first_hitting", 0.9, "bd3")])
 def test_kv_cache_and_recomputation_sample_identical_tokens(sampler, top_p, nucleus):
     model = randomized(length=24)
-    kw = dict(steps=24, top_p=top_p, sampler=sampler, nucleus=nucleus)
+    kw = {"steps": 24, "top_p": top_p, "sampler": sampler, "nucleus": nucleus}
     a = model.sample(3, kv_cache=True, generator=torch.Generator().manual_seed(5), **kw)
     b = model.sample(3, kv_cache=False, generator=torch.Generator().manual_seed(5), **kw)
     assert torch.equal(a.tokens, b.tokens)
@@ -207,8 +208,9 @@ def test_times_are_one_per_block_stratified_over_all_blocks_of_the_global_batch(
     assert t.shape == (15, 4) and bool(((t >= 1e-3) & (t < 1)).all())
     e = (t.flatten() - 1e-3) / (1 - 1e-3)
     assert torch.equal(torch.sort((e * 60).floor().long()).values, torch.arange(60))  # one per stratum (11.18)
-    cols = torch.stack([model.block_times(50, generator=g)[:, 0] for _ in range(40)]).flatten()
-    assert 0.45 < float(cols.mean()) < 0.55  # the first block is not stuck in low strata
+    rows = model.block_times(2000, generator=g)  # a row's strata are shuffled over its blocks:
+    first_is_lowest = (rows.argmin(1) == 0).double().mean()  # block 0 is not always the least noisy
+    assert 0.2 < float(first_is_lowest) < 0.3
 
 
 # --------------------------------------------------------------------- clipped schedule (6.3)
@@ -284,7 +286,7 @@ def test_ancestral_passes_follow_uniform_unmasking_steps():
         block[:, 0] = 7  # one clean position per row: 6 masks in the batch
         calls = []
 
-        def denoise():
+        def denoise(block=block, calls=calls):
             calls.append(block.clone())
             return logits
 
@@ -292,7 +294,7 @@ def test_ancestral_passes_follow_uniform_unmasking_steps():
         passes.append(len(calls))
         assert not bool((block == m).any()) and bool((block[:, 0] == 7).all())
         masks_left = [int((c == m).sum()) for c in calls] + [0]
-        for a, b in zip(masks_left, masks_left[1:]):
+        for a, b in itertools.pairwise(masks_left):
             assert a > b, "a pass was spent on a state the previous pass already saw"
     expected = steps * (1 - (1 - 1 / steps) ** 6)
     assert sum(passes) / len(passes) == pytest.approx(expected, abs=0.06)
@@ -316,7 +318,7 @@ def test_first_hitting_unmasks_exactly_one_position_per_row_and_step():
 
 def test_bd3_nucleus_keeps_mass_at_most_p_while_the_eso_filter_keeps_the_crossing_token():
     probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]], dtype=torch.float64)
-    kept = lambda lg: torch.isfinite(lg)[0].tolist()  # noqa: E731
+    kept = lambda lg: torch.isfinite(lg)[0].tolist()
     assert kept(bd3_nucleus(probs.log(), 0.85)) == [True, True, False, False]
     assert kept(nucleus_filter(probs.log(), 0.85)) == [True, True, True, False]
     assert kept(bd3_nucleus(probs.log(), 0.3)) == [True, False, False, False]  # top-1 always kept
@@ -371,4 +373,4 @@ def test_trained_bd3lm_never_reports_a_nelbo_below_the_true_entropy():
         nelbo = sum(float(model.nll(b, generator=g).per_sequence.sum()) for b in test.split(128)) / test.shape[0]
         reports.append(nelbo)
     assert all(r >= entropy for r in reports), f"NELBO per sequence {reports} vs entropy {entropy}"
-    assert reports[-1] < 0.8 * uniform, f"did not learn: {reports[-1]} vs uniform {uniform}"
+    assert reports[-1] < 0.5 * uniform, f"did not learn: {reports[-1]} vs uniform {uniform}"
