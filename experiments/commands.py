@@ -12,10 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from esolm import registry
-from esolm.checkpoint import atomic_write_bytes, atomic_write_json, load_model
+from esolm.checkpoint import atomic_write_json, load_model
+from esolm.samples import draw_samples, write_jsonl
 from esolm.config import ConfigError, coerce
 from experiments.runspec import RunSpec
 
@@ -149,24 +148,12 @@ def cmd_sample(args) -> int:
     sample_opts.setdefault("steps", model.config.length)
     out = Path(args.out) if args.out else ckpt.parent / "samples" / (
         "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}.jsonl")
-    gen = torch.Generator(device=model.device).manual_seed(seed)
-    records, t0 = [], time.perf_counter()
     say(f"sampling {num_samples} sequences from {state['model_name']} ({ckpt}) with {sample_opts}")
-    for start in range(0, num_samples, batch_size):
-        n = min(batch_size, num_samples - start)
-        res = model.sample(n, generator=gen, **sample_opts)
-        texts = corpus.tokenizer.decode_batch(res.tokens.tolist())
-        for toks, text in zip(res.tokens.tolist(), texts):
-            records.append({
-                "text": text, "tokens": toks, "nfe": res.nfe, "seconds": res.seconds, "batch_size": n,
-                "model": state["model_name"], "config": state["model_config"], "checkpoint": str(ckpt),
-                "tokenizer": corpus.tokenizer.name, "tokenizer_fingerprint": corpus.tokenizer.fingerprint,
-                "corpus": state["corpus"], "steps": sample_opts.get("steps"), "top_p": sample_opts.get("top_p", 1.0),
-                "seed": seed, "options": {k: v for k, v in sample_opts.items()},
-            })
-        say(f"  {start + n}/{num_samples} samples, NFE {res.nfe}, {res.seconds:.2f} s for this batch")
-    data = "".join(json.dumps(r) + "\n" for r in records).encode()
-    atomic_write_bytes(out, lambda f: f.write(data))
+    t0 = time.perf_counter()
+    records = draw_samples(model, corpus, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                           options=sample_opts, model_name=state["model_name"], model_config=state["model_config"],
+                           corpus_spec=state["corpus"], checkpoint=str(ckpt), log=say)
+    write_jsonl(out, records)
     say(f"wrote {len(records)} samples to {out} ({time.perf_counter() - t0:.1f} s)")
     for r in records[: min(3, len(records))]:
         say("---\n" + r["text"][:400])
@@ -180,7 +167,9 @@ def _score(path: Path, args, corpus=None) -> int:
     from esolm.metrics import score_samples
 
     result = score_samples(path, evaluator=args.evaluator, mauve=not args.no_mauve, device=args.device,
-                           corpus=corpus)
+                           corpus=corpus, featurizer=args.featurizer, batch_size=args.batch_size,
+                           max_length=args.max_length, out=args.metrics_out, overwrite=args.overwrite,
+                           progress=not getattr(args, "no_progress", False))
     summary = {k: result[k] for k in ("gen_ppl", "entropy", "self_bleu", "mauve", "nfe") if k in result}
     print(json.dumps(summary, indent=2, default=str))
     say(f"wrote {result.get('path', path)}")

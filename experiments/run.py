@@ -45,6 +45,16 @@ def _cuda() -> bool:
         return False
 
 
+def _score_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-mauve", action="store_true", help="skip MAUVE")
+    p.add_argument("--featurizer", default="minilm",
+                   help="MAUVE features: minilm (offline MiniLM encoder) | evaluator | HF encoder name/folder")
+    p.add_argument("--batch-size", type=int, default=8, help="evaluator batch size")
+    p.add_argument("--max-length", type=int, default=None, help="truncate retokenized samples (default: model length)")
+    p.add_argument("--metrics-out", default=None, help="metrics JSON path (default: beside the samples)")
+    p.add_argument("--overwrite", action="store_true", help="replace a metrics JSON computed from other inputs")
+
+
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="command", required=True)
@@ -66,13 +76,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSONL path (default: <run>/samples/samples-<options>.jsonl)")
     p.add_argument("--score", action="store_true", help="score the samples right away (see `score`)")
     p.add_argument("--evaluator", default=None, help="for --score: source | checkpoint | HF folder or hub name")
-    p.add_argument("--no-mauve", action="store_true")
+    _score_args(p)
 
     p = sub.add_parser("score", help="gen PPL, entropy, self-BLEU, MAUVE of a samples JSONL")
     p.add_argument("samples")
-    p.add_argument("--evaluator", required=True, help="source | path to checkpoint.pt | HF folder | hub name")
+    p.add_argument("--evaluator", default=None,
+                   help="source | path to checkpoint.pt | HF folder | hub name (default: source on synthetic)")
     p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
-    p.add_argument("--no-mauve", action="store_true")
+    _score_args(p)
 
     try:
         from experiments.pipeline import add_pipeline_commands

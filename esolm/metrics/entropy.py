@@ -32,4 +32,4 @@ def entropy_summary(token_ids) -> dict:
         return dict(mean=None, std=None, min=None, p05=None, median=None, max=None, num_samples=0)
     return dict(mean=float(h.mean()), std=float(h.std()), min=float(h.min()),
                 p05=float(np.quantile(h, 0.05)), median=float(np.median(h)), max=float(h.max()),
-                num_samples=int(len(h)), max_possible=float(np.log(max(len(r) for r in rows))))
+                num_samples=len(h), max_possible=float(np.log(max(len(r) for r in rows))))

@@ -145,12 +145,25 @@ class CheckpointEvaluator(Evaluator):
         if corpus is None or getattr(corpus, "spec", lambda: None)() != spec:
             corpus = load_corpus_spec(spec, f"the corpus of evaluator checkpoint {path}")
         tok = corpus.tokenizer
-        test_ppl = (state.get("metrics") or {}).get("test_ppl")
+        metrics = state.get("metrics") or {}
+        test_ppl = metrics.get("test_ppl") or (metrics.get("test") or {}).get("ppl")
         super().__init__(f"{state['model_name']} checkpoint {path}", spec=str(path),
                          num_parameters=model.num_parameters(), max_length=model.config.length,
                          eos_id=tok.eos_id, pad_id=tok.eos_id, test_ppl=test_ppl, tokenizer=tok.name, device=device)
         self.model, self.tokenizer, self.tokenizer_fingerprint = model, tok, tok.fingerprint
-        self.corpus_spec = spec
+        self.corpus = corpus
+
+    @torch.no_grad()
+    def measure_test_ppl(self, texts, *, max_length=None, batch_size: int = 8) -> float:
+        """Exact test PPL (spec 8.1) on the first ``len(texts)`` test sequences of its own corpus."""
+        rows = self.corpus.splits["test"][:max(len(texts), 1)]
+        nll = total = 0.0
+        for batch in torch.split(rows, batch_size):
+            out = self.model.nll(batch.to(self.model.device))
+            nll, total = nll + float(out.per_sequence.sum()), total + float(out.num_tokens.sum())
+        self.test_ppl = math.exp(nll / total)
+        self.test_ppl_source = f"measured on {len(rows)} test sequences of its corpus"
+        return self.test_ppl
 
     def encode(self, texts):
         return self.tokenizer.encode_batch(list(texts))
@@ -182,13 +195,7 @@ class HFEvaluator(Evaluator):
     def __init__(self, spec: str, device="cpu"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        local = Path(spec).is_dir()
-        offline = local or _hub_offline()
-        try:
-            tok = AutoTokenizer.from_pretrained(spec, local_files_only=offline)
-            model = AutoModelForCausalLM.from_pretrained(spec, local_files_only=offline)
-        except Exception as e:  # OSError offline, ValueError for a non-causal config, ...
-            raise ConfigError(_load_failure(spec, local, offline, e)) from None
+        tok, model = from_pretrained(spec, AutoTokenizer, AutoModelForCausalLM)
         archs = getattr(model.config, "architectures", None) or []
         if archs and not any(a.endswith(("LMHeadModel", "ForCausalLM")) for a in archs):
             raise ConfigError(f"evaluator {spec} is a {archs[0]}, not a causal LM; gen PPL needs a causal LM "
@@ -258,18 +265,50 @@ def load_corpus_spec(spec: dict, what: str):
         raise ConfigError(f"cannot rebuild {what} ({name}, {kw}): {e}") from None
 
 
+def from_pretrained(spec: str, *loaders, what: str = "evaluator"):
+    """``loader.from_pretrained(spec)`` for each loader: a folder or a cached hub copy first;
+    the hub only when it is reachable, so an offline machine fails in seconds, not minutes."""
+    local = Path(spec).is_dir()
+    try:
+        return tuple(loader.from_pretrained(spec, local_files_only=True) for loader in loaders)
+    except Exception as e:  # OSError when absent, ValueError for a config the loader cannot take, ...
+        if local or _hub_offline() or not _hub_reachable():
+            raise ConfigError(_load_failure(what, spec, local, True, e)) from None
+    try:
+        return tuple(loader.from_pretrained(spec) for loader in loaders)
+    except Exception as e:
+        raise ConfigError(_load_failure(what, spec, local, False, e)) from None
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens (assumed yes behind an HTTPS proxy)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _hub_offline() -> bool:
     return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
                for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _load_failure(spec: str, local: bool, offline: bool, error: Exception) -> str:
+def _load_failure(what: str, spec: str, local: bool, offline: bool, error: Exception) -> str:
     first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     if local:
-        return (f"cannot load evaluator folder {spec} with transformers ({first}); it must hold a causal LM and "
-                f"its tokenizer saved with save_pretrained()")
-    where = "the Hugging Face hub is offline (HF_HUB_OFFLINE=1) and it is not cached" if offline else \
+        return (f"cannot load {what} folder {spec} with transformers ({first}); it must hold the model and its "
+                f"tokenizer saved with save_pretrained()")
+    where = "it is not cached and the Hugging Face hub is offline or unreachable" if offline else \
         "it could not be fetched from the Hugging Face hub"
-    return (f"cannot load evaluator {spec!r}: {where} ({first}). Fix: on a machine with internet save it to a folder "
-            f"(AutoModelForCausalLM.from_pretrained({spec!r}).save_pretrained(DIR), same for AutoTokenizer) and pass "
-            f"--evaluator DIR, or pass an AR checkpoint of this harness, or 'source' for the synthetic corpus")
+    fix = ("pass an AR checkpoint of this harness, or 'source' for the synthetic corpus" if what == "evaluator"
+           else "use featurizer='minilm', which works offline")
+    return (f"cannot load {what} {spec!r}: {where} ({first}). Fix: on a machine with internet save it to a folder "
+            f"(from_pretrained({spec!r}).save_pretrained(DIR) for the model and its tokenizer) and pass that "
+            f"folder, or {fix}")

@@ -8,15 +8,18 @@ hidden states). Every setting that changes the number is returned with the score
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from esolm.config import ConfigError
-from esolm.metrics.evaluators import featurize_rows
+from esolm.metrics.evaluators import featurize_rows, from_pretrained
 
 _ENCODERS: dict = {}  # (name, device) -> (tokenizer, model): load each featurizer once per process
+_FEATURES: dict = {}  # (featurizer, pooling, max length, text) -> feature row; references recur across runs
+_MAX_CACHED = 100_000
 
 
 def minilm_folder() -> Path:
@@ -34,56 +37,51 @@ def _load_encoder(name: str, device):
 
     key = (name, str(device))
     if key not in _ENCODERS:
-        from esolm.metrics.evaluators import _hub_offline
-
-        offline = Path(name).is_dir() or _hub_offline()
-        try:
-            tok = AutoTokenizer.from_pretrained(name, local_files_only=offline)
-            model = AutoModel.from_pretrained(name, local_files_only=offline).to(device).eval()
-        except Exception as e:
-            raise ConfigError(f"cannot load MAUVE featurizer {name!r} ({str(e).strip().splitlines()[0]}); pass "
-                              f"featurizer='minilm' (offline), a local transformers folder, or 'evaluator'") from None
-        _ENCODERS[key] = (tok, model)
+        tok, model = from_pretrained(name, AutoTokenizer, AutoModel, what="MAUVE featurizer")
+        _ENCODERS[key] = (tok, model.to(device).eval())
     return _ENCODERS[key]
-
-
-def _is_causal(model) -> bool:
-    archs = getattr(model.config, "architectures", None) or []
-    return bool(getattr(model.config, "is_decoder", False)) or any(
-        a.endswith(("LMHeadModel", "ForCausalLM")) for a in archs)
 
 
 @torch.no_grad()
 def featurize(texts: list[str], featurizer: str = "minilm", *, evaluator=None, max_text_length: int = 512,
-              batch_size: int = 32, device="cpu", pooling: str | None = None) -> tuple[np.ndarray, dict]:
-    """([N, d] float32 features, settings). ``pooling`` None: mean for encoders, last token
-    for causal models (mauve-text's own featurizer uses the last token)."""
+              batch_size: int = 32, device="cpu", pooling: str = "last") -> tuple[np.ndarray, dict]:
+    """([N, d] float32 features, settings): the final hidden state of each text's last token
+    (mauve-text's own convention; special tokens added as the tokenizer does) or the mean
+    over tokens (``pooling="mean"``). Rows are cached per process by text and settings."""
     if featurizer == "evaluator":
         if evaluator is None:
             raise ConfigError("featurizer='evaluator' needs the evaluator object (evaluator=...)")
-        pooling = pooling or "last"
-        feats = evaluator.hidden_features(texts, max_text_length=max_text_length, batch_size=batch_size,
+        feats = evaluator.hidden_features(list(texts), max_text_length=max_text_length, batch_size=batch_size,
                                           pooling=pooling)
         return feats, dict(featurizer=f"evaluator: {evaluator.name}", pooling=pooling)
     name = str(minilm_folder()) if featurizer == "minilm" else str(featurizer)
+    keys = [(name, pooling, max_text_length, t) for t in texts]
+    todo = sorted({k[3] for k in keys if k not in _FEATURES}, key=lambda t: (len(t), t))
+    if todo:
+        if len(_FEATURES) + len(todo) > _MAX_CACHED:
+            _FEATURES.clear()
+        for t, row in zip(todo, _encode(name, todo, max_text_length, batch_size, device, pooling)):
+            _FEATURES[(name, pooling, max_text_length, t)] = row
+    label = "all-MiniLM-L6-v2" if featurizer == "minilm" else name
+    return np.stack([_FEATURES[k] for k in keys]), dict(featurizer=label, pooling=pooling)
+
+
+def _encode(name: str, texts: list[str], max_text_length: int, batch_size: int, device, pooling: str) -> np.ndarray:
     tok, model = _load_encoder(name, device)
-    pooling = pooling or ("last" if _is_causal(model) else "mean")
     limit = min(max_text_length, getattr(model.config, "max_position_embeddings", None) or max_text_length)
     rows = tok(list(texts), truncation=True, max_length=limit)["input_ids"]
     pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
 
     def hidden(ids, attention):
-        out = model(input_ids=ids.to(device), attention_mask=attention.long().to(device))
-        return out.last_hidden_state
+        return model(input_ids=ids.to(device), attention_mask=attention.long().to(device)).last_hidden_state
 
-    feats = featurize_rows(rows, pad, batch_size, hidden, pooling)
-    return feats, dict(featurizer="all-MiniLM-L6-v2" if featurizer == "minilm" else name, pooling=pooling)
+    return featurize_rows(rows, pad, batch_size, hidden, pooling)
 
 
 def mauve_score(samples: list[str], references: list[str], *, featurizer: str = "minilm", evaluator=None,
                 seed: int = 25, max_text_length: int = 512, num_buckets="auto", kmeans_num_redo: int = 5,
                 kmeans_max_iter: int = 500, kmeans_explained_var: float = 0.9, scaling_factor: float = 5.0,
-                batch_size: int = 32, device="cpu", pooling: str | None = None) -> dict:
+                batch_size: int = 32, device="cpu", pooling: str = "last") -> dict:
     """MAUVE of ``samples`` (q) against ``references`` (p): p_features / q_features are
     computed here and passed to ``mauve.compute_mauve`` with the recorded settings."""
     if len(samples) != len(references):
@@ -99,10 +97,11 @@ def mauve_score(samples: list[str], references: list[str], *, featurizer: str = 
                         batch_size=batch_size, device=device, pooling=pooling)
     p, _ = featurize(list(references), featurizer, evaluator=evaluator, max_text_length=max_text_length,
                      batch_size=batch_size, device=device, pooling=pooling)
-    out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets, seed=seed,
-                              kmeans_num_redo=kmeans_num_redo, kmeans_max_iter=kmeans_max_iter,
-                              kmeans_explained_var=kmeans_explained_var, mauve_scaling_factor=scaling_factor,
-                              verbose=False)
+    with _few_kmeans_threads(len(p) + len(q)):
+        out = mauve.compute_mauve(p_features=p, q_features=q, num_buckets=num_buckets, seed=seed,
+                                  kmeans_num_redo=kmeans_num_redo, kmeans_max_iter=kmeans_max_iter,
+                                  kmeans_explained_var=kmeans_explained_var, mauve_scaling_factor=scaling_factor,
+                                  verbose=False)
     return dict(mauve=float(out.mauve), mauve_star=float(out.mauve_star),
                 frontier_integral=float(out.frontier_integral), num_samples=len(samples),
                 num_references=len(references), feature_dim=int(q.shape[1]), num_buckets=int(out.num_buckets),
@@ -110,6 +109,21 @@ def mauve_score(samples: list[str], references: list[str], *, featurizer: str = 
                 kmeans_num_redo=kmeans_num_redo, kmeans_max_iter=kmeans_max_iter,
                 kmeans_explained_var=kmeans_explained_var, scaling_factor=scaling_factor,
                 package=f"mauve-text {_version('mauve-text')}", **info)
+
+
+@contextmanager
+def _few_kmeans_threads(num_points: int, small: int = 2000):
+    """Small k-means problems run single-threaded: faiss's OpenMP threads spinning against
+    torch's make them many times slower on a busy CPU; large ones keep faiss's default."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    if num_points <= small:
+        faiss.omp_set_num_threads(1)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(before)
 
 
 def _version(dist: str) -> str:

@@ -32,8 +32,7 @@ METRICS_VERSION = 1  # bump when a change alters the numbers for the same inputs
 def metrics_path(samples_path: str | Path) -> Path:
     """``X.jsonl`` -> ``X.metrics.json`` in the same folder."""
     p = Path(samples_path)
-    stem = p.name[:-len(".jsonl")] if p.name.endswith(".jsonl") else p.name
-    return p.with_name(stem + ".metrics.json")
+    return p.with_name(p.name.removesuffix(".jsonl") + ".metrics.json")
 
 
 def read_samples(path: str | Path) -> list[dict]:
@@ -98,9 +97,7 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     say = _say if progress else (lambda *_: None)
     path = Path(samples_path)
     records = read_samples(path)
-    spec = records[0].get("corpus")
-    if corpus is None:
-        corpus = load_corpus_spec(spec, f"the corpus of the samples in {path}")
+    corpus = _samples_corpus(records, corpus, path)
     tok = corpus.tokenizer
     check_samples(records, tok, path)
     if evaluator is None:
@@ -116,14 +113,14 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
                   references=_digest(references) if references is not None else "corpus test split",
                   self_bleu_samples=self_bleu_samples, metrics_version=METRICS_VERSION)
     out = Path(out) if out is not None else metrics_path(path)
-    _check_overwrite(out, inputs, overwrite)
 
+    refs = _references(references, corpus, len(records)) if mauve else None
     say(f"scoring {len(records)} samples of {records[0].get('model')} from {path}")
     ev = load_evaluator(evaluator, device=device, corpus=corpus)
-    ev_fp = getattr(ev, "tokenizer_fingerprint", None)
-    if ev.kind == "checkpoint" and ev_fp != tok.fingerprint:
+    if ev.kind == "checkpoint" and getattr(ev, "tokenizer_fingerprint", None) != tok.fingerprint:
         raise ConfigError(f"evaluator {ev.name} uses tokenizer {ev.tokenizer_name}, the samples {tok.name}; an AR "
                           f"evaluator must be trained on the samples' corpus (or use a transformers causal LM)")
+    _check_overwrite(out, inputs, overwrite)
     say(f"gen PPL under {ev.name} ({ev.num_parameters} parameters), truncation {max_length}, context {ev.max_length}")
     texts = [r["text"] for r in records]
     result_ppl = gen_ppl(texts, ev, max_length=max_length, batch_size=batch_size, progress=progress)
@@ -141,25 +138,41 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
                        max_samples=self_bleu_samples, words="whitespace split, special tokens stripped",
                        smoothing="nltk method1") if len(clean) >= 2 else None,
         nfe=_nfe_summary(records), timing=_timing_summary(records), environment=environment_fingerprint(device))
+    result["mauve"] = None
     if mauve:
-        refs = references if references is not None else _test_references(corpus, len(records))
-        say(f"MAUVE against {len(refs[:len(records)])} references with featurizer {featurizer}")
-        result["mauve"] = mauve_score(clean, list(refs[:len(records)]), featurizer=featurizer, evaluator=ev,
-                                      seed=mauve_seed, max_text_length=max_text_length, device=device)
-    else:
-        result["mauve"] = None
+        say(f"MAUVE against {len(refs)} references with featurizer {featurizer}")
+        result["mauve"] = mauve_score(clean, refs, featurizer=featurizer, evaluator=ev, seed=mauve_seed,
+                                      max_text_length=max_text_length, device=device)
     atomic_write_json(out, result)
     say(f"gen PPL {result_ppl['gen_ppl']:.3f}, entropy {result['entropy']['mean']:.3f}"
         + (f", MAUVE {result['mauve']['mauve']:.4f}" if result["mauve"] else "") + f"; wrote {out}")
     return result
 
 
-def _test_references(corpus, n: int) -> list[str]:
-    test = corpus.splits["test"]
-    if len(test) < n:
-        raise ConfigError(f"MAUVE needs {n} references (one per sample) but the test split of {corpus.name} has "
-                          f"{len(test)} sequences; pass references=, score fewer samples, or disable MAUVE (--no-mauve)")
-    return corpus.texts("test", n, skip_special=True)
+def _samples_corpus(records: list[dict], corpus, path: Path):
+    """The corpus the samples were drawn from: rebuilt from the file, or the one passed if it matches."""
+    spec = records[0].get("corpus")
+    if corpus is None:
+        return load_corpus_spec(spec, f"the corpus of the samples in {path}")
+    if spec is not None and _canon(corpus.spec()) != _canon(spec):
+        raise ConfigError(f"the corpus passed ({corpus.spec()}) is not the one the samples in {path} were drawn "
+                          f"from ({spec}); pass the samples' corpus or none (it is rebuilt from the file)")
+    return corpus
+
+
+def _references(references: list[str] | None, corpus, n: int) -> list[str]:
+    """MAUVE's human texts, one per sample (spec 8.4): the given ones, or the corpus's first
+    ``n`` test sequences with special tokens stripped."""
+    if references is None:
+        if len(corpus.splits["test"]) < n:
+            raise ConfigError(f"MAUVE needs one reference per sample ({n}) but the test split of {corpus.name} has "
+                              f"{len(corpus.splits['test'])} sequences; pass references=, score fewer samples, or "
+                              f"disable MAUVE (--no-mauve)")
+        return corpus.texts("test", n, skip_special=True)
+    if len(references) < n:
+        raise ConfigError(f"MAUVE needs one reference per sample: got {len(references)} references for {n} samples; "
+                          f"pass more references or disable MAUVE (--no-mauve)")
+    return list(references[:n])
 
 
 def _check_overwrite(out: Path, inputs: dict, overwrite: bool) -> None:
@@ -222,6 +235,10 @@ def _timing_summary(records: list[dict]) -> dict | None:
 def _evaluator_id(spec: str) -> str:
     p = Path(str(spec)).expanduser()
     return str(p.resolve()) if p.exists() else str(spec)
+
+
+def _canon(obj) -> str:
+    return json.dumps(obj, sort_keys=True, default=str)
 
 
 def _digest(texts: list[str]) -> str:
