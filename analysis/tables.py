@@ -1,0 +1,306 @@
+"""The paper's tables from the results store, our numbers with the paper's beside them
+(spec 10): Table 1 (test PPL), Tables 6-8 (IW vs K), Table 11 (NFE = L latency) and
+Tables 13-15 (gen PPL, entropy, MAUVE, time per configuration), each as Markdown, LaTeX
+and CSV under results/<preset>/tables/. Matching rules: docs/analysis.md.
+
+    python -m analysis.tables results/tiny
+"""
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from analysis import anchors as A
+from analysis import store as S
+from analysis.pareto import COLLAPSE_RATIO, collapsed, ordered_groups
+from analysis.render import Col, Table
+
+NOT_SAME = ("Ours and the paper's are not the same quantity (corpus, sequence length, model size, training budget, "
+            "evaluator and device all differ): read them side by side, never as a difference.")
+
+
+def _order(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the paper's method order, then block size, then alpha_0 of training (high first)."""
+    order = ordered_groups(frame["group"])
+    keys = frame.assign(_g=frame["group"].map(order.index),
+                        _b=frame.get("block_size", pd.Series(np.nan, index=frame.index)).fillna(0),
+                        _a=-frame.get("alpha_0", pd.Series(np.nan, index=frame.index)).fillna(0))
+    return frame.loc[keys.sort_values(["_g", "_b", "_a"], kind="stable").index]
+
+
+def _anchor(anchors: pd.DataFrame, table: str, **ident):
+    """The one paper number of `table` with this identity (NaN-valued identity keys must be NaN there)."""
+    sel = anchors.loc[anchors["table"].eq(table)]
+    for k, v in ident.items():
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            sel = sel.loc[sel[k].isna()]
+        elif isinstance(v, str):
+            sel = sel.loc[sel[k].eq(v)]
+        else:
+            sel = sel.loc[np.isclose(sel[k].astype(float), float(v))]
+    return sel.iloc[0] if len(sel) == 1 else None
+
+
+def _marks(anchor) -> str:
+    """The paper's footnote markers on a number (¶ △ ‡ † r c)."""
+    if anchor is None:
+        return ""
+    keys = A.anchors_meta()["footnotes"]
+    return "".join(n for n in anchor["notes"] if n in keys)
+
+
+def _setup(summary: dict, length) -> str:
+    return f"ours: {summary.get('corpus', '?')}, L = {length}, preset {summary.get('preset', '?')}"
+
+
+def _stale_note(frame: pd.DataFrame) -> list[str]:
+    n = int(frame["stale"].sum()) if "stale" in frame.columns else 0
+    return [f"{n} row(s) come from records of an older code version (stale); rerun the preset to refresh them."] if n else []
+
+
+# ----------------------------------------------------------------------------- Table 1
+def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
+    """Test perplexity per model: exact (largest K we ran) and NELBO; the paper's LM1B and OWT columns."""
+    ev = S.rows(df, "eval")
+    out = []
+    for label, g in ev.groupby("label", sort=False):
+        first = g.iloc[0]
+        exact = g.loc[g["exact"].astype(str).eq("True")].sort_values("num_orders") if "exact" in g else g.iloc[:0]
+        nelbo = g.loc[g["exact"].astype(str).ne("True")] if "exact" in g else g
+        row = dict(group=first["group"], label=label, alpha_0=first.get("alpha_0", np.nan),
+                   block_size=first.get("block_size", np.nan),
+                   exact_ppl=exact["ppl"].iloc[-1] if len(exact) else np.nan,
+                   exact_K=exact["num_orders"].iloc[-1] if len(exact) else np.nan,
+                   nelbo_ppl=nelbo["ppl"].iloc[0] if len(nelbo) else np.nan,
+                   test_sequences=g["num_sequences"].max(), stale=bool(g["stale"].any()))
+        a0 = row["alpha_0"] if pd.notna(row["alpha_0"]) else None
+        for ds in ("LM1B", "OWT"):
+            for est in ("exact", "nelbo"):
+                anc = _anchor(anchors, "1", group=row["group"], alpha_0=a0, dataset=ds, estimator=est)
+                row[f"paper_{ds.lower()}_{est}"] = anc["value"] if anc is not None else np.nan
+                row[f"paper_{ds.lower()}_{est}_notes"] = _marks(anc)
+        out.append(row)
+    data = _order(pd.DataFrame(out)).rename(columns={"group": "method"})
+    paper = A.source_label("1", None)
+    cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"),
+            Col("exact_ppl", "exact PPL", ".2f"), Col("exact_K", "K", "g"), Col("nelbo_ppl", "NELBO PPL", ".2f")]
+    cols += [Col(f"paper_{d.lower()}_{e}", f"{d} {e}", ".2f", group=paper, marks=f"paper_{d.lower()}_{e}_notes")
+             for d in ("LM1B", "OWT") for e in ("exact", "nelbo")]
+    used = sorted({m for c in data.filter(like="_notes") for s in data[c] for m in s})
+    foot = A.anchors_meta()["footnotes"]
+    notes = [(f"{_setup(summary, S.sequence_length(summary))}; exact = the IW bound with the largest K we ran "
+              "(AR: its exact likelihood, in both columns); test sequences per model in the CSV."),
+             ("paper: LM1B (L = 128, 1M steps) and OWT (L = 1024, 250K steps); Eso-LM exact = IW bound with K = 5000 "
+              "(LM1B) / 1000 (OWT); MDLM LM1B exact = IW with K = 1000."),
+             "Matching rule: same method, block size L′ and α0 of training.", NOT_SAME,
+             *[f"{m}: {foot[m]}" for m in used], *_stale_note(data)]
+    return Table("table1_test_ppl", "Table 1: test perplexity", data, cols, notes)
+
+
+# --------------------------------------------------------------------------- Tables 6-8
+def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | None:
+    """The IW exact-likelihood estimate against the number of orders K, paper's at the same K."""
+    ev = S.rows(df, "eval")
+    if "exact" not in ev.columns:
+        return None
+    ex = ev.loc[ev["exact"].astype(str).eq("True")]
+    if ex.empty:
+        return None
+    ks = sorted(int(k) for k in ex["num_orders"].dropna().unique())
+    out = []
+    for label, g in ex.groupby("label", sort=False):
+        first = g.iloc[0]
+        a0 = first.get("alpha_0") if pd.notna(first.get("alpha_0", np.nan)) else None
+        row = dict(group=first["group"], label=label, alpha_0=a0 if a0 is not None else np.nan,
+                   block_size=first.get("block_size", np.nan), stale=bool(g["stale"].any()))
+        for k in ks:
+            hit = g.loc[g["num_orders"].eq(k), "ppl"]
+            row[f"K{k}"] = hit.iloc[0] if len(hit) else np.nan
+            for ds, tables in (("lm1b", ("6", "7")), ("owt", ("8",))):
+                anc = [_anchor(anchors, t, group=first["group"], alpha_0=a0, num_orders=k) for t in tables]
+                anc = [a for a in anc if a is not None]
+                row[f"paper_{ds}_K{k}"] = anc[0]["value"] if anc else np.nan
+        out.append(row)
+    data = _order(pd.DataFrame(out)).rename(columns={"group": "method"})
+    cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g")]
+    for k in ks:
+        cols += [Col(f"K{k}", f"K = {k}", ".2f", group="ours"),
+                 Col(f"paper_lm1b_K{k}", f"K = {k}", ".2f", group=A.source_label(["6", "7"], "LM1B")),
+                 Col(f"paper_owt_K{k}", f"K = {k}", ".2f", group=A.source_label("8", "OWT"))]
+    notes = [(f"{_setup(summary, S.sequence_length(summary))}; test PPL of the importance-weighted exact-likelihood "
+              "bound (spec 7.10) with K orders; a model with one order (AR) does not change with K."),
+             ("Matching rule: same method, α0 of training and K (paper: MDLM LM1B in Table 6, Eso-LM LM1B in "
+              "Table 7, Eso-LM OWT in Table 8)."), NOT_SAME, *_stale_note(data)]
+    return Table("table6-8_iw_vs_k", "Tables 6–8: exact-likelihood (IW) test PPL against the number of orders K",
+                 data, cols, notes)
+
+
+# ----------------------------------------------------------------------------- Table 11
+def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Table]:
+    """NFE = L latency at batch 1 (seconds) and the paper's speedup ratios, ours beside the paper's."""
+    lc = S.rows(df, "longctx")
+    if lc.empty:
+        return []
+    lengths = sorted(int(v) for v in lc["length"].unique())
+    paper = anchors.loc[anchors["table"].eq("11")]
+    p_lengths = sorted(int(v) for v in paper["length"].unique())
+    groups = ordered_groups([*lc["group"], *paper["group"]])
+    rows, main = [], {}
+    for g in groups:
+        row = dict(method=g)
+        for L in lengths:
+            sel = lc.loc[lc["group"].eq(g) & lc["length"].eq(L)]
+            cached = sel.loc[sel["kv_cache"].astype(str).eq("True")]
+            best = cached if len(cached) else sel
+            plain = sel.loc[sel["kv_cache"].astype(str).ne("True")] if len(cached) else sel.iloc[:0]
+            for key, part in (("", best), ("_no_cache", plain)):
+                row[f"L{L}{key}_s"] = part["time_mean_s"].iloc[0] if len(part) else np.nan
+                row[f"L{L}{key}_std"] = part["time_std_s"].iloc[0] if len(part) else np.nan
+            row[f"L{L}_kv_cache"] = bool(len(cached))
+            row[f"L{L}_nfe"] = best["nfe"].iloc[0] if len(best) else np.nan
+            main[(g, L)] = row[f"L{L}_s"]
+        for L in p_lengths:
+            anc = paper.loc[paper["group"].eq(g) & paper["length"].eq(L)]
+            row[f"paper_L{L}_s"] = anc["value"].iloc[0] if len(anc) else np.nan
+            row[f"paper_L{L}_std"] = anc["std"].iloc[0] if len(anc) else np.nan
+            main[("paper", g, L)] = row[f"paper_L{L}_s"]
+        rows.append(row)
+    data = pd.DataFrame(rows)
+    src = A.source_label("11")
+    cols = [Col("method", "method", "s")]
+    for L in lengths:
+        cols += [Col(f"L{L}_nfe", f"L = {L}: NFE", ".0f"), Col(f"L{L}_s", f"L = {L}: s", ".3f", std=f"L{L}_std"),
+                 Col(f"L{L}_no_cache_s", f"L = {L}: s, no KV cache", ".3f", std=f"L{L}_no_cache_std")]
+    cols += [Col(f"paper_L{L}_s", f"L = {L}: s", ".1f", std=f"paper_L{L}_std", group=src) for L in p_lengths]
+    env = summary.get("environment") or {}
+    notes = [(f"ours: {summary.get('corpus', '?')}, preset {summary.get('preset', '?')}, L as in each column: "
+              f"mean (std) seconds of the whole sampling call over the "
+              f"preset's trials, batch 1, NFE = L (first-hitting, spec 8.6), no nucleus, with the model's KV cache "
+              f"where it has one; device: {env.get('device') or env.get('cpu', 'CPU')}, "
+              f"{env.get('torch_threads', '?')} thread(s). Untrained weights: latency does not depend on them."),
+             "paper: OWT models, mean (std) over 5 runs on one A6000 (v4); = v2 Table 3.",
+             "Matching rule: same method; our lengths and the paper's are different columns, never the same one.",
+             NOT_SAME, *_stale_note(lc)]
+    seconds = Table("table11_longctx_seconds", "Table 11: sampling time at NFE = L, batch 1 (seconds)", data, cols,
+                    notes)
+    eso = next((g for g in groups if g.startswith("Eso-LM (B)")), None)
+    pairs = [(g, eso) for g in groups if eso and g not in (eso, "AR")] + ([(eso, "AR")] if eso else [])
+    ratios = []
+    for num, den in pairs:
+        r = dict(ratio=f"{num} / {den}")
+        for L in lengths:
+            r[f"L{L}"] = main.get((num, L), np.nan) / main.get((den, L), np.nan)
+        for L in p_lengths:
+            r[f"paper_L{L}"] = main.get(("paper", num, L), np.nan) / main.get(("paper", den, L), np.nan)
+        ratios.append(r)
+    rdata = pd.DataFrame(ratios)
+    rcols = [Col("ratio", "time ratio", "s"), *[Col(f"L{L}", f"L = {L}", ".2f", group="ours") for L in lengths],
+             *[Col(f"paper_L{L}", f"L = {L}", ".1f", group=src) for L in p_lengths]]
+    rnotes = [("Ratios of the mean seconds of Table 11 (above 1: the first method is slower). The paper reports "
+               "Eso-LM (B) 14–65× faster than MDLM and 3–4× faster than BD3-LM at these lengths."),
+              "Matching rule: same pair of methods; lengths differ (ours: the preset's, paper: 2048 and 8192).",
+              NOT_SAME]
+    return [seconds, Table("table11_longctx_speedups", "Table 11: speedups at NFE = L", rdata, rcols, rnotes)]
+
+
+# ------------------------------------------------------------------------- Tables 13-15
+def sweep_tables(df: pd.DataFrame, paper: pd.DataFrame, summary: dict) -> list[Table]:
+    """Per model family (the paper's Tables 13, 14, 15; Table 3 for AR's gen PPL): one row
+    per sampling configuration, the paper's matching configuration beside it."""
+    points = S.speed_quality(df)
+    if points.empty:
+        return []
+    length = S.sequence_length(summary)
+    points["relative_steps"] = points["steps"] / length if length and "steps" in points else np.nan
+    points["collapsed"] = collapsed(points)
+    tables = []
+    for model, pts in points.groupby("model", sort=False):
+        within = [c for c in ("alpha_0_eval", "steps") if c in pts]
+        pts = _order(pts.sort_values(within, ascending=[c != "alpha_0_eval" for c in within], kind="stable")
+                     if within else pts).reset_index(drop=True)
+        matches = [A.match_paper(r, paper, length) for _, r in pts.iterrows()]
+        found = [m for m in matches if m is not None]
+        table = found[0]["table"] if found else None
+        ident = [c for c in ("alpha_0", "block_size", "alpha_0_eval", "steps") if c in pts and pts[c].notna().any()]
+        data = pts[["group", "label", *ident, "relative_steps", "nfe", "gen_ppl", "entropy", "collapsed",
+                    *[c for c in ("mauve", "self_bleu", "time_median_s", "time_std_s", "stale") if c in pts]]].copy()
+        data["entropy_mark"] = np.where(data["collapsed"], "↓", "")
+        for c in ("steps", "nfe", "gen_ppl", "entropy", "mauve", "time_s"):
+            data[f"paper_{c}"] = [m[c] if m is not None and c in m and pd.notna(m[c]) else np.nan for m in matches]
+        src = A.source_label(table) if table else "paper"
+        names = dict(alpha_0=("α0 (train)", "g"), block_size=("L′", "g"), alpha_0_eval=("α0 (eval)", "g"),
+                     steps=("T", "g"))
+        cols = [Col("group", "method", "s"), *[Col(c, *names[c]) for c in ident], Col("relative_steps", "T / L", "g"),
+                Col("nfe", "NFE", ".1f"), Col("gen_ppl", "gen PPL", ".2f"),
+                Col("entropy", "entropy", ".3f", marks="entropy_mark"), Col("mauve", "MAUVE", ".4f"),
+                Col("time_median_s", "time (s)", ".4g")]
+        cols += [Col(f"paper_{c}", h, f, group=src) for c, h, f in (
+            ("steps", "T", ".0f"), ("nfe", "NFE", ".0f"), ("gen_ppl", "gen PPL", ".2f"), ("entropy", "entropy", "g"),
+            ("mauve", "MAUVE", ".4f"), ("time_s", "time (s)", ".2f"))]
+        cols = [c for c in cols if c.key in data.columns and data[c.key].notna().any()]
+        notes = _sweep_notes(summary, length, S.evaluator_name(pts), table) + _stale_note(data)
+        name = f"table{table}_{_slug(model)}" if table in A.SWEEP_TABLES else f"sweep_{_slug(model)}"
+        title = (f"Table {table}: " if table in A.SWEEP_TABLES else "") + \
+            f"{', '.join(dict.fromkeys(pts['group']))}: gen PPL, entropy, MAUVE and time per configuration"
+        tables.append(Table(name, title, data, cols, notes))
+    return tables
+
+
+def _sweep_notes(summary: dict, length, evaluator: str, table: str | None) -> list[str]:
+    timing, env = summary.get("timing") or {}, summary.get("environment") or {}
+    ours = (f"{_setup(summary, length)}: {summary.get('num_samples', '?')} samples per row, nucleus p = "
+            f"{summary.get('top_p', '?')}, gen PPL by {evaluator}; time = median over {timing.get('trials', '?')} "
+            f"trials of the network passes for one batch of {timing.get('batch_size', '?')} on "
+            f"{env.get('device') or env.get('cpu', 'CPU')} ({env.get('torch_threads', '?')} thread(s)); "
+            "NFE = mean per sample.")
+    paper = ("paper: the only AR gen PPL the paper gives (v4 Table 3: 1M-step OWT checkpoint, L = 1024, tries = 1; "
+             "no MAUVE or time)." if table == "3" else
+             "paper: OWT, L = 1024, 5120 samples, nucleus 0.9, GPT-2 Large; time = mean s per batch of 512 on H200.")
+    rule = ("Matching rule: same method, α0 of training, α0 of sampling and relative step count T / L "
+            f"(ours T / {length} = paper T / 1024); blank where the paper has no such configuration; AR takes no "
+            "step count.")
+    low = (f"↓ entropy below {COLLAPSE_RATIO:.0%} of our AR samples' entropy: collapsed (repetitive) samples "
+           "(the paper's 'below 5' at AR's 5.26, spec 8.3).")
+    return [ours, paper, rule, low, NOT_SAME]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+
+
+# ------------------------------------------------------------------------------ entry
+def build_tables(results_dir) -> list[Table]:
+    """Every table the store has rows for (a stage without rows gives no table)."""
+    results = Path(results_dir)
+    df = S.load_results(results)
+    summary = S.load_summary(results)
+    anchors = A.load_anchors()
+    out = [table1(df, anchors, summary)] if not S.rows(df, "eval").empty else []
+    iw = table_iw(df, anchors, summary)
+    out += ([iw] if iw is not None else []) + table11(df, anchors, summary)
+    out += sweep_tables(df, A.paper_points(anchors), summary)
+    return out
+
+
+def write_tables(results_dir) -> list[Path]:
+    """tables/<name>.md, .tex and .csv for every table (see build_tables)."""
+    folder = S.output_dir(Path(results_dir), "tables")
+    return [p for t in build_tables(results_dir) for p in t.write(folder)]
+
+
+def main(argv=None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m analysis.tables results/<preset>", file=sys.stderr)
+        return 2
+    for p in write_tables(args[0]):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""The job functions of the experiment graph. Each takes one plain dict (picklable, so
+submitit ships it to Slurm, a local subprocess or this process alike), does one unit of
+work, writes one JSON record atomically and returns it.
+
+    train    fit a model (resumes from its checkpoint when requeued or rerun)
+    eval     test NLL: NELBO, and the exact likelihood where the model has one
+    sample   draw samples, then score them: gen PPL, entropy, self-BLEU, MAUVE
+    time     the timing protocol of spec 8.5 on one sweep configuration
+    longctx  NFE = L latency, batch 1, no nucleus (spec 8.6 / Table 11)
+"""
+from __future__ import annotations
+
+import datetime
+import hashlib
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CODE_DIRS = ("esolm", "baselines")
+
+
+def code_version() -> str:
+    """Hash of the library source (esolm/, baselines/): results are keyed by it."""
+    h = hashlib.sha256()
+    for d in CODE_DIRS:
+        for p in sorted((ROOT / d).rglob("*.py")):
+            h.update(str(p.relative_to(ROOT)).encode())
+            h.update(p.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--", *CODE_DIRS],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def _setup(job: dict):
+    """Per-job process setup: thread count, offline hub when asked, the job's seed."""
+    import torch
+
+    torch.set_num_threads(int(job.get("threads", 1)))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dict:
+    from esolm.checkpoint import atomic_write_json
+    from esolm.metrics import environment_fingerprint
+
+    record = dict(key=job["key"], stage=job["stage"], name=job["name"], preset=job["preset"],
+                  label=job.get("label"), group=job.get("group"), model=job.get("model"),
+                  config=job["config"], row=dict(stage=job["stage"], label=job.get("label"), group=job.get("group"),
+                                                 model=job.get("model"), **row),
+                  metrics=metrics, code_version=job["code_version"], git_sha=git_sha(),
+                  environment=environment_fingerprint(), host=socket.gethostname(),
+                  slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=job.get("_started_iso"),
+                  finished=_now(), seconds=time.perf_counter() - started, **extra)
+    atomic_write_json(job["record"], record)
+    return record
+
+
+def _corpus(spec: dict):
+    from esolm.data import load_corpus
+
+    kw = dict(spec)
+    return load_corpus(kw.pop("name"), **kw)
+
+
+# ------------------------------------------------------------------------------ train
+def job_train(job: dict) -> dict:
+    from esolm import registry
+    from esolm.train import fit, seed_everything, train_config
+
+    _setup(job)
+    started = time.perf_counter()
+    job["_started_iso"] = _now()
+    c = job["config"]
+    corpus = _corpus(c["corpus"])
+    cfg = train_config(c["train_preset"], **c["train"])
+    seed_everything(cfg.seed)
+    model = registry.build(c["model"], preset=c["backbone"], **corpus.model_fields(), **c["model_overrides"])
+    result = fit(c["model"], model, corpus, cfg, job["work"], progress=False)
+    m = result["metrics"]
+    valid = m.get("valid", {})
+    row = dict(params=model.num_parameters(), steps_trained=m.get("step"), train_loss=m.get("train_loss"),
+               valid_nll=valid.get("nll_per_token"), valid_ppl=valid.get("ppl"), tokens_per_s=m.get("tokens_per_s"),
+               **{k: v for k, v in c["model_overrides"].items()})
+    return _finish(job, started, row, m, checkpoint=result["checkpoint"])
+
+
+# ------------------------------------------------------------------------------- eval
+def job_eval(job: dict) -> dict:
+    from esolm.checkpoint import load_model
+    from esolm.evaluate import evaluate
+
+    _setup(job)
+    started = time.perf_counter()
+    job["_started_iso"] = _now()
+    c = job["config"]
+    model, state = load_model(c["checkpoint"])
+    corpus = _corpus(state["corpus"])
+    r = evaluate(model, corpus, "test", batch_size=c["batch_size"], max_batches=c["max_batches"],
+                 exact=c["exact"], num_orders=c["num_orders"], seed=c["seed"], progress=False)
+    row = dict(exact=c["exact"], num_orders=c["num_orders"] if c["exact"] else None, ppl=r["ppl"],
+               nll_per_token=r["nll_per_token"], num_sequences=r["num_sequences"],
+               true_ppl=r.get("true_ppl"), **c["model_overrides"])
+    return _finish(job, started, row, r)
+
+
+# ----------------------------------------------------------------------------- sample
+def job_sample(job: dict) -> dict:
+    from esolm.checkpoint import load_model
+    from esolm.metrics import score_samples
+    from esolm.samples import draw_samples, write_jsonl
+
+    _setup(job)
+    started = time.perf_counter()
+    job["_started_iso"] = _now()
+    c = job["config"]
+    model, state = load_model(c["checkpoint"])
+    corpus = _corpus(state["corpus"])
+    opts = dict(c["options"], top_p=c["top_p"])
+    out = Path(job["work"]) / "samples.jsonl"
+    records = draw_samples(model, corpus, num_samples=c["num_samples"], batch_size=c["batch_size"], seed=c["seed"],
+                           options=opts, model_name=state["model_name"], model_config=state["model_config"],
+                           corpus_spec=state["corpus"], checkpoint=c["checkpoint"])
+    write_jsonl(out, records)
+    scores = score_samples(out, evaluator=c["evaluator"], mauve=True, corpus=corpus, progress=False,
+                           featurizer=c["mauve"]["featurizer"], max_text_length=c["mauve"]["max_text_length"],
+                           overwrite=True)
+    nfes = [r["nfe"] for r in records]
+    row = dict(**c["options"], nfe=sum(nfes) / len(nfes), gen_ppl=scores["gen_ppl"]["gen_ppl"],
+               entropy=scores["entropy"]["mean"],
+               self_bleu=(scores.get("self_bleu") or {}).get("self_bleu"),
+               mauve=(scores.get("mauve") or {}).get("mauve"), num_samples=len(records),
+               evaluator=scores["gen_ppl"]["evaluator"].get("name"), **c["model_overrides"])
+    examples = [r["text"] for r in records[:3]]
+    return _finish(job, started, row, scores, samples=str(out), examples=examples)
+
+
+# ------------------------------------------------------------------------------- time
+def _time_model(model, job: dict, opts: dict) -> dict:
+    import torch
+
+    from esolm.metrics import time_sampler
+
+    c = job["config"]
+    gen = torch.Generator().manual_seed(c["seed"])
+    call = lambda profile: model.sample(c["batch_size"], generator=gen, profile=profile, **opts)  # noqa: E731
+    prof = time_sampler(lambda: call(True), warmup=c["warmup"], trials=c["trials"], profile=True,
+                        what=f"{job['name']}: network passes only")
+    wall = time_sampler(lambda: call(False), warmup=0, trials=c["trials"], profile=False,
+                        what=f"{job['name']}: whole sampling call")
+    return dict(profile=prof, wall=wall)
+
+
+def job_time(job: dict) -> dict:
+    from esolm.checkpoint import load_model
+
+    _setup(job)
+    started = time.perf_counter()
+    job["_started_iso"] = _now()
+    c = job["config"]
+    model, _ = load_model(c["checkpoint"])
+    opts = dict(c["options"], top_p=c["top_p"], kv_cache=c.get("kv_cache", True))
+    t = _time_model(model, job, opts)
+    row = dict(**c["options"], kv_cache=opts["kv_cache"], batch_size=c["batch_size"], nfe=t["profile"]["nfe"],
+               time_median_s=t["profile"]["median"], time_mean_s=t["profile"]["mean"], time_std_s=t["profile"]["std"],
+               wall_median_s=t["wall"]["median"], wall_mean_s=t["wall"]["mean"], wall_std_s=t["wall"]["std"],
+               **c["model_overrides"])
+    return _finish(job, started, row, t)
+
+
+def job_longctx(job: dict) -> dict:
+    """Latency at NFE = L (spec 8.6): a model of the preset's backbone built at length L
+    (timing does not depend on the weights), batch 1, no nucleus."""
+    from esolm import registry
+
+    _setup(job)
+    started = time.perf_counter()
+    job["_started_iso"] = _now()
+    c = job["config"]
+    model = registry.build(c["model"], preset=c["backbone"], **c["fields"], **c["model_overrides"]).eval()
+    opts = dict(c["options"], top_p=1.0, kv_cache=c["kv_cache"])
+    t = _time_model(model, job, opts)
+    row = dict(length=c["fields"]["length"], kv_cache=c["kv_cache"], nfe=t["wall"]["nfe"],
+               time_mean_s=t["wall"]["mean"], time_std_s=t["wall"]["std"], time_median_s=t["wall"]["median"],
+               profile_mean_s=t["profile"]["mean"], **c["model_overrides"])
+    return _finish(job, started, row, t)
+
+
+JOB_FUNCTIONS = {"train": job_train, "eval": job_eval, "sample": job_sample, "time": job_time,
+                 "longctx": job_longctx}

@@ -1,0 +1,166 @@
+"""Experiment presets: which models to train, on what, for how long, and which sampling
+sweeps to score and time (spec 8.5, 8.6, 9, 10). Selected by name with --preset.
+
+A preset is data; the pipeline turns it into jobs and never looks at a model's name: what a
+model supports comes from its capabilities (exact likelihood, KV cache, ...).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from esolm.config import ConfigError
+
+
+@dataclass
+class ModelEntry:
+    """One trained model of a preset and its sampling sweep."""
+
+    label: str  # unique within the preset, e.g. "esolm-b a0=0.25"
+    model: str  # registry name
+    group: str  # the method it is plotted as ("Eso-LM (B)", "MDLM", ...)
+    overrides: dict = field(default_factory=dict)  # model config fields
+    sweep: list[dict] = field(default_factory=list)  # sample options per configuration
+    train: dict = field(default_factory=dict)  # training overrides on top of the preset's
+    nfe_equals_l: dict | None = None  # sample options of the NFE = L regime (8.6); None: not timed
+
+
+@dataclass
+class Preset:
+    name: str
+    description: str
+    corpus: str
+    data: dict  # length, vocab_size (BPE), data_seed
+    backbone: str  # model preset (esolm.config.BACKBONE_PRESETS)
+    backbone_overrides: dict
+    train: dict  # esolm.train.TrainConfig overrides, on top of TRAIN_PRESETS[train_preset]
+    train_preset: str
+    models: list[ModelEntry]
+    evaluator: dict | str  # {"overrides":..., "train":...} (an AR of this harness), "source", or a HF name/folder
+    num_samples: int = 64
+    sample_batch: int = 32
+    top_p: float = 0.9
+    eval: dict = field(default_factory=lambda: dict(batch_size=32, max_batches=None, exact_orders=[1],
+                                                    exact_max_sequences=64))
+    timing: dict = field(default_factory=lambda: dict(batch_size=32, trials=5, warmup=1))
+    long_context: dict = field(default_factory=lambda: dict(lengths=[], trials=3, warmup=1))
+    mauve: dict = field(default_factory=lambda: dict(featurizer="minilm", max_text_length=256))
+    slurm: dict = field(default_factory=dict)  # stage -> SlurmParams fields; "default" for all
+    threads: int = 1  # torch threads per job
+
+
+def _eso_sweep(steps_all: list[int], steps_eval1: list[int], alphas: list[float]) -> list[dict]:
+    """alpha_0_eval x steps, plus extra step counts at alpha_0_eval = 1 (the shape of 8.5)."""
+    sweep = [dict(steps=t, alpha_0_eval=a) for a in alphas for t in steps_all]
+    sweep += [dict(steps=t, alpha_0_eval=1.0) for t in steps_eval1 if 1.0 in alphas]
+    return sorted(sweep, key=lambda d: (-d["alpha_0_eval"], d["steps"]))
+
+
+# The NFE = L regime of spec 8.6: one token per step. AR: L - 1 steps whatever ``steps`` says;
+# MDLM and Eso-LM: T = 10^6 (first hitting); BD3-LM: T' = 5000 per block.
+FIRST_HITTING = {"AR": dict(steps=1), "MDLM": dict(steps=10**6), "Eso-LM (B)": dict(steps=10**6),
+                 "BD3-LM": dict(steps=1, steps_per_block=5000)}
+
+
+def _eso_models(alphas_train, sweep) -> list[ModelEntry]:
+    return [ModelEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, sweep,
+                       nfe_equals_l=FIRST_HITTING["Eso-LM (B)"] if i == 0 else None)
+            for i, a in enumerate(alphas_train)]
+
+
+def _ar(sweep_steps: int) -> ModelEntry:
+    return ModelEntry("ar", "ar", "AR", {}, [dict(steps=sweep_steps)], nfe_equals_l=FIRST_HITTING["AR"])
+
+
+def _mdlm(steps: list[int]) -> ModelEntry:
+    return ModelEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in steps], nfe_equals_l=FIRST_HITTING["MDLM"])
+
+
+def _bd3(block: int, steps: list[int]) -> ModelEntry:
+    return ModelEntry(f"bd3lm L'={block}", "bd3lm", f"BD3-LM L'={block}", {"block_size": block},
+                      [dict(steps=t) for t in steps], nfe_equals_l=FIRST_HITTING["BD3-LM"])
+
+
+def smoke() -> Preset:
+    """The whole pipeline in a few minutes on 2 CPU cores (CI): tiny models, few steps."""
+    eso = _eso_sweep([4, 16], [], [1.0, 0.25])
+    return Preset(
+        name="smoke", description="CI: every stage end to end in minutes; numbers mean nothing",
+        corpus="shakespeare", data=dict(length=32, vocab_size=512), backbone="smoke", backbone_overrides={},
+        train=dict(steps=30, batch_size=16, eval_every=0, checkpoint_every=10), train_preset="smoke",
+        models=[
+            _ar(31), _mdlm([4, 16]), _bd3(4, [8, 32]),
+            *_eso_models([1.0, 0.25], eso),
+        ],
+        evaluator=dict(overrides={}, train=dict(steps=60)),
+        num_samples=8, sample_batch=8,
+        eval=dict(batch_size=16, max_batches=2, exact_orders=[1, 4], exact_max_sequences=8),
+        timing=dict(batch_size=4, trials=2, warmup=1),
+        long_context=dict(lengths=[32], trials=2, warmup=1),
+        mauve=dict(featurizer="minilm", max_text_length=64),
+        slurm={"default": dict(time_min=20, cpus_per_task=1, array_parallelism=2)},
+    )
+
+
+def tiny() -> Preset:
+    """The embedded default: shakespeare, L = 128, every method, sweeps shaped like the paper's
+    (step counts scaled by L/1024), a separate larger AR evaluator; ~30 min on 2 CPU cores."""
+    eso = _eso_sweep([8, 32, 128], [16, 64, 512], [1.0, 0.5, 0.25, 0.0625])
+    return Preset(
+        name="tiny", description="shakespeare, L=128, 4x128 backbone, paper-shaped sweeps",
+        corpus="shakespeare", data=dict(length=128, vocab_size=2048), backbone="tiny",
+        backbone_overrides=dict(d_model=128, n_layers=4, n_heads=4, dropout=0.0),
+        train=dict(steps=600, batch_size=32, lr=2e-3, warmup=50, ema=0.98, eval_every=300,
+                   eval_batches=4, checkpoint_every=100),
+        train_preset="tiny",
+        models=[
+            _ar(127), _mdlm([8, 16, 32, 64, 128, 512]),
+            _bd3(4, [32, 64, 128, 256, 512]), _bd3(16, [16, 32, 64, 128, 256, 512]),
+            *_eso_models([1.0, 0.5, 0.25], eso),
+        ],
+        evaluator=dict(overrides=dict(d_model=192, n_layers=6, n_heads=6), train=dict(steps=1200)),
+        num_samples=64, sample_batch=64,
+        eval=dict(batch_size=32, max_batches=None, exact_orders=[1, 10, 50], exact_max_sequences=128),
+        timing=dict(batch_size=32, trials=5, warmup=1),
+        long_context=dict(lengths=[128, 512], trials=3, warmup=1),
+        mauve=dict(featurizer="minilm", max_text_length=256),
+        slurm={"default": dict(time_min=120, cpus_per_task=1, array_parallelism=2),
+               "time": dict(cpus_per_task=2, array_parallelism=1)},
+    )
+
+
+def _paper(corpus: str, length: int, steps: int) -> Preset:
+    eso = _eso_sweep([16, 128, 1024], [32, 64, 256, 4096], [1.0, 0.5, 0.25, 0.0625])
+    return Preset(
+        name=f"paper-{corpus}", description=f"the paper's {corpus.upper()} models, data, steps and sweeps (GPU cluster)",
+        corpus=corpus, data=dict(length=length, vocab_size=None), backbone="small", backbone_overrides={},
+        train=dict(steps=steps), train_preset="small",
+        models=[
+            _ar(length - 1), ModelEntry("ar+adaln", "ar", "AR + AdaLN", {"adaln": True}, []),
+            _mdlm([8, 16, 32, 48, 64, 128, 256, 1024, 4096]),
+            *[_bd3(b, [256, 512, 1024, 2048, 4096]) for b in (4, 8, 16)],
+            *_eso_models([1.0, 0.5, 0.25, 0.125], eso),
+        ],
+        evaluator="gpt2-large" if corpus == "owt" else dict(overrides={}, train=dict(steps=steps)),
+        num_samples=5120, sample_batch=256,
+        eval=dict(batch_size=32, max_batches=None, exact_orders=[1, 10, 100, 1000], exact_max_sequences=None),
+        timing=dict(batch_size=512, trials=10, warmup=1),
+        long_context=dict(lengths=[2048, 8192], trials=5, warmup=1),
+        mauve=dict(featurizer="answerdotai/ModernBERT-large", max_text_length=512),
+        slurm={"default": dict(time_min=24 * 60, gpus_per_node=1, cpus_per_task=8, mem_gb=64),
+               "train": dict(gpus_per_node=8, tasks_per_node=8, nodes=1)},
+        threads=8,
+    )
+
+
+PRESETS = {
+    "smoke": smoke,
+    "tiny": tiny,
+    "paper-owt": lambda: _paper("owt", 1024, 250_000),
+    "paper-lm1b": lambda: _paper("lm1b", 128, 1_000_000),
+}
+
+
+def get(name: str) -> Preset:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown experiment preset {name!r}; presets: {', '.join(PRESETS)}")
+    return PRESETS[name]()
