@@ -101,6 +101,29 @@ class Clock:
             self.seconds += time.perf_counter() - t0
 
 
+def sample_options(model, options: dict, from_strings: bool = False) -> dict:
+    """Check ``options`` against ``model.sample``'s keyword arguments (typed from strings
+    when they come from the command line); an unknown one is an error listing the valid ones."""
+    import inspect
+
+    from esolm.config import coerce
+
+    params = inspect.signature(model.sample).parameters
+    allowed = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
+    out = {}
+    for k, v in options.items():
+        if k not in allowed:
+            raise ConfigError(f"unknown sample option {k!r} for {model.name}; valid: {', '.join(sorted(allowed))}")
+        if from_strings:
+            p = allowed[k]
+            typ = p.annotation if p.annotation is not inspect.Parameter.empty else None
+            if isinstance(typ, str) or typ is None:
+                typ = type(p.default) if p.default not in (None, inspect.Parameter.empty) else str
+            v = coerce(v, typ, k)
+        out[k] = v
+    return out
+
+
 class LanguageModel(nn.Module):
     """Base class: holds the config; subclasses implement loss / nll / sample.
 

@@ -16,6 +16,7 @@ from esolm import registry
 from esolm.checkpoint import atomic_write_json, load_model
 from esolm.samples import draw_samples, write_jsonl
 from esolm.config import ConfigError, coerce
+from esolm.interface import sample_options
 from experiments.runspec import RunSpec
 
 
@@ -106,24 +107,6 @@ def cmd_eval(args) -> int:
 
 
 # ------------------------------------------------------------------------ sample
-SAMPLE_KEYS = {"steps", "top_p", "kv_cache", "seed", "num_samples", "batch_size", "length", "profile"}
-
-
-def _sample_options(model, opts: dict) -> dict:
-    """Type the sample options by the model's ``sample`` signature; reject unknown ones."""
-    params = inspect.signature(model.sample).parameters
-    allowed = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
-    typed = {}
-    for k, v in opts.items():
-        if k not in allowed:
-            raise ConfigError(f"unknown sample option {k!r} for {model.name}; valid: "
-                              f"{', '.join(sorted(set(allowed) | {'seed', 'num_samples', 'batch_size'}))}")
-        default = allowed[k].default
-        typ = allowed[k].annotation if allowed[k].annotation is not inspect.Parameter.empty else None
-        if isinstance(typ, str) or typ is None:
-            typ = type(default) if default not in (None, inspect.Parameter.empty) else str
-        typed[k] = coerce(v, typ, k)
-    return typed
 
 
 def cmd_sample(args) -> int:
@@ -144,7 +127,7 @@ def cmd_sample(args) -> int:
     num_samples = int(opts.pop("num_samples", args.num_samples))
     batch_size = int(opts.pop("batch_size", min(num_samples, 64)))
     seed = int(opts.pop("seed", 0))
-    sample_opts = _sample_options(model, opts)
+    sample_opts = sample_options(model, opts, from_strings=True)
     sample_opts.setdefault("steps", model.config.length)
     out = Path(args.out) if args.out else ckpt.parent / "samples" / (
         "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}.jsonl")

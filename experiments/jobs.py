@@ -153,9 +153,11 @@ def job_sample(job: dict) -> dict:
 def _time_model(model, job: dict, opts: dict) -> dict:
     import torch
 
+    from esolm.interface import sample_options
     from esolm.metrics import time_sampler
 
     c = job["config"]
+    opts = sample_options(model, opts)
     gen = torch.Generator().manual_seed(c["seed"])
     call = lambda profile: model.sample(c["batch_size"], generator=gen, profile=profile, **opts)  # noqa: E731
     prof = time_sampler(lambda: call(True), warmup=c["warmup"], trials=c["trials"], profile=True,

@@ -1,0 +1,177 @@
+"""The experiment graph: caching, resumption, failures, Slurm vs local, submit errors.
+
+A "micro" preset (synthetic corpus, true-source evaluator, two small models, one sweep point
+each) keeps every test to a minute or two; the full smoke preset runs in CI through the CLI.
+"""
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from esolm.config import ConfigError
+from experiments import pipeline
+from experiments import presets as P
+
+
+def micro(fail: bool = False) -> P.Preset:
+    models = [
+        P.ModelEntry("ar", "ar", "AR", {}, [dict(steps=15)], nfe_equals_l=dict(steps=1)),
+        P.ModelEntry("esolm-b a0=0.5", "esolm-b", "Eso-LM (B)", {"alpha_0": 0.5}, [dict(steps=4, alpha_0_eval=0.5)],
+                     nfe_equals_l=dict(steps=10**6)),
+    ]
+    if fail:  # a sweep point the model refuses: its job raises, the others must be kept
+        models[0].sweep.append(dict(steps=15, not_an_option=1))
+    return P.Preset(
+        name="micro-fail" if fail else "micro", description="tests", corpus="synthetic",
+        data=dict(length=16), backbone="smoke", backbone_overrides={},
+        train=dict(steps=12, batch_size=8, eval_every=0, checkpoint_every=4), train_preset="smoke",
+        models=models, evaluator="source", num_samples=4, sample_batch=4,
+        eval=dict(batch_size=8, max_batches=1, exact_orders=[1, 2], exact_max_sequences=8),
+        timing=dict(batch_size=2, trials=1, warmup=0), long_context=dict(lengths=[16], trials=1, warmup=0),
+        mauve=dict(featurizer="minilm", max_text_length=32),
+        slurm={"default": dict(time_min=10, array_parallelism=4)})
+
+
+@pytest.fixture(autouse=True)
+def _register_micro(monkeypatch):
+    monkeypatch.setitem(P.PRESETS, "micro", micro)
+    monkeypatch.setitem(P.PRESETS, "micro-fail", lambda: micro(True))
+
+
+def slurm_up() -> bool:
+    return shutil.which("sinfo") is not None and subprocess.run(["sinfo", "-h"], capture_output=True,
+                                                                timeout=30).returncode == 0
+
+
+needs_slurm = pytest.mark.skipif(not slurm_up(), reason="no Slurm: start it with `bash scripts/local-slurm/start.sh`")
+TIMING_FIELDS = {"time_median_s", "time_mean_s", "time_std_s", "wall_median_s", "wall_mean_s", "wall_std_s",
+                 "profile_mean_s", "tokens_per_s"}
+
+
+def rows(results: Path) -> dict:
+    out = {}
+    for p in (results / "records").glob("*/*.json"):
+        r = json.loads(p.read_text())
+        out[r["name"]] = {k: v for k, v in r["row"].items() if k not in TIMING_FIELDS}
+    return out
+
+
+def test_graph_keys_depend_on_config_and_code_version(tmp_path):
+    a = pipeline.build_graph(micro(), tmp_path, "code1")
+    b = pipeline.build_graph(micro(), tmp_path, "code1")
+    c = pipeline.build_graph(micro(), tmp_path, "code2")
+    assert [j.key for j in a] == [j.key for j in b]
+    assert not set(j.key for j in a) & set(j.key for j in c)
+    assert len({j.key for j in a}) == len(a)
+    stages = {j.stage for j in a}
+    assert stages == {"train", "eval", "sample", "time", "longctx"}
+    # what a model can do decides its jobs, not its name: exact-likelihood evals for both, cache timing variants
+    evals = [j.name for j in a if j.stage == "eval"]
+    assert "eval/esolm-b a0=0.5/exact K=2" in evals and "eval/ar/exact K=2" in evals
+    assert {j.name for j in a if j.stage == "longctx"} >= {"longctx/Eso-LM (B)/L=16/cache",
+                                                         "longctx/Eso-LM (B)/L=16/no-cache"}
+
+
+@pytest.mark.slow
+def test_rerun_submits_nothing_and_local_equals_debug(tmp_path):
+    """Local subprocesses and in-process (debug) give the same records; a second run submits none."""
+    first = pipeline.run_preset("micro", cluster="local", results_root=tmp_path / "res", work_root=tmp_path / "work",
+                                poll_s=0.5)
+    assert first["failed"] == 0 and first["submitted"] > 0
+    again = pipeline.run_preset("micro", cluster="local", results_root=tmp_path / "res", work_root=tmp_path / "work",
+                                poll_s=0.5)
+    assert again["submitted"] == 0
+    debug = pipeline.run_preset("micro", cluster="debug", results_root=tmp_path / "dbg", work_root=tmp_path / "w2",
+                                poll_s=0.5)
+    assert debug["failed"] == 0
+    assert rows(tmp_path / "res" / "micro") == rows(tmp_path / "dbg" / "micro")
+    assert (tmp_path / "res" / "micro" / "results.csv").exists()
+
+
+@pytest.mark.slow
+def test_a_failing_job_is_reported_with_its_log_while_the_others_are_kept(tmp_path, capsys):
+    out = pipeline.run_preset("micro-fail", cluster="local", results_root=tmp_path / "res",
+                              work_root=tmp_path / "work", poll_s=0.5)
+    err = capsys.readouterr().err
+    assert out["failed"] >= 1
+    assert "FAILED job" in err and "not_an_option" in err and "log: " in err
+    log = Path(err.split("log: ")[1].split()[0])
+    assert log.exists()
+    names = rows(tmp_path / "res" / "micro-fail")
+    assert "sample/ar/steps=15" in names and "sample/esolm-b a0=0.5/steps=4,alpha_0_eval=0.5" in names
+    assert not any("not_an_option" in n for n in names)
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@needs_slurm
+def test_slurm_gives_the_same_records_as_local(tmp_path):
+    local = pipeline.run_preset("micro", cluster="local", results_root=tmp_path / "a", work_root=tmp_path / "wa",
+                                poll_s=0.5)
+    slurm = pipeline.run_preset("micro", cluster="slurm", results_root=tmp_path / "b", work_root=tmp_path / "wb",
+                                poll_s=0.5)
+    assert local["failed"] == slurm["failed"] == 0
+    assert rows(tmp_path / "a" / "micro") == rows(tmp_path / "b" / "micro")
+    again = pipeline.run_preset("micro", cluster="slurm", results_root=tmp_path / "b", work_root=tmp_path / "wb",
+                                poll_s=0.5)
+    assert again["submitted"] == 0
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@needs_slurm
+def test_a_training_job_cancelled_part_way_resumes_from_its_checkpoint(tmp_path, monkeypatch):
+    """scancel the training jobs once they have a checkpoint; the rerun resumes them (its log
+    says so) and ends with the records of an uninterrupted run."""
+    def long_micro():
+        p = micro()
+        p.train = dict(p.train, steps=2000, checkpoint_every=50)
+        return p
+
+    monkeypatch.setitem(P.PRESETS, "micro", long_micro)
+    ref = pipeline.run_preset("micro", cluster="debug", results_root=tmp_path / "ref", work_root=tmp_path / "wr")
+    assert ref["failed"] == 0
+    import threading
+
+    work = tmp_path / "w"
+    killed = []
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline and not killed:
+            found = list((work / "micro" / "train").glob("*/checkpoint.pt"))
+            if found:
+                subprocess.run(["scancel", "--name", "esolm-micro-train"], check=False)
+                killed.append(found)
+            time.sleep(0.2)
+
+    t = threading.Thread(target=killer)
+    t.start()
+    first = pipeline.run_preset("micro", cluster="slurm", results_root=tmp_path / "res", work_root=work, poll_s=0.5)
+    t.join()
+    assert killed, "no checkpoint appeared to cancel at"
+    assert first["failed"] > 0  # the cancelled training (and what depends on it) did not finish
+    second = pipeline.run_preset("micro", cluster="slurm", results_root=tmp_path / "res", work_root=work, poll_s=0.5)
+    assert second["failed"] == 0
+    logs = "".join(p.read_text() for p in (work / "micro" / "logs" / "train").rglob("*_log.*"))
+    assert "resuming" in logs
+    assert rows(tmp_path / "res" / "micro") == rows(tmp_path / "ref" / "micro")
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_asking_the_local_cluster_for_a_gpu_fails_at_submit_with_one_message(tmp_path):
+    with pytest.raises(ConfigError, match="no GPUs"):
+        pipeline.run_preset("micro", cluster="slurm", results_root=tmp_path / "r", work_root=tmp_path / "w",
+                            slurm_overrides={"gpus_per_node": 1})
+
+
+@needs_slurm
+@pytest.mark.slurm
+def test_an_unknown_partition_fails_at_submit_with_the_known_ones(tmp_path):
+    with pytest.raises(ConfigError, match="partition"):
+        pipeline.run_preset("micro", cluster="slurm", results_root=tmp_path / "r", work_root=tmp_path / "w",
+                            slurm_overrides={"partition": "gpu-h100"})
