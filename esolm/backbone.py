@@ -58,10 +58,14 @@ class LayerNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, weight: torch.Tensor | None = None,
+                bias: torch.Tensor | None = None) -> torch.Tensor:
+        """``weight``/``bias`` replace the learned weight (AdaLN folded in, see Backbone.conditioning)."""
         compute = torch.promote_types(x.dtype, torch.float32)
+        w = self.weight if weight is None else weight
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return F.layer_norm(x.to(compute), (x.shape[-1],), self.weight.to(compute), None, 1e-5)
+            return F.layer_norm(x.to(compute), (x.shape[-1],), w.to(compute),
+                                None if bias is None else bias.to(compute), 1e-5)
 
 
 # ------------------------------------------------------------- conditioning (2.2, 2.4)
@@ -120,6 +124,8 @@ def _sdpa_mask(mask, nq: int, nk: int, prefix: int, device):
         return mask[:, None], False
     if mask is None:
         return None, False
+    if not isinstance(mask, str) and mask.shape[-1] == prefix + nq:  # already spans prefix + chunk
+        return mask[:, None], False
     if isinstance(mask, str):  # causal inside the chunk, everything in the prefix
         mask = torch.ones(nq, nq, dtype=torch.bool, device=device).tril()[None]
     full = torch.ones(mask.shape[0], nq, prefix, dtype=torch.bool, device=device)
@@ -164,6 +170,10 @@ class Block(nn.Module):
             nn.init.zeros_(self.adaln.bias)
 
     def forward(self, x, c, cos, sin, mask, cache=None, layer=0):
+        if isinstance(c, tuple):  # AdaLN folded into the norms (Backbone.conditioning)
+            w1, b1, gate1, w2, b2, gate2 = c
+            x = x + gate1 * self.dropout(self.attn(self.norm1(x, w1, b1), cos, sin, mask, cache, layer))
+            return x + gate2 * self.dropout(self.mlp(self.norm2(x, w2, b2)))
         if self.adaln is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)[:, None].chunk(6, dim=-1)
             h = modulate(self.norm1(x), shift1, scale1)
@@ -194,6 +204,37 @@ class Backbone(nn.Module):
                 nn.init.zeros_(layer.weight)
                 nn.init.zeros_(layer.bias)
 
+    def conditioning(self, device):
+        """(c, folded) for sigma = 0 (spec 2.4). With autograd off, AdaLN's outputs are
+        constants of the weights: LN(x) * (1 + scale) + shift is LayerNorm with weight
+        w * (1 + scale) and bias shift, so each block gets (w1, b1, gate1, w2, b2, gate2)
+        and the final layer (w, b), computed once and reused until one of the weights
+        involved changes (seen through data_ptr and version counters; a write through
+        ``.data`` bypasses those: set ``_cond_memo = None`` after one). With autograd on,
+        folded is None and every block applies its AdaLN."""
+        if self.sigma_embed is None:
+            return None, None
+        if torch.is_grad_enabled() or torch.is_autocast_enabled(torch.device(device).type):
+            return self.sigma_embed(torch.zeros(1, device=device)), None
+        modules = getattr(self, "_cond_modules", None)
+        if modules is None:
+            modules = self._cond_modules = [*self.sigma_embed.mlp[::2], self.final_adaln, self.norm_final,
+                                            *(m for b in self.blocks for m in (b.adaln, b.norm1, b.norm2))]
+        key = (torch.device(device), tuple((p.data_ptr(), p._version, p.dtype) for m in modules
+                                           for p in (m.weight, getattr(m, "bias", None)) if p is not None))
+        memo = getattr(self, "_cond_memo", None)
+        if memo is None or memo[0] != key:
+            c = self.sigma_embed(torch.zeros(1, device=device))
+            folded = []
+            for b in self.blocks:
+                shift1, scale1, gate1, shift2, scale2, gate2 = b.adaln(c)[0].chunk(6)
+                folded.append((b.norm1.weight * (1 + scale1), shift1, gate1,
+                               b.norm2.weight * (1 + scale2), shift2, gate2))
+            shift, scale = self.final_adaln(c)[0].chunk(2)
+            folded.append((self.norm_final.weight * (1 + scale), shift))
+            memo = self._cond_memo = (key, c, folded)
+        return memo[1], memo[2]
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.head.weight
         return KVCache(self.cfg.n_layers, batch, max_len, self.cfg.n_heads, self.cfg.head_dim,
@@ -207,6 +248,7 @@ class Backbone(nn.Module):
 
         tokens [B, N]; positions [B, N] or [N] (original indices, for RoPE);
         mask: None (bidirectional), "causal", or bool [B|1, N, N] (True = may attend);
+            with a cache also a bool or additive float mask [B|1, N, prefix + N] over all keys;
         cache: attend to its committed slots and write this chunk's K/V after them;
         last: only compute logits for the last ``last`` positions;
         at: or only at the positions ``at`` [B, k] (indices into the N fed tokens).
@@ -214,19 +256,19 @@ class Backbone(nn.Module):
         x = self.embed(tokens)
         cos, sin = self.rotary.tables(positions, x.dtype if not torch.is_autocast_enabled(x.device.type)
                                       else torch.get_autocast_dtype(x.device.type))
-        c = None
-        if self.sigma_embed is not None:  # sigma = 0 always (spec 2.4)
-            c = self.sigma_embed(torch.zeros(1, device=tokens.device))
+        c, mods = self.conditioning(tokens.device)
         for i, block in enumerate(self.blocks):
-            x = block(x, c, cos, sin, mask, cache, i)
+            x = block(x, mods[i] if mods else c, cos, sin, mask, cache, i)
         if last is not None:
             x = x[:, -last:]
         elif at is not None:
             x = torch.gather(x, 1, at[..., None].expand(-1, -1, x.shape[-1]))
-        h = self.norm_final(x)
-        if self.final_adaln is not None:
-            shift, scale = self.final_adaln(c)[:, None].chunk(2, dim=-1)
-            h = modulate(h, shift, scale)
+        if mods:
+            h = self.norm_final(x, *mods[-1])
+        else:
+            h = self.norm_final(x)
+            if self.final_adaln is not None:
+                h = modulate(h, *self.final_adaln(c)[:, None].chunk(2, dim=-1))
         logits = self.head(h)
         if logits.dtype in (torch.bfloat16, torch.float16):
             logits = logits.float()

@@ -3,5 +3,5 @@
 from esolm.eso.model import EsoConfig, EsoLM, EsoLMA, EsoLMB, default_batch_split
 from esolm.eso.ordering import block_schedule, eso_schedule, proposal, sampling_orders
 
-__all__ = ["EsoConfig", "EsoLM", "EsoLMA", "EsoLMB", "default_batch_split",
-           "block_schedule", "eso_schedule", "proposal", "sampling_orders"]
+__all__ = ["EsoConfig", "EsoLM", "EsoLMA", "EsoLMB", "block_schedule", "default_batch_split",
+           "eso_schedule", "proposal", "sampling_orders"]

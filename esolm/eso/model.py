@@ -2,8 +2,8 @@
 term on the diffusion part of the batch plus an AR term on the sequential part (7.1, 7.3),
 evaluated by that NELBO or by the importance-weighted any-order bound (7.10).
 
-(A) and (B) differ only in attention masks and the sequential sort (7.7); here they are
-two small subclasses of :class:`EsoLM` overriding four hooks.
+(A) and (B) differ only in attention masks, the sequential sort and what the sampler may
+cache (7.7); here they are two small subclasses of :class:`EsoLM` overriding its hooks.
 """
 from __future__ import annotations
 
@@ -217,18 +217,21 @@ class EsoLM(LanguageModel):
         """May the step whose masks start at sorted slot ``start`` attend to a KV cache?"""
         raise NotImplementedError
 
-    def step_mask(self, a: int, end: int, num_clean: int):
-        """Attention among the fed sorted slots [a, end) given that slots < num_clean are clean."""
+    def step_mask(self, a: int, end: int, num_clean: int, causal: torch.Tensor | None):
+        """Mask of the fed sorted slots [a, end) (queries) over keys [0, end), given that slots
+        < num_clean are clean; ``causal`` is the additive causal [L, L] mask for cached steps."""
         raise NotImplementedError
 
     @torch.no_grad()
     def sample(self, num_samples, *, length=None, steps, top_p=1.0, kv_cache=True, generator=None,
-               profile=False, alpha_0_eval=None, sampler: str = "binomial", block_steps=None,
-               block_shuffle: bool = True, **opts) -> SampleOutput:
+               profile=False, alpha_0_eval: float | None = None, sampler: str = "binomial",
+               block_steps: int | None = None, block_shuffle: bool = True, subcontext_len: int | None = None,
+               subcontext_shuffle: bool | None = None, **opts) -> SampleOutput:
         """See esolm.eso.sampler.sample (spec 7.8)."""
         return eso_sample(self, num_samples, length=length, steps=steps, top_p=top_p, kv_cache=kv_cache,
                           generator=generator, profile=profile, alpha_0_eval=alpha_0_eval, sampler=sampler,
-                          block_steps=block_steps, block_shuffle=block_shuffle, **opts)
+                          block_steps=block_steps, block_shuffle=block_shuffle, subcontext_len=subcontext_len,
+                          subcontext_shuffle=subcontext_shuffle, **opts)
 
 
 class EsoLMB(EsoLM):
@@ -258,8 +261,8 @@ class EsoLMB(EsoLM):
     def cacheable(self, start, n_mdm):
         return True
 
-    def step_mask(self, a, end, num_clean):
-        return "causal"
+    def step_mask(self, a, end, num_clean, causal):
+        return "causal" if a == 0 else causal[None, a:end, :end]
 
 
 class EsoLMA(EsoLM):
@@ -311,7 +314,7 @@ class EsoLMA(EsoLM):
     def cacheable(self, start, n_mdm):
         return start >= n_mdm
 
-    def step_mask(self, a, end, num_clean):
-        if num_clean <= a:
-            return "causal"
-        return masks.prefix_lm(end - a, torch.tensor([num_clean - a], device=self.device))
+    def step_mask(self, a, end, num_clean, causal):
+        if num_clean <= a:  # sequential phase: the clean prefix is committed in the cache
+            return "causal" if a == 0 else causal[None, a:end, :end]
+        return masks.prefix_lm(end, torch.tensor([num_clean], device=self.device))  # a = 0 here

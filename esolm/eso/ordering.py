@@ -101,13 +101,13 @@ def block_schedule(length: int, block_steps: int, alpha_0_eval: float = 1.0, shu
     if not 1 <= int(block_steps) <= length:
         raise ConfigError(f"block_steps (subcontext_len) must lie in [1, length={length}]; got {block_steps}")
     n_blk = int(block_steps)
-    classes = _uniform(n_blk, generator).argsort() if shuffle else torch.arange(n_blk)
+    classes = _uniform(n_blk, generator).cpu().argsort() if shuffle else torch.arange(n_blk)
     n_diff = int(n_blk * alpha_0_eval)
     parts, sizes = [], []
     for r in classes[:n_diff].tolist():
         pos = torch.arange(r, length, n_blk)
         if shuffle:
-            pos = pos[_uniform(len(pos), generator).argsort()]
+            pos = pos[_uniform(len(pos), generator).cpu().argsort()]
         parts.append(pos)
         sizes.append(len(pos))
     n_mdm = sum(sizes)

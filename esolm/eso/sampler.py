@@ -23,7 +23,9 @@ from dataclasses import dataclass
 
 import torch
 
-from esolm.config import ConfigError
+from esolm import masks
+from esolm.backbone import KVCache
+from esolm.config import ConfigError, coerce
 from esolm.eso import ordering as order
 from esolm.interface import Clock, SampleOutput
 from esolm.sampling import sample_categorical
@@ -37,9 +39,9 @@ class Step:
     start: int  # first sorted slot filled at this step
     size: int  # k_i
     fed: tuple[int, int]  # sorted slots [a, end) fed to the network
-    logits: torch.Tensor | None  # [B, k_i, V] for the masks being filled (None when profiling)
+    logits: torch.Tensor  # [B, k_i, V] for the masks being filled
     tokens: torch.Tensor  # [B, L] sorted tokens after this step (the live buffer: clone to keep)
-    cache: object  # the KVCache (None without kv_cache)
+    cache: KVCache | None  # the live cache (None without kv_cache or when never usable)
 
 
 def decode(model, sigma: torch.Tensor, sizes: list[int], n_mdm: int, *, top_p: float = 1.0,
@@ -53,14 +55,18 @@ def decode(model, sigma: torch.Tensor, sizes: list[int], n_mdm: int, *, top_p: f
     B, L = sigma.shape
     m = model.config.mask_id
     z = torch.full((B, L), m, dtype=torch.long, device=sigma.device)
-    cache = model.backbone.new_cache(B, L) if kv_cache else None
+    usable = kv_cache and model.cacheable(L - sizes[-1], n_mdm)  # the last step is the most cacheable
+    cache = model.backbone.new_cache(B, L) if usable else None
     clock = clock or Clock(sigma.device)
+    # rows [a, end) x keys [0, end) of this additive causal mask = a cached step's mask (L^2 entries)
+    causal = None if cache is None else torch.zeros(L, L, dtype=cache.k[0].dtype, device=sigma.device).masked_fill_(
+        ~masks.causal(L, sigma.device), float("-inf"))
     start = 0
     for i, k in enumerate(sizes):
         end = start + k
         use = cache is not None and model.cacheable(start, n_mdm)
         a = cache.length if use else 0
-        mask = model.step_mask(a, end, min(start, n_mdm))
+        mask = model.step_mask(a, end, min(start, n_mdm), causal)
         with clock.region(profile):
             logits = model.backbone(z[:, a:end], sigma[:, a:end], mask, cache=cache if use else None, last=k)
         if use:
@@ -94,6 +100,7 @@ def sample(model, num_samples: int, *, length=None, steps: int, top_p: float = 1
     """Eso-LM sampling (spec 7.8); tokens come back in natural order.
 
     alpha_0_eval: the sampling alpha_0 (None = config.alpha_0_eval, else the training one).
+    Option values may be strings (from the command line); they are typed here.
     sampler="binomial": the binomial schedule over ``steps`` and one random order per sample.
     sampler="block": the subcontext sampler, ``block_steps`` (alias subcontext_len, default
     ``steps``) residue classes, ``block_shuffle`` (alias subcontext_shuffle).
@@ -106,11 +113,11 @@ def sample(model, num_samples: int, *, length=None, steps: int, top_p: float = 1
     length = model.check_sample_args(length, steps, top_p)
     if alpha_0_eval is None:
         alpha_0_eval = model.config.alpha_0_eval if model.config.alpha_0_eval is not None else model.config.alpha_0
-    block_steps = subcontext_len if block_steps is None else block_steps
-    block_shuffle = block_shuffle if subcontext_shuffle is None else subcontext_shuffle
+    block_steps = coerce(subcontext_len if block_steps is None else block_steps, int | None, "block_steps")
+    block_shuffle = coerce(block_shuffle if subcontext_shuffle is None else subcontext_shuffle, bool, "block_shuffle")
     clock = Clock(model.device)
     with clock.region(not profile):
-        sigma, sizes, n_mdm = plan(model, num_samples, length, steps, float(alpha_0_eval), sampler,
+        sigma, sizes, n_mdm = plan(model, num_samples, length, int(steps), float(alpha_0_eval), sampler,
                                    block_steps, block_shuffle, generator)
         for step in decode(model, sigma, sizes, n_mdm, top_p=top_p, kv_cache=kv_cache,
                            generator=generator, clock=clock, profile=profile):
