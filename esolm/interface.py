@@ -108,16 +108,22 @@ def sample_options(model, options: dict, from_strings: bool = False) -> dict:
 
     from esolm.config import coerce
 
+    import typing
+
     params = inspect.signature(model.sample).parameters
     allowed = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
+    try:
+        hints = typing.get_type_hints(type(model).sample)
+    except Exception:  # an annotation that does not resolve: fall back to the defaults' types
+        hints = {}
     out = {}
     for k, v in options.items():
         if k not in allowed:
             raise ConfigError(f"unknown sample option {k!r} for {model.name}; valid: {', '.join(sorted(allowed))}")
         if from_strings:
             p = allowed[k]
-            typ = p.annotation if p.annotation is not inspect.Parameter.empty else None
-            if isinstance(typ, str) or typ is None:
+            typ = hints.get(k)
+            if typ is None:
                 typ = type(p.default) if p.default not in (None, inspect.Parameter.empty) else str
             v = coerce(v, typ, k)
         out[k] = v
