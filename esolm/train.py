@@ -336,6 +336,8 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}")
+        elif rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
+            log(f"step {step}/{cfg.steps}: loss {loss_sum:.4f}, {tok_s:,.0f} tokens/s, lr {opt.param_groups[0]['lr']:.2e}")
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
             with ema_weights(model, ema), torch.random.fork_rng(devices=[]):
                 model.eval()

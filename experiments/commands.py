@@ -66,7 +66,13 @@ def resolve_checkpoint(args) -> Path:
         raise ConfigError("pass --checkpoint PATH, or --model NAME (with the --preset/--corpus/overrides "
                           "used for training) to use that run's checkpoint")
     spec, _ = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.train_pairs)
-    return spec.run_dir() / "checkpoint.pt"
+    path = spec.run_dir() / "checkpoint.pt"
+    if not path.exists():
+        runs = sorted(str(p) for p in spec.run_dir().parent.glob(f"{args.model}-*/checkpoint.pt"))
+        raise ConfigError(f"no checkpoint at {path} (the run of --model {args.model} --preset {args.preset} --corpus "
+                          f"{args.corpus} with overrides {args.train_pairs or 'none'}); train it first, or pass "
+                          f"--checkpoint" + (f"; existing runs: {', '.join(runs)}" if runs else ""))
+    return path
 
 
 def split_model_pairs(args, extra: set[str]) -> dict:

@@ -97,10 +97,16 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from experiments import commands
 
-    args = parser().parse_args(argv)
+    ap = parser()
+    # key=value pairs may follow options too (`eval --exact num_orders=4`)
+    args, extra = ap.parse_known_args(argv)
+    pairs = [e for e in extra if "=" in e and not e.startswith("-")]
+    rest = [e for e in extra if e not in pairs]
+    if rest or (pairs and not hasattr(args, "overrides")):
+        ap.error(f"unrecognized arguments: {' '.join(rest or pairs)}")
     try:
         if hasattr(args, "overrides"):
-            args.overrides = parse_overrides(args.overrides)
+            args.overrides = parse_overrides(list(args.overrides) + pairs)
         handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
         if args.command in ("train",) and not args.model:
             raise ConfigError("train needs --model NAME; see `run.py models`")
