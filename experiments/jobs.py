@@ -54,6 +54,22 @@ def _setup(job: dict):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def recorded(fn):
+    """Per-job process setup (threads, start time); the wrapped function returns
+    (row, metrics, extra) and the record is written here."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(payload: dict) -> dict:
+        _setup(payload)
+        started = time.perf_counter()
+        payload["_started_iso"] = _now()
+        row, metrics, extra = fn(payload)
+        return _finish(payload, started, row, metrics, **extra)
+
+    return run
+
+
 def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dict:
     from esolm.checkpoint import atomic_write_json
     from esolm.metrics import environment_fingerprint
@@ -78,13 +94,11 @@ def _corpus(spec: dict):
 
 
 # ------------------------------------------------------------------------------ train
-def job_train(job: dict) -> dict:
+@recorded
+def job_train(job: dict) -> tuple:
     from esolm import registry
     from esolm.train import fit, seed_everything, train_config
 
-    _setup(job)
-    started = time.perf_counter()
-    job["_started_iso"] = _now()
     c = job["config"]
     corpus = _corpus(c["corpus"])
     cfg = train_config(c["train_preset"], **c["train"])
@@ -96,17 +110,15 @@ def job_train(job: dict) -> dict:
     row = dict(params=model.num_parameters(), steps_trained=m.get("step"), train_loss=m.get("train_loss"),
                valid_nll=valid.get("nll_per_token"), valid_ppl=valid.get("ppl"), tokens_per_s=m.get("tokens_per_s"),
                **{k: v for k, v in c["model_overrides"].items()})
-    return _finish(job, started, row, m, checkpoint=result["checkpoint"])
+    return row, m, dict(checkpoint=result["checkpoint"])
 
 
 # ------------------------------------------------------------------------------- eval
-def job_eval(job: dict) -> dict:
+@recorded
+def job_eval(job: dict) -> tuple:
     from esolm.checkpoint import load_model
     from esolm.evaluate import evaluate
 
-    _setup(job)
-    started = time.perf_counter()
-    job["_started_iso"] = _now()
     c = job["config"]
     model, state = load_model(c["checkpoint"])
     corpus = _corpus(state["corpus"])
@@ -115,18 +127,16 @@ def job_eval(job: dict) -> dict:
     row = dict(exact=c["exact"], num_orders=c["num_orders"] if c["exact"] else None, ppl=r["ppl"],
                nll_per_token=r["nll_per_token"], num_sequences=r["num_sequences"],
                true_ppl=r.get("true_ppl"), **c["model_overrides"])
-    return _finish(job, started, row, r)
+    return row, r, {}
 
 
 # ----------------------------------------------------------------------------- sample
-def job_sample(job: dict) -> dict:
+@recorded
+def job_sample(job: dict) -> tuple:
     from esolm.checkpoint import load_model
     from esolm.metrics import score_samples
     from esolm.samples import draw_samples, write_jsonl
 
-    _setup(job)
-    started = time.perf_counter()
-    job["_started_iso"] = _now()
     c = job["config"]
     model, state = load_model(c["checkpoint"])
     corpus = _corpus(state["corpus"])
@@ -146,7 +156,7 @@ def job_sample(job: dict) -> dict:
                mauve=(scores.get("mauve") or {}).get("mauve"), num_samples=len(records),
                evaluator=scores["gen_ppl"]["evaluator"].get("name"), **c["model_overrides"])
     examples = [r["text"] for r in records[:3]]
-    return _finish(job, started, row, scores, samples=str(out), examples=examples)
+    return row, scores, dict(samples=str(out), examples=examples)
 
 
 # ------------------------------------------------------------------------------- time
@@ -167,12 +177,10 @@ def _time_model(model, job: dict, opts: dict) -> dict:
     return dict(profile=prof, wall=wall)
 
 
-def job_time(job: dict) -> dict:
+@recorded
+def job_time(job: dict) -> tuple:
     from esolm.checkpoint import load_model
 
-    _setup(job)
-    started = time.perf_counter()
-    job["_started_iso"] = _now()
     c = job["config"]
     model, _ = load_model(c["checkpoint"])
     opts = dict(c["options"], top_p=c["top_p"], kv_cache=c.get("kv_cache", True))
@@ -181,17 +189,15 @@ def job_time(job: dict) -> dict:
                time_median_s=t["profile"]["median"], time_mean_s=t["profile"]["mean"], time_std_s=t["profile"]["std"],
                wall_median_s=t["wall"]["median"], wall_mean_s=t["wall"]["mean"], wall_std_s=t["wall"]["std"],
                **c["model_overrides"])
-    return _finish(job, started, row, t)
+    return row, t, {}
 
 
-def job_longctx(job: dict) -> dict:
+@recorded
+def job_longctx(job: dict) -> tuple:
     """Latency at NFE = L (spec 8.6): a model of the preset's backbone built at length L
     (timing does not depend on the weights), batch 1, no nucleus."""
     from esolm import registry
 
-    _setup(job)
-    started = time.perf_counter()
-    job["_started_iso"] = _now()
     c = job["config"]
     model = registry.build(c["model"], preset=c["backbone"], **c["fields"], **c["model_overrides"]).eval()
     opts = dict(c["options"], top_p=1.0, kv_cache=c["kv_cache"])
@@ -199,7 +205,7 @@ def job_longctx(job: dict) -> dict:
     row = dict(length=c["fields"]["length"], kv_cache=c["kv_cache"], nfe=t["wall"]["nfe"],
                time_mean_s=t["wall"]["mean"], time_std_s=t["wall"]["std"], time_median_s=t["wall"]["median"],
                profile_mean_s=t["profile"]["mean"], **c["model_overrides"])
-    return _finish(job, started, row, t)
+    return row, t, {}
 
 
 JOB_FUNCTIONS = {"train": job_train, "eval": job_eval, "sample": job_sample, "time": job_time,
