@@ -9,6 +9,7 @@ Experiment code talks to models only through this contract and through
 """
 from __future__ import annotations
 
+import abc
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -130,7 +131,7 @@ def sample_options(model, options: dict, from_strings: bool = False) -> dict:
     return out
 
 
-class LanguageModel(nn.Module):
+class LanguageModel(nn.Module, abc.ABC):
     """Base class: holds the config; subclasses implement loss / nll / sample.
 
     Subclasses set ``config_class`` (a ModelConfig subclass) and ``capabilities``.
@@ -148,12 +149,15 @@ class LanguageModel(nn.Module):
         self.rank, self.world_size = 0, 1
 
     # -- the contract ---------------------------------------------------------------
+    @abc.abstractmethod
     def loss(self, tokens: torch.Tensor, valid: torch.Tensor | None = None) -> LossOutput:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def nll(self, tokens: torch.Tensor, *, exact: bool = False, **opts) -> NLL:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def sample(
         self,
         num_samples: int,
@@ -166,7 +170,7 @@ class LanguageModel(nn.Module):
         profile: bool = False,
         **opts,
     ) -> SampleOutput:
-        raise NotImplementedError
+        ...
 
     def after_validation(self, batches: list[torch.Tensor]) -> dict | None:
         """Hook the trainer calls after each validation pass (BD3-LM's clipped-schedule

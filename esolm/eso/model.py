@@ -7,6 +7,7 @@ cache (7.7); here they are two small subclasses of :class:`EsoLM` overriding its
 """
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Literal
 
@@ -82,7 +83,7 @@ class EsoConfig(ModelConfig):
             _check(0.0 <= self.alpha_0_eval <= 1.0, f"alpha_0_eval must lie in [0, 1]; got {self.alpha_0_eval}")
 
 
-class EsoLM(LanguageModel):
+class EsoLM(LanguageModel, abc.ABC):
     """The shared Eso-LM: hybrid NELBO, IW exact likelihood and the sampler of sampler.py.
 
     Subclass hooks (the only places (A) and (B) differ, spec 7.7):
@@ -99,14 +100,17 @@ class EsoLM(LanguageModel):
         self.schedule = LogLinear(config.alpha_0, config.schedule_eps)
 
     # -- hooks ----------------------------------------------------------------------------
+    @abc.abstractmethod
     def diffusion_mask(self, num_clean: torch.Tensor, length: int):
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def sequential_mask(self, num_clean: torch.Tensor, length: int) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def order_logliks(self, tokens: torch.Tensor, sigma: torch.Tensor, num_clean: int) -> torch.Tensor:
-        raise NotImplementedError
+        ...
 
     # -- the two loss terms (7.3) --------------------------------------------------------
     def split(self, batch: int) -> int:
@@ -213,14 +217,14 @@ class EsoLM(LanguageModel):
                              at=torch.arange(L, device=x_sorted.device).expand(B, L))
 
     # -- sampling (7.8) -------------------------------------------------------------------
+    @abc.abstractmethod
     def cacheable(self, start: int, n_mdm: int) -> bool:
         """May the step whose masks start at sorted slot ``start`` attend to a KV cache?"""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def step_mask(self, a: int, end: int, num_clean: int, causal: torch.Tensor | None):
         """Mask of the fed sorted slots [a, end) (queries) over keys [0, end), given that slots
         < num_clean are clean; ``causal`` is the additive causal [L, L] mask for cached steps."""
-        raise NotImplementedError
 
     @torch.no_grad()
     def sample(self, num_samples, *, length=None, steps, top_p=1.0, kv_cache=True, generator=None,

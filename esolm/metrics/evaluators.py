@@ -6,6 +6,7 @@ Every evaluator retokenizes text its own way (``encode``) and scores next tokens
 """
 from __future__ import annotations
 
+import abc
 import math
 import os
 from pathlib import Path
@@ -17,7 +18,7 @@ from esolm.config import ConfigError
 from esolm.metrics.genppl import score_rows
 
 
-class Evaluator:
+class Evaluator(abc.ABC):
     """A causal scorer of text. ``max_length`` is its context (None: unlimited)."""
 
     kind = "evaluator"
@@ -31,12 +32,13 @@ class Evaluator:
         self.test_ppl_source = "checkpoint" if test_ppl is not None else None
 
     # -- what subclasses provide ------------------------------------------------------
+    @abc.abstractmethod
     def encode(self, texts: list[str]) -> list[list[int]]:
-        raise NotImplementedError
+        ...
 
+    @abc.abstractmethod
     def token_logprobs(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """[B, n-1] log p(ids[:, j+1] | ids[:, <=j]) of right-padded rows ``ids`` [B, n]."""
-        raise NotImplementedError
 
     def _hidden(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         raise ConfigError(f"evaluator {self.name} has no hidden states for MAUVE features; "
