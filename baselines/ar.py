@@ -63,14 +63,15 @@ class AR(LanguageModel):
         x = torch.full((num_samples, length), self.config.bos_id, dtype=torch.long, device=dev)
         clock = Clock(dev)
         cache = self.backbone.new_cache(num_samples, length) if kv_cache else None
+        positions = torch.arange(length, device=dev)  # sliced per step: no host-to-device copy
         with clock.region(not profile):
             for i in range(length - 1):
                 with clock.region(profile):
                     if cache is not None:
-                        logits = self.backbone(x[:, i:i + 1], torch.tensor([i], device=dev), None, cache=cache)
+                        logits = self.backbone(x[:, i:i + 1], positions[i:i + 1], None, cache=cache)
                         cache.advance(1)
                     else:
-                        logits = self.backbone(x[:, :i + 1], torch.arange(i + 1, device=dev), "causal", last=1)
+                        logits = self.backbone(x[:, :i + 1], positions[:i + 1], "causal", last=1)
                 if not profile:
                     x[:, i + 1] = sample_categorical(logits[:, -1], top_p, generator)
         return SampleOutput(tokens=x, nfe=length - 1, seconds=clock.seconds)

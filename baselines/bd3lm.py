@@ -98,13 +98,15 @@ class BD3LM(LanguageModel):
     def new_cache(self, batch: int, length: int | None = None) -> KVCache:
         return self.backbone.new_cache(batch, length or self.config.length)
 
-    def block_logits(self, block: torch.Tensor, start: int, cache: KVCache) -> torch.Tensor:
+    def block_logits(self, block: torch.Tensor, start: int, cache: KVCache,
+                     at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, L', V] of a block at positions [start, start + L') against the cached
-        clean blocks before it (6.4 step 2); the block's K/V stay provisional."""
+        clean blocks before it (6.4 step 2); the block's K/V stay provisional. ``at`` [B, k]
+        (indices into the block): only those positions' logits, [B, k, V]."""
         if cache.length != start:
             raise ConfigError(f"the cache holds {cache.length} clean tokens but the block starts at {start}; "
                               f"store every earlier block with store_block() first")
-        return self.backbone(block, self.positions[start:start + block.shape[1]], None, cache=cache)
+        return self.backbone(block, self.positions[start:start + block.shape[1]], None, cache=cache, at=at)
 
     def store_block(self, block: torch.Tensor, start: int, cache: KVCache) -> None:
         """The store pass (6.4 step 3): compute a clean block's K/V and commit them to the cache."""
@@ -115,12 +117,15 @@ class BD3LM(LanguageModel):
         self.backbone(block, self.positions[start:start + block.shape[1]], None, cache=cache, at=none)
         cache.advance(block.shape[1])
 
-    def prefix_logits(self, prefix: torch.Tensor) -> torch.Tensor:
+    def prefix_logits(self, prefix: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, L', V] of the last block of ``prefix`` [B, e] (clean blocks, then the
-        current one) recomputed from scratch under the block-causal mask: no cache."""
+        current one) recomputed from scratch under the block-causal mask: no cache. ``at``
+        [B, k] (indices into the last block): only those positions' logits, [B, k, V]."""
         e = prefix.shape[1]
         L = self.config.length
         mask = self.train_mask[L:L + e, L:L + e]  # M_BC: block(q) >= block(k)
+        if at is not None:
+            return self.backbone(prefix, self.positions[:e], mask[None], at=at + (e - self.block_size))
         return self.backbone(prefix, self.positions[:e], mask[None], last=self.block_size)
 
     # -- noise ----------------------------------------------------------------------------

@@ -3,6 +3,8 @@ against the exact KV cache of the clean blocks before it, then stored by one mor
 
 Only the current block is ever fed during denoising, so a step costs L' queries against the
 cache plus sampling work on the few positions it fills: nothing proportional to L^2 or L*V.
+First hitting runs the LM head only at the one position a step fills (the whole block when
+``on_step`` is given, so the hook sees every logit); ancestral steps read the whole block.
 """
 from __future__ import annotations
 
@@ -56,15 +58,19 @@ def sample_blocks(model, z: torch.Tensor, *, steps_per_block: int, top_p: float,
     return counts
 
 
-def _denoise(model, z, b, bs, cache, clock, profile, counts, on_step) -> torch.Tensor:
-    """One denoising pass on block b: against the cache, or recomputing its clean prefix."""
+def _denoise(model, z, b, bs, cache, clock, profile, counts, on_step, at=None) -> torch.Tensor:
+    """One denoising pass on block b: against the cache, or recomputing its clean prefix.
+    Logits [B, k, V] at the block positions ``at`` [B, k]; [B, L', V] with ``on_step``."""
     start, end = b * bs, (b + 1) * bs
+    head_at = None if on_step is not None else at
     with clock.region(profile):
-        logits = (model.block_logits(z[:, start:end], start, cache) if cache is not None
-                  else model.prefix_logits(z[:, :end]))
+        logits = (model.block_logits(z[:, start:end], start, cache, at=head_at) if cache is not None
+                  else model.prefix_logits(z[:, :end], at=head_at))
     counts["denoise_passes"] += 1
     if on_step is not None:
         on_step(b, z.clone(), logits)
+        if at is not None:
+            logits = logits.gather(1, at[..., None].expand(-1, -1, logits.shape[-1]))
     return logits
 
 
@@ -99,9 +105,9 @@ def _first_hitting(block, m, steps, denoise, top_p, nucleus, generator, profile)
     n_masks = int((block[0] == m).sum())
     rows = torch.arange(block.shape[0], device=block.device)
     for _ in range(n_masks):
-        logits = denoise()
-        if profile:
-            continue
         keys = torch.rand(block.shape, generator=generator, dtype=torch.float64, device=block.device)
         cols = keys.masked_fill(block != m, -1.0).argmax(dim=1)  # uniform among the row's masks
-        block[rows, cols] = draw_tokens(logits[rows, cols], top_p, nucleus, generator)
+        logits = denoise(cols[:, None])  # the network never sees the choice: only where to read
+        if profile:
+            continue
+        block[rows, cols] = draw_tokens(logits[:, 0], top_p, nucleus, generator)

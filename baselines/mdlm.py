@@ -12,7 +12,7 @@ from esolm.config import ConfigError, ModelConfig
 from esolm.diffusion import forward_mask, local_times, ones_like_valid, target_logprob
 from esolm.interface import NLL, Capabilities, Clock, LanguageModel, LossOutput, SampleOutput
 from esolm.likelihood import iw_nll, proposal_order
-from esolm.sampling import nucleus_filter, sample_categorical, sample_from_probs
+from esolm.sampling import fill_slots, nucleus_filter, sample_categorical, sample_from_probs
 from esolm.schedules import LogLinear, binomial_schedule, stratified_times
 
 
@@ -143,19 +143,26 @@ class MDLM(LanguageModel):
         return torch.multinomial(probs, z.numel(), replacement=True, generator=generator).view(z.shape)
 
     def _scheduled(self, z, steps, top_p, generator) -> int:
+        """The LM head runs only at the positions filled this step (``fill_slots``): at NFE = L
+        that is one position instead of L, the same draws from the same logits."""
         when = self._unmask_steps(z, steps, generator).to(z.device)
         active = torch.unique(when)  # the non-empty steps, ascending
+        positions = torch.arange(z.shape[1], device=z.device)
+        rows = torch.arange(z.shape[0], device=z.device)[:, None]
         for step in active.tolist():
-            fill = when == step
-            logits = self.denoise(z)
-            rows, cols = fill.nonzero(as_tuple=True)
-            z[rows, cols] = sample_categorical(logits[rows, cols], top_p, generator)
+            at, keep = fill_slots(when == step)
+            logits = self.backbone(z, positions, None, at=at)
+            z[rows.expand_as(at)[keep], at[keep]] = sample_categorical(logits[keep], top_p, generator)
         return len(active)
 
     def _profile(self, z, steps, generator, clock) -> int:
-        """Time only the network passes: NFE forward calls on the all-mask input (spec 8.5)."""
-        nfe = len(torch.unique(self._unmask_steps(z, steps, generator)))
-        for _ in range(nfe):
+        """Time only the network passes (spec 8.5): the sampler's NFE calls on the all-mask input,
+        each with the LM head at the positions that step fills."""
+        when = self._unmask_steps(z, steps, generator).to(z.device)
+        active = torch.unique(when)
+        positions = torch.arange(z.shape[1], device=z.device)
+        for step in active.tolist():
+            at, _ = fill_slots(when == step)
             with clock.region(True):
-                self.denoise(z)
-        return nfe
+                self.backbone(z, positions, None, at=at)
+        return len(active)

@@ -41,3 +41,15 @@ def sample_from_probs(probs: torch.Tensor, generator=None) -> torch.Tensor:
     """Gumbel-argmax draw from (unnormalized) float64 probabilities; zeros are never drawn."""
     logp = probs.double().log()
     return (logp + gumbel_noise(logp.shape, generator, logp.device)).argmax(dim=-1)
+
+
+def fill_slots(fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(at [B, k], keep [B, k]) for a boolean ``fill`` [B, N]: each row's positions to fill, in
+    ascending order, padded to the longest row's k with positions that ``keep`` marks False.
+
+    ``backbone(..., at=at)[keep]`` lists the logits of ``fill.nonzero()`` in the same order, so a
+    sampler computes the LM head only where it draws a token.
+    """
+    k = int(fill.sum(1).max()) if fill.numel() else 0
+    at = fill.to(torch.uint8).argsort(dim=1, descending=True, stable=True)[:, :k]
+    return at, fill.gather(1, at)

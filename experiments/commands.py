@@ -106,7 +106,8 @@ def cmd_eval(args) -> int:
                       num_orders=typed.get("num_orders", 1), seed=typed.get("seed", 1), **extra)
     result.update(model=state["model_name"], checkpoint=str(ckpt), step=state["step"])
     print(format_result(state["model_name"], result))
-    name = f"eval_{args.split}" + (f"_exact_K{result['num_orders']}" if args.exact else "") + ".json"
+    name = (f"eval_{args.split}" + (f"_first{result['num_sequences']}" if typed.get("max_batches") else "")
+            + (f"_exact_K{result['num_orders']}" if args.exact else "") + ".json")
     path = atomic_write_json(ckpt.parent / name, result)
     say(f"wrote {path}")
     return 0
