@@ -89,6 +89,32 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
+# ---------------------------------------------------------- small-batch linear (8.6)
+SMALL_ROWS = 8  # rows (batch x tokens fed) of a batch-1 sampling step: AR 1, Eso-LM 2, BD3-LM L'
+
+
+def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)``, choosing the CPU BLAS call for a batch-1 sampling step (no autograd, at most
+    SMALL_ROWS rows): nn.Linear's x @ W^T on the [out, in] weight is up to 3x slower there
+    (docs/benchmarks.md). One row: x @ W^T from a memoized contiguous W^T (the memo follows the
+    weight's data_ptr and version counter; after a write through ``.data`` set ``layer._wt =
+    None``). 2 to SMALL_ROWS rows: (W @ x^T)^T, a tall product on the weight as it is."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if (not 0 < rows <= SMALL_ROWS or x.device.type != "cpu" or torch.is_grad_enabled()
+            or torch.is_autocast_enabled("cpu")):
+        return layer(x)
+    w, b, x2 = layer.weight, layer.bias, x.reshape(rows, x.shape[-1])
+    if rows == 1:
+        key = (w.data_ptr(), w._version, w.dtype)
+        memo = layer.__dict__.get("_wt")
+        if memo is None or memo[0] != key:
+            memo = layer.__dict__["_wt"] = (key, w.t().contiguous())
+        out = torch.mm(x2, memo[1]) if b is None else torch.addmm(b, x2, memo[1])
+    else:
+        out = (torch.mm(w, x2.t()) if b is None else torch.addmm(b[:, None], w, x2.t())).t().contiguous()
+    return out.view(*x.shape[:-1], out.shape[-1])
+
+
 # ------------------------------------------------------------------- KV cache (7.8)
 class KVCache:
     """Per-layer key/value buffers [B, H, max_len, d_h], written by slot.
@@ -141,7 +167,7 @@ class Attention(nn.Module):
 
     def forward(self, h, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
         B, N, _ = h.shape
-        q, k, v = self.qkv(h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = linear(self.qkv, h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         prefix = 0
         if cache is not None:
@@ -151,7 +177,7 @@ class Attention(nn.Module):
             k, v = cache.k[layer][:, :, :prefix + N], cache.v[layer][:, :, :prefix + N]
         attn_mask, causal = _sdpa_mask(mask, N, prefix + N, prefix, h.device)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
-        return self.out(o.transpose(1, 2).reshape(B, N, -1))
+        return linear(self.out, o.transpose(1, 2).reshape(B, N, -1))
 
 
 # ---------------------------------------------------------------------- block (2.2)
@@ -173,15 +199,20 @@ class Block(nn.Module):
         if isinstance(c, tuple):  # AdaLN folded into the norms (Backbone.conditioning)
             w1, b1, gate1, w2, b2, gate2 = c
             x = x + gate1 * self.dropout(self.attn(self.norm1(x, w1, b1), cos, sin, mask, cache, layer))
-            return x + gate2 * self.dropout(self.mlp(self.norm2(x, w2, b2)))
+            return x + gate2 * self.dropout(self.feed_forward(self.norm2(x, w2, b2)))
         if self.adaln is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)[:, None].chunk(6, dim=-1)
             h = modulate(self.norm1(x), shift1, scale1)
             x = x + gate1 * self.dropout(self.attn(h, cos, sin, mask, cache, layer))
             h = modulate(self.norm2(x), shift2, scale2)
-            return x + gate2 * self.dropout(self.mlp(h))
+            return x + gate2 * self.dropout(self.feed_forward(h))
         x = x + self.dropout(self.attn(self.norm1(x), cos, sin, mask, cache, layer))
-        return x + self.dropout(self.mlp(self.norm2(x)))
+        return x + self.dropout(self.feed_forward(self.norm2(x)))
+
+    def feed_forward(self, h):
+        """self.mlp(h), through ``linear`` (the small-batch fast path)."""
+        fc1, act, fc2 = self.mlp
+        return linear(fc2, act(linear(fc1, h)))
 
 
 # ------------------------------------------------------------------- backbone (2.2)
@@ -269,7 +300,7 @@ class Backbone(nn.Module):
             h = self.norm_final(x)
             if self.final_adaln is not None:
                 h = modulate(h, *self.final_adaln(c)[:, None].chunk(2, dim=-1))
-        logits = self.head(h)
+        logits = linear(self.head, h)
         if logits.dtype in (torch.bfloat16, torch.float16):
             logits = logits.float()
         logits[..., self.cfg.mask_id] = MASK_LOGIT

@@ -145,3 +145,17 @@ def test_config_errors_name_the_problem():
         registry.build("ar", preset="smoke", not_a_field=1)
     with pytest.raises(ConfigError, match="available models: .*ar.*mdlm"):
         registry.build("gpt5")
+
+
+@pytest.mark.parametrize("rows", [1, 2, 8, 9])
+def test_small_batch_linear_equals_nn_linear_and_follows_weight_updates(rows):
+    from esolm.backbone import linear
+    torch.manual_seed(0)
+    layer = torch.nn.Linear(16, 24).double()
+    x = torch.randn(1, rows, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(linear(layer, x), layer(x), rtol=1e-12, atol=1e-12)
+        layer.weight.add_(1.0)  # in place: the memoized transpose must not go stale
+        torch.testing.assert_close(linear(layer, x), layer(x), rtol=1e-12, atol=1e-12)
+    y = linear(layer, x.requires_grad_())  # with autograd: nn.Linear itself
+    assert y.grad_fn is not None
