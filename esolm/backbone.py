@@ -94,11 +94,13 @@ SMALL_ROWS = 8  # rows (batch x tokens fed) of a batch-1 sampling step: AR 1, Es
 
 
 def linear(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """``layer(x)``, choosing the CPU BLAS call for a batch-1 sampling step (no autograd, at most
-    SMALL_ROWS rows): nn.Linear's x @ W^T on the [out, in] weight is up to 3x slower there
-    (docs/benchmarks.md). One row: x @ W^T from a memoized contiguous W^T (the memo follows the
-    weight's data_ptr and version counter; after a write through ``.data`` set ``layer._wt =
-    None``). 2 to SMALL_ROWS rows: (W @ x^T)^T, a tall product on the weight as it is."""
+    """``layer(x)`` for the output head, choosing the faster CPU BLAS call for a batch-1 sampling
+    step (no autograd, at most SMALL_ROWS rows). For the [V, d] head with V = 50258, nn.Linear's
+    x @ W^T was 2.5-4x slower there than the layouts below (docs/benchmarks.md); for the d x 3d
+    and d x 4d layers of the blocks it was not, so they keep nn.Linear. One row: x @ W^T from a
+    memoized contiguous W^T (the memo follows the weight's data_ptr and version counter; after a
+    write through ``.data`` set ``layer._wt = None``). 2 to SMALL_ROWS rows: (W @ x^T)^T, a tall
+    product on the weight as it is."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     if (not 0 < rows <= SMALL_ROWS or x.device.type != "cpu" or torch.is_grad_enabled()
             or torch.is_autocast_enabled("cpu")):
@@ -167,7 +169,7 @@ class Attention(nn.Module):
 
     def forward(self, h, cos, sin, mask, cache: KVCache | None = None, layer: int = 0):
         B, N, _ = h.shape
-        q, k, v = linear(self.qkv, h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = self.qkv(h).view(B, N, 3, self.n_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         prefix = 0
         if cache is not None:
@@ -177,7 +179,7 @@ class Attention(nn.Module):
             k, v = cache.k[layer][:, :, :prefix + N], cache.v[layer][:, :, :prefix + N]
         attn_mask, causal = _sdpa_mask(mask, N, prefix + N, prefix, h.device)
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=causal)
-        return linear(self.out, o.transpose(1, 2).reshape(B, N, -1))
+        return self.out(o.transpose(1, 2).reshape(B, N, -1))
 
 
 # ---------------------------------------------------------------------- block (2.2)
@@ -199,20 +201,15 @@ class Block(nn.Module):
         if isinstance(c, tuple):  # AdaLN folded into the norms (Backbone.conditioning)
             w1, b1, gate1, w2, b2, gate2 = c
             x = x + gate1 * self.dropout(self.attn(self.norm1(x, w1, b1), cos, sin, mask, cache, layer))
-            return x + gate2 * self.dropout(self.feed_forward(self.norm2(x, w2, b2)))
+            return x + gate2 * self.dropout(self.mlp(self.norm2(x, w2, b2)))
         if self.adaln is not None:
             shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c)[:, None].chunk(6, dim=-1)
             h = modulate(self.norm1(x), shift1, scale1)
             x = x + gate1 * self.dropout(self.attn(h, cos, sin, mask, cache, layer))
             h = modulate(self.norm2(x), shift2, scale2)
-            return x + gate2 * self.dropout(self.feed_forward(h))
+            return x + gate2 * self.dropout(self.mlp(h))
         x = x + self.dropout(self.attn(self.norm1(x), cos, sin, mask, cache, layer))
-        return x + self.dropout(self.feed_forward(self.norm2(x)))
-
-    def feed_forward(self, h):
-        """self.mlp(h), through ``linear`` (the small-batch fast path)."""
-        fc1, act, fc2 = self.mlp
-        return linear(fc2, act(linear(fc1, h)))
+        return x + self.dropout(self.mlp(self.norm2(x)))
 
 
 # ------------------------------------------------------------------- backbone (2.2)
