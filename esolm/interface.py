@@ -113,10 +113,13 @@ def sample_options(model, options: dict, from_strings: bool = False) -> dict:
 
     params = inspect.signature(model.sample).parameters
     allowed = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
-    try:
-        hints = typing.get_type_hints(type(model).sample)
-    except Exception:  # an annotation that does not resolve: fall back to the defaults' types
-        hints = {}
+    hints = {}  # the base class's annotations (steps: int, ...), then each override's own
+    for cls in reversed(type(model).__mro__):
+        if "sample" in cls.__dict__:
+            try:
+                hints.update(typing.get_type_hints(cls.__dict__["sample"]))
+            except Exception:  # an annotation that does not resolve: the defaults' types serve
+                pass
     out = {}
     for k, v in options.items():
         if k not in allowed:

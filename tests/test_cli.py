@@ -5,6 +5,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from esolm import registry
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -68,3 +72,14 @@ def test_sample_option_unknown_to_the_model_is_refused(tmp_path):
         "steps=2", "length=16")
     proc = run("sample", "--checkpoint", str(out / "checkpoint.pt"), "alpha_0_eval=0.5", ok=False)
     assert proc.returncode == 2 and "alpha_0_eval" in proc.stderr and "valid" in proc.stderr
+
+
+@pytest.mark.parametrize("name", registry.available())
+def test_sample_options_from_the_command_line_get_the_types_of_the_interface(name):
+    """steps=16 on the command line is the int 16 for every model, also where an override of
+    sample() leaves ``steps`` unannotated (the base class's annotation applies)."""
+    from esolm.interface import sample_options
+    model = registry.build(name, preset="smoke")
+    opts = sample_options(model, {"steps": "16", "top_p": "0.9", "kv_cache": "false"}, from_strings=True)
+    assert opts == {"steps": 16, "top_p": 0.9, "kv_cache": False}
+    assert type(opts["steps"]) is int
