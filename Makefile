@@ -33,7 +33,7 @@ test-fast: setup
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow and not slurm"
 
 bench: setup
-	$(BIN)/python -m pytest tests/bench --benchmark-only -q
+	$(BIN)/python -m pytest --benchmark-only -q
 
 slurm-up:
 	$(SUDO) bash scripts/local-slurm/start.sh
