@@ -104,7 +104,7 @@ def smoke() -> Preset:
 def tiny() -> Preset:
     """The embedded default: shakespeare, L = 128, every method on a 4 x 128 backbone, sweeps
     shaped like the paper's (step counts scaled by L/1024), a separate larger AR evaluator;
-    about 30 min on 2 CPU cores."""
+    about 75 min on 2 CPU cores (123 jobs; the committed run took 75 min on Slurm)."""
     eso = _eso_sweep([8, 32, 128], [16, 64, 512], [1.0, 0.25, 0.0625])
     return Preset(
         name="tiny", description="shakespeare, L=128, 4x128 backbone, paper-shaped sweeps",
