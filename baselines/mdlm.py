@@ -109,11 +109,9 @@ class MDLM(LanguageModel):
         if sampler == "ancestral":
             with clock.region(True):
                 nfe = self._ancestral(z, steps, top_p, generator, reuse_px0)
-        elif profile:
-            nfe = self._profile(z, steps, generator, clock)
         else:
-            with clock.region(True):
-                nfe = self._scheduled(z, steps, top_p, generator)
+            with clock.region(not profile):
+                nfe = self._scheduled(z, steps, top_p, generator, clock, profile)
         return SampleOutput(tokens=z, nfe=nfe, seconds=clock.seconds)
 
     def _ancestral(self, z, steps, top_p, generator, reuse_px0) -> int:
@@ -142,27 +140,18 @@ class MDLM(LanguageModel):
         probs = (alpha[1:] - alpha[:-1]) / (1 - alpha[0])
         return torch.multinomial(probs, z.numel(), replacement=True, generator=generator).view(z.shape)
 
-    def _scheduled(self, z, steps, top_p, generator) -> int:
+    def _scheduled(self, z, steps, top_p, generator, clock, profile=False) -> int:
         """The LM head runs only at the positions filled this step (``fill_slots``): at NFE = L
-        that is one position instead of L, the same draws from the same logits."""
+        that is one position instead of L, the same draws from the same logits. ``profile``
+        (spec 8.5): time only the network passes on the all-mask input, draw nothing."""
         when = self._unmask_steps(z, steps, generator).to(z.device)
         active = torch.unique(when)  # the non-empty steps, ascending
         positions = torch.arange(z.shape[1], device=z.device)
         rows = torch.arange(z.shape[0], device=z.device)[:, None]
         for step in active.tolist():
             at, keep = fill_slots(when == step)
-            logits = self.backbone(z, positions, None, at=at)
-            z[rows.expand_as(at)[keep], at[keep]] = sample_categorical(logits[keep], top_p, generator)
-        return len(active)
-
-    def _profile(self, z, steps, generator, clock) -> int:
-        """Time only the network passes (spec 8.5): the sampler's NFE calls on the all-mask input,
-        each with the LM head at the positions that step fills."""
-        when = self._unmask_steps(z, steps, generator).to(z.device)
-        active = torch.unique(when)
-        positions = torch.arange(z.shape[1], device=z.device)
-        for step in active.tolist():
-            at, _ = fill_slots(when == step)
-            with clock.region(True):
-                self.backbone(z, positions, None, at=at)
+            with clock.region(profile):
+                logits = self.backbone(z, positions, None, at=at)
+            if not profile:
+                z[rows.expand_as(at)[keep], at[keep]] = sample_categorical(logits[keep], top_p, generator)
         return len(active)

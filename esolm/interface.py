@@ -106,10 +106,9 @@ def sample_options(model, options: dict, from_strings: bool = False) -> dict:
     """Check ``options`` against ``model.sample``'s keyword arguments (typed from strings
     when they come from the command line); an unknown one is an error listing the valid ones."""
     import inspect
+    import typing
 
     from esolm.config import coerce
-
-    import typing
 
     params = inspect.signature(model.sample).parameters
     allowed = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
