@@ -12,7 +12,7 @@ from functools import partial
 
 import torch
 
-from esolm.sampling import gumbel_noise, nucleus_filter
+from esolm.sampling import draw, nucleus_filter
 
 
 def bd3_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -29,9 +29,9 @@ def bd3_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def draw_tokens(logits: torch.Tensor, top_p: float, nucleus: str, generator=None) -> torch.Tensor:
-    """One token per row of ``logits`` [k, V]: nucleus filter, then float64 Gumbel-argmax (5.6, 13)."""
+    """One token per row of ``logits`` [k, V]: nucleus filter, then the float64 draw (5.6, 13)."""
     filtered = bd3_nucleus(logits, top_p) if nucleus == "bd3" else nucleus_filter(logits, top_p)
-    return (filtered + gumbel_noise(filtered.shape, generator, filtered.device)).argmax(dim=-1)
+    return draw(filtered, generator)
 
 
 def sample_blocks(model, z: torch.Tensor, *, steps_per_block: int, top_p: float, kv_cache: bool,

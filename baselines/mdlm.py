@@ -93,7 +93,7 @@ class MDLM(LanguageModel):
     @torch.no_grad()
     def sample(self, num_samples, *, length=None, steps, top_p=1.0, kv_cache=True, generator=None,
                profile=False, sampler: str = "schedule", reuse_px0: bool = True, **opts) -> SampleOutput:
-        """Ancestral sampling over ``steps`` steps (spec 5.5), float64 nucleus and Gumbel.
+        """Ancestral sampling over ``steps`` steps (spec 5.5), float64 nucleus and draw.
 
         sampler="ancestral" is spec 5.5 step by step (p(x0) reused while nothing changes
         when ``reuse_px0``). sampler="schedule" (default) draws the same process in an

@@ -1,5 +1,13 @@
-"""Categorical sampling shared by every sampler: nucleus filtering and Gumbel-argmax,
-both in float64 (spec 5.6, 13: float32 Gumbel noise lowers the effective temperature)."""
+"""Categorical sampling shared by every sampler: nucleus filtering and the draw, both in
+float64 (spec 5.6, 13: float32 Gumbel noise lowers the effective temperature).
+
+The draw (a choice documented in docs/metrics.md, "The categorical sampler"): the spec draws by Gumbel-argmax with
+float64 noise of shape [..., V]. We draw by inverting the float64 CDF with one float64
+uniform per row, the same distribution to float64 round-off (both resolve probabilities
+down to ~1e-16 of the total). At batch 1 with V = 50258 it took 0.15 ms against the
+Gumbel draw's 0.56 ms (0.9-1.2 ms inside a sampling step, where the noise of 50258 float64
+uniforms and two logs fall out of the cache), a tenth of a cached step. ``DRAW = "gumbel"``
+(or ``method="gumbel"``) restores the spec's Gumbel-argmax."""
 from __future__ import annotations
 
 import torch
@@ -31,16 +39,40 @@ def gumbel_noise(shape, generator=None, device=None) -> torch.Tensor:
     return -torch.log(exponential.clamp_min(tiny))
 
 
-def sample_categorical(logits: torch.Tensor, top_p: float = 1.0, generator=None) -> torch.Tensor:
+DRAW_METHODS = ("inverse_cdf", "gumbel")
+DRAW = "inverse_cdf"  # the default of every sampler; "gumbel" = the spec's Gumbel-argmax
+
+
+def draw(logits: torch.Tensor, generator=None, method: str | None = None) -> torch.Tensor:
+    """One index per row of float64 ``logits`` [..., V] from softmax(logits); entries at -inf
+    (nucleus-removed, or probability 0) are never drawn.
+
+    "inverse_cdf": c = cumsum(exp(logits - max)), u = U[0, 1) * c[-1], the first index with
+    c > u (so zero-width entries are skipped, also at u = 0); the index is capped at the
+    last entry of positive probability in case round-off lifts u to c[-1].
+    "gumbel": argmax(logits + float64 Gumbel noise), spec 5.6.
+    """
+    method = method or DRAW
+    if method == "gumbel":
+        return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+    if method != "inverse_cdf":
+        raise ValueError(f"unknown draw method {method!r}; choose one of {DRAW_METHODS}")
+    cdf = (logits - logits.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
+    total = cdf[..., -1:].contiguous()
+    u = torch.rand(total.shape, generator=generator, device=logits.device, dtype=torch.float64) * total
+    index = torch.searchsorted(cdf, u, right=True)
+    return torch.minimum(index, torch.searchsorted(cdf, total)).squeeze(-1)
+
+
+def sample_categorical(logits: torch.Tensor, top_p: float = 1.0, generator=None,
+                       method: str | None = None) -> torch.Tensor:
     """Draw one token per row from softmax(logits), nucleus-filtered, in float64."""
-    logits = nucleus_filter(logits, top_p)
-    return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+    return draw(nucleus_filter(logits, top_p), generator, method)
 
 
-def sample_from_probs(probs: torch.Tensor, generator=None) -> torch.Tensor:
-    """Gumbel-argmax draw from (unnormalized) float64 probabilities; zeros are never drawn."""
-    logp = probs.double().log()
-    return (logp + gumbel_noise(logp.shape, generator, logp.device)).argmax(dim=-1)
+def sample_from_probs(probs: torch.Tensor, generator=None, method: str | None = None) -> torch.Tensor:
+    """Draw from (unnormalized) float64 probabilities; zeros are never drawn."""
+    return draw(probs.double().log(), generator, method)
 
 
 def fill_slots(fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

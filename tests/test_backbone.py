@@ -147,15 +147,18 @@ def test_config_errors_name_the_problem():
         registry.build("gpt5")
 
 
+@pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 8, 9])
-def test_small_batch_linear_equals_nn_linear_and_follows_weight_updates(rows):
+def test_small_batch_linear_equals_nn_linear_and_follows_weight_updates(rows, bias):
     from esolm.backbone import linear
     torch.manual_seed(0)
-    layer = torch.nn.Linear(16, 24).double()
+    layer = torch.nn.Linear(16, 24, bias=bias).double()
     x = torch.randn(1, rows, 16, dtype=torch.float64)
     with torch.no_grad():
-        torch.testing.assert_close(linear(layer, x), layer(x), rtol=1e-12, atol=1e-12)
-        layer.weight.add_(1.0)  # in place: the memoized transpose must not go stale
+        y = linear(layer, x)
+        assert y.shape == (1, rows, 24) and y.is_contiguous()
+        torch.testing.assert_close(y, layer(x), rtol=1e-12, atol=1e-12)
+        layer.weight.add_(1.0)  # in place: nothing may be memoized from the old weight
         torch.testing.assert_close(linear(layer, x), layer(x), rtol=1e-12, atol=1e-12)
     y = linear(layer, x.requires_grad_())  # with autograd: nn.Linear itself
     assert y.grad_fn is not None

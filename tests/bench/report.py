@@ -8,6 +8,7 @@ import json
 import sys
 from pathlib import Path
 
+from esolm import sampling
 from esolm.metrics.timing import environment_fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -102,7 +103,8 @@ def build(settings, records, training, likelihood, checks, steps, notes) -> dict
         settings=settings.as_dict(),
         protocol=("spec 8.6: batch 1, NFE = L, top_p = 1 (no nucleus), first-hitting regime; "
                   "seconds = wall time of model.sample(...) bracketed by device synchronization, "
-                  "warm-up runs excluded; ratios are of medians measured in this session"),
+                  "warm-up runs excluded; ratios are of medians measured in this session; "
+                  f"tokens drawn in float64 by {sampling.DRAW} (esolm.sampling.DRAW)"),
         sampling=records,
         estimator_check=checks,
         per_step=steps,
