@@ -1,13 +1,13 @@
 """Categorical sampling shared by every sampler: nucleus filtering and the draw, both in
 float64 (spec 5.6, 13: float32 Gumbel noise lowers the effective temperature).
 
-The draw (a choice documented in docs/metrics.md, "The categorical sampler"): the spec draws by Gumbel-argmax with
-float64 noise of shape [..., V]. We draw by inverting the float64 CDF with one float64
-uniform per row, the same distribution to float64 round-off (both resolve probabilities
-down to ~1e-16 of the total). At batch 1 with V = 50258 it took 0.15 ms against the
-Gumbel draw's 0.56 ms (0.9-1.2 ms inside a sampling step, where the noise of 50258 float64
-uniforms and two logs fall out of the cache), a tenth of a cached step. ``DRAW = "gumbel"``
-(or ``method="gumbel"``) restores the spec's Gumbel-argmax."""
+The draw (our choice, docs/metrics.md "The categorical sampler"): the spec draws by
+Gumbel-argmax with float64 noise of shape [..., V]; we invert the float64 CDF with one
+float64 uniform per row, the same distribution to float64 round-off (both resolve
+probabilities down to ~1e-16 of the total). At batch 1 with V = 50258 it took 0.15 ms
+against the Gumbel draw's 0.56 ms (about 1 ms inside a sampling step, where the 50258 float64
+uniforms and two logs miss the cache), a tenth of a cached step. ``DRAW = "gumbel"`` (or
+``method="gumbel"``) restores the spec's Gumbel-argmax."""
 from __future__ import annotations
 
 import torch
@@ -52,7 +52,7 @@ def draw(logits: torch.Tensor, generator=None, method: str | None = None) -> tor
     last entry of positive probability in case round-off lifts u to c[-1].
     "gumbel": argmax(logits + float64 Gumbel noise), spec 5.6.
     """
-    method = method or DRAW
+    method, logits = method or DRAW, logits.double()
     if method == "gumbel":
         return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
     if method != "inverse_cdf":
