@@ -43,25 +43,33 @@ DRAW_METHODS = ("inverse_cdf", "gumbel")
 DRAW = "inverse_cdf"  # the default of every sampler; "gumbel" = the spec's Gumbel-argmax
 
 
-def draw(logits: torch.Tensor, generator=None, method: str | None = None) -> torch.Tensor:
-    """One index per row of float64 ``logits`` [..., V] from softmax(logits); entries at -inf
-    (nucleus-removed, or probability 0) are never drawn.
-
-    "inverse_cdf": c = cumsum(exp(logits - max)), u = U[0, 1) * c[-1], the first index with
-    c > u (so zero-width entries are skipped, also at u = 0); the index is capped at the
-    last entry of positive probability in case round-off lifts u to c[-1].
-    "gumbel": argmax(logits + float64 Gumbel noise), spec 5.6.
-    """
-    method, logits = method or DRAW, logits.double()
-    if method == "gumbel":
-        return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
-    if method != "inverse_cdf":
+def _method(method: str | None) -> str:
+    method = method or DRAW
+    if method not in DRAW_METHODS:
         raise ValueError(f"unknown draw method {method!r}; choose one of {DRAW_METHODS}")
-    cdf = (logits - logits.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)
+    return method
+
+
+def _inverse_cdf(weights: torch.Tensor, generator=None) -> torch.Tensor:
+    """One index per row of non-negative float64 ``weights`` [..., V], drawn with probability
+    proportional to them: c = cumsum(weights), u = U[0, 1) * c[-1], the first index with c > u
+    (so zero weights are skipped, also at u = 0), capped at the last positive entry in case
+    round-off lifts u to c[-1]."""
+    cdf = weights.cumsum(dim=-1)
     total = cdf[..., -1:].contiguous()
-    u = torch.rand(total.shape, generator=generator, device=logits.device, dtype=torch.float64) * total
+    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=torch.float64) * total
     index = torch.searchsorted(cdf, u, right=True)
     return torch.minimum(index, torch.searchsorted(cdf, total)).squeeze(-1)
+
+
+def draw(logits: torch.Tensor, generator=None, method: str | None = None) -> torch.Tensor:
+    """One index per row of ``logits`` [..., V] from softmax(logits), in float64; entries at
+    -inf (nucleus-removed, or probability 0) are never drawn. "inverse_cdf" on
+    exp(logits - max); "gumbel": argmax(logits + float64 Gumbel noise), spec 5.6."""
+    logits = logits.double()
+    if _method(method) == "gumbel":
+        return (logits + gumbel_noise(logits.shape, generator, logits.device)).argmax(dim=-1)
+    return _inverse_cdf((logits - logits.amax(dim=-1, keepdim=True)).exp_(), generator)
 
 
 def sample_categorical(logits: torch.Tensor, top_p: float = 1.0, generator=None,
@@ -71,8 +79,12 @@ def sample_categorical(logits: torch.Tensor, top_p: float = 1.0, generator=None,
 
 
 def sample_from_probs(probs: torch.Tensor, generator=None, method: str | None = None) -> torch.Tensor:
-    """Draw from (unnormalized) float64 probabilities; zeros are never drawn."""
-    return draw(probs.double().log(), generator, method)
+    """Draw from (unnormalized) float64 probabilities; zeros are never drawn. The inverse CDF
+    takes them as they are (no log and exp round trip)."""
+    probs = probs.double()
+    if _method(method) == "gumbel":
+        return draw(probs.log(), generator, "gumbel")
+    return _inverse_cdf(probs, generator)
 
 
 def fill_slots(fill: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
