@@ -79,7 +79,7 @@ def test_two_process_ddp_keeps_parameters_identical_across_ranks(tmp_path):
     """torchrun, 2 processes, gloo: gradients averaged over ranks; checksums compared at every
     checkpoint (the trainer raises if they diverge) and recorded."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "experiments" / "run.py"), "train", "--model", "ar", "--preset", "smoke", "--corpus",
            "synthetic", "--out", str(tmp_path), "--no-progress", "steps=6", "checkpoint_every=3", "length=16"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
