@@ -267,7 +267,7 @@ class BD3LM(LanguageModel):
     @torch.no_grad()
     def sample(self, num_samples, *, length=None, steps=None, top_p=1.0, kv_cache=True, generator=None,
                profile=False, steps_per_block: int | None = None, sampler: str = "ancestral",
-               nucleus: str = "bd3", on_step=None, **opts) -> SampleOutput:
+               nucleus: str = "bd3", on_step=None, reference_grid: bool = False, **opts) -> SampleOutput:
         """Block by block (6.4), BOS first; ``steps`` is the total T and each block gets
         T' = T / (L / L') steps unless ``steps_per_block`` is given.
 
@@ -278,6 +278,9 @@ class BD3LM(LanguageModel):
         recomputes the clean prefix at every step. on_step(block, z, logits) sees every denoising
         pass. NFE counts every network call, store passes included (the last block is never
         stored: nothing reads it).
+        reference_grid: the authors' per-block grid t = linspace(1, 0, T') with s = t - 1/T'
+        (ancestral only; off by default): its last step sits at t = 0 and fills every mask still
+        there with one fixed token, REFERENCE_FILL_TOKEN (docs/reference_switches.md).
         """
         bs = self.block_size
         length = self.config.length if length is None else int(length)
@@ -300,13 +303,16 @@ class BD3LM(LanguageModel):
         if sampler == "first_hitting" and steps_per_block < bs:
             raise ConfigError(f"first_hitting unmasks one token per step, so it needs steps_per_block >= "
                               f"block_size={bs}; got {steps_per_block}")
+        if reference_grid and sampler != "ancestral":
+            raise ConfigError("reference_grid is the authors' ancestral time grid; it needs sampler='ancestral'")
         z = torch.full((num_samples, length), self.config.mask_id, dtype=torch.long, device=self.device)
         z[:, 0] = self.config.bos_id
         clock = Clock(self.device)
         with clock.region(not profile):
             counts = sample_blocks(self, z, steps_per_block=steps_per_block, top_p=top_p, kv_cache=kv_cache,
                                    generator=generator, profile=profile, sampler=sampler, nucleus=nucleus,
-                                   on_step=on_step, clock=clock)
-        extra = dict(counts, steps_per_block=steps_per_block, sampler=sampler, nucleus=nucleus)
+                                   on_step=on_step, clock=clock, reference_grid=bool(reference_grid))
+        extra = dict(counts, steps_per_block=steps_per_block, sampler=sampler, nucleus=nucleus,
+                     reference_grid=bool(reference_grid))
         return SampleOutput(tokens=z, nfe=counts["denoise_passes"] + counts["store_passes"],
                             seconds=clock.seconds, extra=extra)

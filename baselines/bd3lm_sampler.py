@@ -14,6 +14,11 @@ import torch
 
 from esolm.sampling import draw, nucleus_filter
 
+REFERENCE_FILL_TOKEN = 0
+"""What the reference grid's last step (t = 0) writes into every mask left in the block: the
+authors' update divides by t = 0 there, so its draw is no draw but one fixed index for every
+position; we model that index as token id 0 (docs/reference_switches.md)."""
+
 
 def bd3_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     """BD3-LM's own top-p (5.6): keep tokens whose inclusive cumulative probability is <= p,
@@ -35,7 +40,8 @@ def draw_tokens(logits: torch.Tensor, top_p: float, nucleus: str, generator=None
 
 
 def sample_blocks(model, z: torch.Tensor, *, steps_per_block: int, top_p: float, kv_cache: bool,
-                  generator, profile: bool, sampler: str, nucleus: str, on_step, clock) -> dict:
+                  generator, profile: bool, sampler: str, nucleus: str, on_step, clock,
+                  reference_grid: bool = False) -> dict:
     """Fill ``z`` [B, length] (masks, BOS at 0) in place, block by block; returns pass counts.
 
     With ``profile`` only the network passes run (inside ``clock``); tokens stay masks.
@@ -50,6 +56,8 @@ def sample_blocks(model, z: torch.Tensor, *, steps_per_block: int, top_p: float,
         block = z[:, start:end]  # a view: writes land in z
         denoise = partial(_denoise, model, z, b, bs, cache, clock, profile, counts, on_step)
         fill = _ancestral if sampler == "ancestral" else _first_hitting
+        if reference_grid:
+            fill = partial(_ancestral, grid=reference_unmask_probs(steps_per_block))
         fill(block, m, steps_per_block, denoise, top_p, nucleus, generator, profile)
         if cache is not None and end < length:  # the store pass (6.4 step 3)
             with clock.region(profile):
@@ -74,7 +82,19 @@ def _denoise(model, z, b, bs, cache, clock, profile, counts, on_step, at=None) -
     return logits
 
 
-def _ancestral(block, m, steps, denoise, top_p, nucleus, generator, profile) -> None:
+def reference_unmask_probs(steps: int) -> torch.Tensor:
+    """P(a mask is unmasked at step i), i = 0..T'-1, on the authors' grid t_i = linspace(1, 0, T')
+    with s_i = t_i - 1/T' and stay probability r_i = s_i / t_i (spec 5.5 with p_t = t). For
+    T' >= 2 the last entry is the mass that survives to t = 0, which the reference fills with
+    one fixed token; for T' = 1 the grid is [1] and s = 0 unmasks everything by draws."""
+    t = torch.linspace(1.0, 0.0, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+    r = ((t - 1.0 / steps) / t.clamp_min(1e-300)).clamp(0.0, 1.0)
+    r[-1] = 0.0  # the last step leaves no mask: draws (T' = 1) or the fixed token (t = 0)
+    alive = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(r, 0)[:-1]])
+    return alive * (1.0 - r)
+
+
+def _ancestral(block, m, steps, denoise, top_p, nucleus, generator, profile, grid=None) -> None:
     """Spec 5.5 on one block with BD3's p_t = t: from t = 1 - i/T' to s = t - 1/T' a mask stays
     with probability r = s/t, so its unmasking step is uniform on 0..T'-1, independently.
 
@@ -83,15 +103,27 @@ def _ancestral(block, m, steps, denoise, top_p, nucleus, generator, profile) -> 
     in the batch: the p(x0) reuse), and the tokens filled at a step are draws from the
     nucleus-filtered p(x0) of the current state, as the q_s draw of 5.5 gives. Empty steps,
     which 5.5 spends only on reuse, cost nothing (T' = 5000 of 8.6 stays cheap).
+
+    ``grid`` (reference_unmask_probs): unmasking steps drawn from the authors' grid instead;
+    on it, with T' >= 2, the masks left for the last step (t = 0) get REFERENCE_FILL_TOKEN
+    after that step's network pass (the reference runs it), not a draw.
     """
     masked = block == m
-    when = torch.randint(steps, block.shape, generator=generator, device=block.device)
+    if grid is None:
+        when = torch.randint(steps, block.shape, generator=generator, device=block.device)
+    else:
+        u = torch.rand(block.shape, generator=generator, dtype=torch.float64, device=block.device)
+        cdf = grid.to(block.device).cumsum(0)
+        when = torch.searchsorted(cdf, u.contiguous(), right=True).clamp_max(steps - 1)
     when = when.masked_fill(~masked, steps)  # clean positions are never filled
     for step in torch.unique(when[masked]).tolist():
         logits = denoise()
         if profile:
             continue
         rows, cols = (when == step).nonzero(as_tuple=True)
+        if grid is not None and steps > 1 and step == steps - 1:
+            block[rows, cols] = REFERENCE_FILL_TOKEN  # t = 0: no draw, one fixed token
+            continue
         block[rows, cols] = draw_tokens(logits[rows, cols], top_p, nucleus, generator)
 
 

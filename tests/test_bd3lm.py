@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from baselines.bd3lm_sampler import _ancestral, bd3_nucleus
+from baselines.bd3lm_sampler import REFERENCE_FILL_TOKEN, _ancestral, bd3_nucleus, reference_unmask_probs
 from esolm import masks, registry
 from esolm.config import ConfigError
 from esolm.sampling import nucleus_filter
@@ -298,6 +298,41 @@ def test_ancestral_passes_follow_uniform_unmasking_steps():
             assert a > b, "a pass was spent on a state the previous pass already saw"
     expected = steps * (1 - (1 - 1 / steps) ** 6)
     assert sum(passes) / len(passes) == pytest.approx(expected, abs=0.06)
+
+
+def test_reference_grid_fills_the_masks_left_at_t0_with_one_fixed_token():
+    """reference_grid=True (the authors' t = linspace(1, 0, T'), s = t - 1/T'): a mask reaches
+    the last step (t = 0) with probability prod r_i (1/2 at T' = 2, 2/9 at T' = 3) and is then
+    filled with REFERENCE_FILL_TOKEN, not drawn; at T' = 1 (grid [1]) and on the default grid
+    every token is drawn."""
+    assert reference_unmask_probs(2).tolist() == [0.5, 0.5]
+    assert reference_unmask_probs(3)[-1].item() == pytest.approx(2 / 9)
+    assert reference_unmask_probs(1).tolist() == [1.0]
+    m, g = V - 1, torch.Generator().manual_seed(0)
+    logits = torch.full((64, 8, V), -1e6)
+    logits[..., 5] = 0.0  # every draw gives token 5, so a REFERENCE_FILL_TOKEN can only be the fill
+    for steps, grid, expected in ((2, reference_unmask_probs(2), 0.5), (3, reference_unmask_probs(3), 2 / 9),
+                                  (1, reference_unmask_probs(1), 0.0), (2, None, 0.0)):
+        block = torch.full((64, 8), m)
+        calls = []
+        _ancestral(block, m, steps, lambda: calls.append(1) or logits, 1.0, "bd3", g, False, grid=grid)
+        assert not bool((block == m).any())
+        assert set(block.unique().tolist()) <= {5, REFERENCE_FILL_TOKEN}
+        assert (block == REFERENCE_FILL_TOKEN).double().mean().item() == pytest.approx(expected, abs=0.04)
+        assert len(calls) == steps  # the t = 0 step still costs its network pass, as in the reference
+
+
+def test_reference_grid_is_a_sample_option_off_by_default_and_ancestral_only():
+    model = randomized()
+    a = model.sample(3, steps=8, generator=torch.Generator().manual_seed(1))
+    b = model.sample(3, steps=8, generator=torch.Generator().manual_seed(1), reference_grid=False)
+    assert torch.equal(a.tokens, b.tokens) and a.extra["reference_grid"] is False
+    out = model.sample(3, steps=8, generator=torch.Generator().manual_seed(1), reference_grid=True)
+    assert out.extra["reference_grid"] is True and not bool((out.tokens == model.config.mask_id).any())
+    from esolm.interface import sample_options
+    assert sample_options(model, {"reference_grid": "true"}, from_strings=True) == {"reference_grid": True}
+    with pytest.raises(ConfigError, match="ancestral"):
+        model.sample(1, steps=16, sampler="first_hitting", reference_grid=True)
 
 
 def test_first_hitting_unmasks_exactly_one_position_per_row_and_step():
