@@ -291,6 +291,9 @@ def cmd_tables(args) -> int:
 
     for path in write_tables(results):
         say(f"wrote {path}")
+    from analysis.claims import report
+
+    report(results, log=say)
     return 0
 
 
@@ -302,4 +305,7 @@ def cmd_pareto(args) -> int:
 
     for path in [*write_tables(results), *draw_pareto(results), *draw_nfe(results)]:
         say(f"wrote {path}")
+    from analysis.claims import report
+
+    report(results, log=say)
     return 0
