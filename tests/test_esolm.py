@@ -146,14 +146,33 @@ def test_loss_adds_the_two_halves_each_normalized_by_its_own_valid_tokens():
     assert out.nll_sum.item() == pytest.approx(out.loss.item() * valid[:3].sum().item(), rel=1e-12)
 
 
-def test_nelbo_per_sequence_sums_to_the_batch_loss():
-    """sum(per_sequence) / sum(num_tokens) = R + D: the paper's NELBO of the batch (7.3c)."""
+def test_nelbo_per_sequence_is_each_rows_own_mdm_plus_ar_term():
+    """Every row carries both terms of its own hybrid NELBO (7.1): its MDM term at its own
+    stratified t plus its AR term at its own z0, not its half plus the other half's mean."""
     model = randomized("esolm-a", vocab_size=30, length=10, alpha_0=0.25)
     x = torch.randint(0, 29, (8, 10))
-    loss = model.loss(x, generator=torch.Generator().manual_seed(2)).loss
+    valid = torch.ones_like(x, dtype=torch.bool)
     nll = model.nll(x, generator=torch.Generator().manual_seed(2))
-    assert nll.per_sequence.sum() / nll.num_tokens.sum() == pytest.approx(loss.item(), rel=1e-12)
+    g = torch.Generator().manual_seed(2)  # the same draws, in the same order
+    nll_d, w, _ = model.diffusion_term(x, valid, stratified_times(8, generator=g), g)
+    nll_s, _ = model.sequential_term(x, valid, g)
+    own = (nll_d * w).double().sum(1) + nll_s.double().sum(1)
+    assert torch.allclose(nll.per_sequence, own, rtol=1e-12, atol=0)
     assert torch.all(nll.num_tokens == 10)
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+@pytest.mark.parametrize("alpha_0", [0.5, 1.0])
+def test_a_sequences_nelbo_does_not_depend_on_the_other_sequences_of_its_batch(name, alpha_0):
+    """With the seed fixed, changing every other row of the batch leaves row 0's NELBO as it was."""
+    model = randomized(name, vocab_size=30, length=10, alpha_0=alpha_0)
+    x = torch.randint(0, 29, (6, 10))
+    y = x.clone()
+    y[1:] = torch.randint(0, 29, (5, 10))
+    a = model.nll(x, generator=torch.Generator().manual_seed(4)).per_sequence
+    b = model.nll(y, generator=torch.Generator().manual_seed(4)).per_sequence
+    assert a[0].item() == pytest.approx(b[0].item(), rel=1e-12)
+    assert not torch.allclose(a[1:], b[1:])
 
 
 def test_low_var_weights_apply_only_while_training():
