@@ -7,6 +7,7 @@ atomic resumable checkpoints, data-parallel over several processes.
 from __future__ import annotations
 
 import json
+import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -43,7 +44,9 @@ class TrainConfig:
     batch_size: int = 16
     micro_batch: int = 0  # per-process micro-batch for accumulation; 0 = the whole local batch
     lr: float = 1e-3
-    warmup: int = 100  # linear warmup from 0, then constant
+    warmup: int = 100  # linear warmup from 0, then the decay rule
+    decay: str = "constant"  # after warmup: "constant", or "cosine" down to min_lr_ratio * lr at the last step
+    min_lr_ratio: float = 0.1  # the cosine schedule's final lr as a fraction of lr
     beta1: float = 0.9
     beta2: float = 0.999
     adam_eps: float = 1e-8
@@ -66,6 +69,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be > 0; got {self.lr}")
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must lie in [0, 1); got {self.ema}")
+        if self.decay not in ("constant", "cosine"):
+            raise ConfigError(f"decay must be constant or cosine; got {self.decay!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ConfigError(f"min_lr_ratio must lie in [0, 1]; got {self.min_lr_ratio}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16; got {self.precision!r}")
 
@@ -74,6 +81,16 @@ def train_config(preset: str | None = None, **overrides) -> TrainConfig:
     if preset is not None and preset not in TRAIN_PRESETS:
         raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(TRAIN_PRESETS)}")
     return make_config(TrainConfig, TRAIN_PRESETS.get(preset, {}), **overrides)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """The lr of (0-based) ``step``: linear warmup over ``warmup`` steps, then constant or a
+    half-cosine from ``lr`` at the end of warmup to ``min_lr_ratio * lr`` at the last step."""
+    if step + 1 < cfg.warmup or cfg.decay == "constant":
+        return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+    progress = (step + 1 - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    low = cfg.min_lr_ratio
+    return cfg.lr * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
 
 # ------------------------------------------------------------------ distributed
@@ -311,7 +328,7 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
     while step < cfg.steps and (stop_after is None or steps_this_call < stop_after):
         batch = stream.next()[rank * local:(rank + 1) * local]
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            group["lr"] = learning_rate(cfg, step)
         loss_sum, nll_sum, n_tok = 0.0, 0.0, 0
         for i in range(accum):
             model.rank, model.world_size = rank * accum + i, world * accum  # this micro-batch's t-strata

@@ -175,3 +175,12 @@ def test_an_unknown_partition_fails_at_submit_with_the_known_ones(tmp_path):
     with pytest.raises(ConfigError, match="partition"):
         pipeline.run_preset("micro", cluster="slurm", results_root=tmp_path / "r", work_root=tmp_path / "w",
                             slurm_overrides={"partition": "gpu-h100"})
+
+
+def test_code_version_ignores_docstrings_and_comments_but_not_code():
+    from experiments.jobs import _code_of
+
+    base = 'def f(x):\n    return x + 1\n'
+    documented = '"""Module."""\ndef f(x):\n    """Add one."""\n    # a comment\n    return x + 1  # why\n'
+    assert _code_of(base) == _code_of('"""Module."""\n' + base) == _code_of(documented)
+    assert _code_of(base) != _code_of('def f(x):\n    return x + 2\n')

@@ -128,3 +128,17 @@ def test_cli_owt_offline_fails_at_once(tmp_path):
     one_error(proc, "openwebtext")
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "owt" / "checkpoint.pt").exists()
+
+
+def test_cosine_schedule_warms_up_then_falls_to_its_floor_at_the_last_step():
+    from esolm.train import learning_rate
+
+    cfg = train_config("smoke", steps=100, lr=1e-3, warmup=10, decay="cosine", min_lr_ratio=0.1)
+    lrs = [learning_rate(cfg, s) for s in range(cfg.steps)]
+    assert lrs[0] == pytest.approx(1e-4) and lrs[9] == pytest.approx(1e-3)  # linear warmup, then the peak
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))  # never rises after warmup
+    assert lrs[-1] == pytest.approx(1e-4)  # min_lr_ratio * lr at the last step
+    constant = train_config("smoke", steps=100, lr=1e-3, warmup=10)
+    assert {learning_rate(constant, s) for s in range(10, 100)} == {1e-3}
+    with pytest.raises(ConfigError, match="decay must be constant or cosine"):
+        train_config("smoke", decay="linear")
