@@ -184,3 +184,17 @@ def test_code_version_ignores_docstrings_and_comments_but_not_code():
     documented = '"""Module."""\ndef f(x):\n    """Add one."""\n    # a comment\n    return x + 1  # why\n'
     assert _code_of(base) == _code_of('"""Module."""\n' + base) == _code_of(documented)
     assert _code_of(base) != _code_of('def f(x):\n    return x + 2\n')
+
+
+def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_steps():
+    from experiments.pipeline import Job, lanes
+
+    def job(name, steps=None):
+        return Job("train" if steps else "time", name, dict(train=dict(steps=steps)) if steps else dict(train="k"), {})
+
+    groups = [[job("evaluator", 1000)], *[[job(n, 500)] for n in ("ar", "mdlm", "eso1", "eso2")]]
+    packed = lanes(groups, 2)
+    assert len(packed) == 2 and sorted(j.name for lane in packed for j in lane) == sorted(g[0].name for g in groups)
+    assert sorted(sum(j.identity["train"]["steps"] for j in lane) for lane in packed) == [1500, 1500]
+    timing = lanes([[job("a"), job("b")], [job("c")]], 1)
+    assert [[j.name for j in lane] for lane in timing] == [["a", "b", "c"]]  # one lane: one job at a time
