@@ -64,19 +64,28 @@ def _stale_note(frame: pd.DataFrame) -> list[str]:
 
 # ----------------------------------------------------------------------------- Table 1
 def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
-    """Test perplexity per model: exact (largest K we ran) and NELBO; the paper's LM1B and OWT columns."""
+    """Test perplexity per model: exact (largest K we ran) with the NELBO on the same
+    sequences and seed (the exact run's own nelbo_ppl), then the NELBO of the whole split;
+    each with its sequence count. A NELBO from another run never fills the same-sequence
+    column; the paper's LM1B and OWT columns beside."""
     ev = S.rows(df, "eval")
     out = []
     for label, g in ev.groupby("label", sort=False):
         first = g.iloc[0]
         exact = g.loc[g["exact"].astype(str).eq("True")].sort_values("num_orders") if "exact" in g else g.iloc[:0]
         nelbo = g.loc[g["exact"].astype(str).ne("True")] if "exact" in g else g
+        top = exact.iloc[-1] if len(exact) else None
+        same = top.get("nelbo_ppl", np.nan) if top is not None else np.nan  # same run: same sequences, same seed
         row = dict(group=first["group"], label=label, alpha_0=first.get("alpha_0", np.nan),
                    block_size=first.get("block_size", np.nan),
-                   exact_ppl=exact["ppl"].iloc[-1] if len(exact) else np.nan,
-                   exact_K=exact["num_orders"].iloc[-1] if len(exact) else np.nan,
-                   nelbo_ppl=nelbo["ppl"].iloc[0] if len(nelbo) else np.nan,
+                   exact_ppl=top["ppl"] if top is not None else np.nan,
+                   exact_K=top["num_orders"] if top is not None else np.nan,
+                   exact_sequences=top["num_sequences"] if top is not None else np.nan,
+                   nelbo_ppl=same,
+                   nelbo_split_ppl=nelbo["ppl"].iloc[0] if len(nelbo) else np.nan,
+                   nelbo_split_sequences=nelbo["num_sequences"].iloc[0] if len(nelbo) else np.nan,
                    test_sequences=g["num_sequences"].max(), stale=bool(g["stale"].any()))
+        row["exact_mark"] = "*" if top is not None and pd.isna(same) else ""
         a0 = row["alpha_0"] if pd.notna(row["alpha_0"]) else None
         for ds in ("LM1B", "OWT"):
             for est in ("exact", "nelbo"):
@@ -87,16 +96,24 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
     data = _order(pd.DataFrame(out)).rename(columns={"group": "method"})
     paper = A.source_label("1", None)
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"),
-            Col("exact_ppl", "exact PPL", ".2f"), Col("exact_K", "K", "g"), Col("nelbo_ppl", "NELBO PPL", ".2f")]
+            Col("exact_ppl", "exact PPL", ".2f", marks="exact_mark"), Col("exact_K", "K", "g"),
+            Col("nelbo_ppl", "NELBO PPL, same seqs", ".2f"), Col("exact_sequences", "seqs", "g"),
+            Col("nelbo_split_ppl", "NELBO PPL, whole split", ".2f"), Col("nelbo_split_sequences", "seqs", "g")]
     cols += [Col(f"paper_{d.lower()}_{e}", f"{d} {e}", ".2f", group=paper, marks=f"paper_{d.lower()}_{e}_notes")
              for d in ("LM1B", "OWT") for e in ("exact", "nelbo")]
     used = sorted({m for c in data.filter(like="_notes") for s in data[c] for m in s})
     foot = A.anchors_meta()["footnotes"]
+    unpaired = ["* no NELBO on the exact run's sequences in its record (a record of an older code version): "
+                "this exact PPL has no like-for-like NELBO; the whole-split NELBO is another set of sequences."
+                ] if data["exact_mark"].eq("*").any() else []
     notes = [(f"{_setup(summary, S.sequence_length(summary))}; exact = the IW bound with the largest K we ran "
-              "(AR: its exact likelihood, in both columns); test sequences per model in the CSV."),
+              "(AR: its exact likelihood), and beside it the NELBO computed in the same run on the same test "
+              "sequences with the same seed (AR: the same number); 'seqs' = test sequences behind the number(s) "
+              "to its left. The whole-split NELBO is its own run, on its own count of sequences: compare it with "
+              "the exact PPL only when the two counts agree."),
              ("paper: LM1B (L = 128, 1M steps) and OWT (L = 1024, 250K steps); Eso-LM exact = IW bound with K = 5000 "
               "(LM1B) / 1000 (OWT); MDLM LM1B exact = IW with K = 1000."),
-             "Matching rule: same method, block size L′ and α0 of training.", NOT_SAME,
+             "Matching rule: same method, block size L′ and α0 of training.", NOT_SAME, *unpaired,
              *[f"{m}: {foot[m]}" for m in used], *_stale_note(data)]
     return Table("table1_test_ppl", "Table 1: test perplexity", data, cols, notes)
 
@@ -115,8 +132,11 @@ def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | 
     for label, g in ex.groupby("label", sort=False):
         first = g.iloc[0]
         a0 = first.get("alpha_0") if pd.notna(first.get("alpha_0", np.nan)) else None
+        counts = g["num_sequences"].dropna().unique() if "num_sequences" in g else []
         row = dict(group=first["group"], label=label, alpha_0=a0 if a0 is not None else np.nan,
-                   block_size=first.get("block_size", np.nan), stale=bool(g["stale"].any()))
+                   block_size=first.get("block_size", np.nan), stale=bool(g["stale"].any()),
+                   sequences=counts[0] if len(counts) == 1 else np.nan,
+                   sequences_note=", ".join(f"{c:g}" for c in counts) if len(counts) > 1 else "")
         for k in ks:
             hit = g.loc[g["num_orders"].eq(k), "ppl"]
             row[f"K{k}"] = hit.iloc[0] if len(hit) else np.nan
@@ -126,7 +146,7 @@ def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | 
                 row[f"paper_{ds}_K{k}"] = anc[0]["value"] if anc else np.nan
         out.append(row)
     data = _order(pd.DataFrame(out)).rename(columns={"group": "method"})
-    cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g")]
+    cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"), Col("sequences", "seqs", "g")]
     for k in ks:
         cols += [Col(f"K{k}", f"K = {k}", ".2f", group="ours"),
                  Col(f"paper_lm1b_K{k}", f"K = {k}", ".2f", group=A.source_label(["6", "7"], "LM1B")),
@@ -134,7 +154,11 @@ def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | 
     notes = [(f"{_setup(summary, S.sequence_length(summary))}; test PPL of the importance-weighted exact-likelihood "
               "bound (spec 7.10) with K orders; a model with one order (AR) does not change with K."),
              ("Matching rule: same method, α0 of training and K (paper: MDLM LM1B in Table 6, Eso-LM LM1B in "
-              "Table 7, Eso-LM OWT in Table 8)."), NOT_SAME, *_stale_note(data)]
+              "Table 7, Eso-LM OWT in Table 8)."),
+             "seqs: test sequences behind every K of the row (the same sequences and seed for each K).",
+             *[f"{r['label']}: its K columns come from different sequence counts ({r['sequences_note']}): "
+               "not comparable along the row." for _, r in data.iterrows() if r["sequences_note"]],
+             NOT_SAME, *_stale_note(data)]
     return Table("table6-8_iw_vs_k", "Tables 6–8: exact-likelihood (IW) test PPL against the number of orders K",
                  data, cols, notes)
 
@@ -227,7 +251,8 @@ def sweep_tables(df: pd.DataFrame, paper: pd.DataFrame, summary: dict) -> list[T
         table = found[0]["table"] if found else None
         ident = [c for c in ("alpha_0", "block_size", "alpha_0_eval", "steps") if c in pts and pts[c].notna().any()]
         data = pts[["group", "label", *ident, "relative_steps", "nfe", "gen_ppl", "entropy", "collapsed",
-                    *[c for c in ("mauve", "self_bleu", "time_median_s", "time_std_s", "stale") if c in pts]]].copy()
+                    *[c for c in ("mauve", "self_bleu", "time_median_s", "time_std_s", "nfe_timed", "num_samples",
+                                  "stale") if c in pts]]].copy()
         data["entropy_mark"] = np.where(data["collapsed"], "↓", "")
         for c in ("steps", "nfe", "gen_ppl", "entropy", "mauve", "time_s"):
             data[f"paper_{c}"] = [m[c] if m is not None and c in m and pd.notna(m[c]) else np.nan for m in matches]
@@ -237,7 +262,8 @@ def sweep_tables(df: pd.DataFrame, paper: pd.DataFrame, summary: dict) -> list[T
         cols = [Col("group", "method", "s"), *[Col(c, *names[c]) for c in ident], Col("relative_steps", "T / L", "g"),
                 Col("nfe", "NFE", ".1f"), Col("gen_ppl", "gen PPL", ".2f"),
                 Col("entropy", "entropy", ".3f", marks="entropy_mark"), Col("mauve", "MAUVE", ".4f"),
-                Col("time_median_s", "time (s)", ".4g")]
+                Col("time_median_s", "time (s)", ".4g"), Col("nfe_timed", "NFE (timed run)", ".1f"),
+                Col("num_samples", "samples", "g")]
         cols += [Col(f"paper_{c}", h, f, group=src) for c, h, f in (
             ("steps", "T", ".0f"), ("nfe", "NFE", ".0f"), ("gen_ppl", "gen PPL", ".2f"), ("entropy", "entropy", "g"),
             ("mauve", "MAUVE", ".4f"), ("time_s", "time (s)", ".2f"))]
@@ -256,7 +282,9 @@ def _sweep_notes(summary: dict, length, evaluator: str, table: str | None) -> li
             f"{summary.get('top_p', '?')}, gen PPL by {evaluator}; time = median over {timing.get('trials', '?')} "
             f"trials of the network passes for one batch of {timing.get('batch_size', '?')} on "
             f"{env.get('device') or env.get('cpu', 'CPU')} ({env.get('torch_threads', '?')} thread(s)); "
-            "NFE = mean per sample.")
+            "NFE = mean per sample of the scored samples; time comes from a separate timing run of the same "
+            "configuration at that batch size, whose own NFE is shown beside it (the p(x0) reuse makes NFE depend "
+            "on the batch); samples = the count behind gen PPL, entropy and MAUVE.")
     paper = ("paper: the only AR gen PPL the paper gives (v4 Table 3: 1M-step OWT checkpoint, L = 1024, tries = 1; "
              "no MAUVE or time)." if table == "3" else
              "paper: OWT, L = 1024, 5120 samples, nucleus 0.9, GPT-2 Large; time = mean s per batch of 512 on H200.")

@@ -168,9 +168,10 @@ def job_sample(job: dict) -> tuple:
     write_jsonl(out, records)
     scores = score_samples(out, evaluator=c["evaluator"], mauve=True, corpus=corpus, progress=False,
                            featurizer=c["mauve"]["featurizer"], max_text_length=c["mauve"]["max_text_length"],
-                           overwrite=True)
+                           overwrite=True, gen_ppl_ref_pad=bool(c.get("gen_ppl_ref_pad", False)))
     nfes = [r["nfe"] for r in records]
     row = dict(**c["options"], nfe=sum(nfes) / len(nfes), gen_ppl=scores["gen_ppl"]["gen_ppl"],
+               gen_ppl_ref_pad=scores["gen_ppl"].get("gen_ppl_ref_pad"),
                entropy=scores["entropy"]["mean"],
                self_bleu=(scores.get("self_bleu") or {}).get("self_bleu"),
                mauve=(scores.get("mauve") or {}).get("mauve"), num_samples=len(records),

@@ -168,11 +168,31 @@ def test_table1_carries_the_stores_numbers_and_the_papers(store):
     t1 = next(t for t in build_tables(store) if t.name == "table1_test_ppl").data.set_index("label")
     assert "evaluator" not in t1.index
     assert t1.loc["esolm-b a0=1", "exact_ppl"] == 80.0 and t1.loc["esolm-b a0=1", "exact_K"] == 10
-    assert t1.loc["esolm-b a0=0.25", "nelbo_ppl"] == 65.0
-    assert t1.loc["bd3lm L'=4", "nelbo_ppl"] == 60.0 and pd.isna(t1.loc["bd3lm L'=4", "exact_ppl"])
+    assert t1.loc["esolm-b a0=0.25", "nelbo_split_ppl"] == 65.0
+    assert t1.loc["bd3lm L'=4", "nelbo_split_ppl"] == 60.0 and pd.isna(t1.loc["bd3lm L'=4", "exact_ppl"])
     assert t1.loc["esolm-b a0=1", "paper_lm1b_nelbo"] == 36.12 and t1.loc["esolm-b a0=0.25", "paper_owt_exact"] == 23.15
     assert t1.loc["bd3lm L'=4", "paper_owt_nelbo"] == 20.96 and t1.loc["bd3lm L'=4", "paper_owt_nelbo_notes"] == "r"
     assert t1.loc["mdlm", "paper_lm1b_nelbo"] == 31.78 and t1.loc["mdlm", "paper_lm1b_nelbo_notes"] == "‡"
+
+
+def test_table1_puts_only_the_same_runs_nelbo_beside_the_exact_ppl_and_marks_the_rest(store):
+    """Like with like: the NELBO beside the exact PPL is the exact run's own (same sequences, same
+    seed); an exact row without one gets a visible mark and a blank, never the whole-split NELBO."""
+    df = pd.read_csv(store / "results.csv")
+    ex = df["stage"].eq("eval") & df["exact"].astype(str).eq("True")
+    df.loc[ex, "num_sequences"] = 64
+    df.loc[ex & df["label"].eq("ar"), "nelbo_ppl"] = 50.5  # AR: exact == NELBO, one run
+    df.loc[ex & df["label"].eq("esolm-b a0=1") & df["num_orders"].eq(10), "nelbo_ppl"] = 91.0
+    df.to_csv(store / "results.csv", index=False)
+    t = next(t for t in build_tables(store) if t.name == "table1_test_ppl")
+    t1 = t.data.set_index("label")
+    assert (t1.loc["ar", "exact_ppl"], t1.loc["ar", "nelbo_ppl"]) == (50.5, 50.5)
+    assert t1.loc["esolm-b a0=1", "nelbo_ppl"] == 91.0 and t1.loc["esolm-b a0=1", "exact_sequences"] == 64
+    assert t1.loc["esolm-b a0=1", "nelbo_split_ppl"] == 90.0 and t1.loc["esolm-b a0=1", "nelbo_split_sequences"] == 128
+    assert pd.isna(t1.loc["esolm-b a0=0.25", "nelbo_ppl"]) and t1.loc["esolm-b a0=0.25", "exact_mark"] == "*"
+    assert t1.loc["esolm-b a0=1", "exact_mark"] == "" and pd.isna(t1.loc["bd3lm L'=4", "exact_sequences"])
+    assert any(n.startswith("* no NELBO on the exact run's sequences") for n in t.notes)
+    assert "| 60.00* |" in t.markdown()  # the mark is visible in the rendered table
 
 
 def test_sweep_tables_pair_rows_by_relative_step_count(store):

@@ -113,6 +113,25 @@ def test_gen_ppl_does_not_depend_on_the_batch_size():
     assert ppl[1] == pytest.approx(ppl[3], rel=1e-12) and ppl[1] == pytest.approx(ppl[8], rel=1e-12)
 
 
+def test_reference_padding_rule_scores_the_first_pad_of_a_padded_sample_without_eos_as_eos():
+    """gen_ppl_ref_pad (the authors' rule): in a batch padded to its longest sample, a sample with
+    no EOS gets one more target, EOS at its first pad; a sample with an EOS, or one its batch
+    does not pad (the longest), scores exactly as under our rule. Default: no such key."""
+    ev = BigramEvaluator()
+    no_eos, with_eos, longest = [1, 2, 3], [1, EOS, 2], [4, 5, 6, 7, 8, 9]
+    texts = [" ".join(map(str, r)) for r in (no_eos, with_eos, longest)]
+    plain = gen_ppl(texts, ev, max_length=None, batch_size=3)
+    assert "gen_ppl_ref_pad" not in plain
+    res = gen_ppl(texts, ev, max_length=None, batch_size=3, ref_pad=True)
+    assert res["gen_ppl"] == pytest.approx(plain["gen_ppl"], rel=1e-12)
+    total, count = _hand_nll(ev, [no_eos, with_eos, longest], None, 100)
+    total -= float(ev.table[3, EOS])  # only the padded sample without EOS: -log p(EOS | ..., 3)
+    assert res["num_tokens_ref_pad"] == count + 1 == res["num_tokens"] + 1 and res["ref_pad_eos_targets"] == 1
+    assert res["gen_ppl_ref_pad"] == pytest.approx(math.exp(total / (count + 1)), rel=1e-12)
+    alone = gen_ppl(texts[:1], ev, max_length=None, batch_size=1, ref_pad=True)  # unpadded: nothing added
+    assert alone["gen_ppl_ref_pad"] == alone["gen_ppl"] and alone["ref_pad_eos_targets"] == 0
+
+
 def test_gen_ppl_refuses_texts_with_nothing_to_score():
     with pytest.raises(ConfigError, match="no text has a scorable token"):
         gen_ppl(["1", "2"], BigramEvaluator(), max_length=None)

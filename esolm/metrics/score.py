@@ -85,12 +85,15 @@ def check_samples(records: list[dict], tokenizer, path="samples") -> None:
 def score_samples(samples_path, *, evaluator: str | None = None, references: list[str] | None = None,
                   mauve: bool = True, device="cpu", corpus=None, batch_size: int = 8, max_length: int | None = None,
                   featurizer: str = "minilm", mauve_seed: int = 25, max_text_length: int = 512,
-                  self_bleu_samples: int = 500, out=None, overwrite: bool = False, progress: bool = True) -> dict:
+                  self_bleu_samples: int = 500, out=None, overwrite: bool = False, progress: bool = True,
+                  gen_ppl_ref_pad: bool = False) -> dict:
     """Validate the samples, compute every metric, write the metrics JSON atomically, return it.
 
     ``evaluator``: "source" (default on the synthetic corpus), an AR checkpoint, a
     transformers folder or hub name. ``references``: MAUVE's human texts (default: the
     corpus's first test sequences, special tokens stripped, as many as the samples).
+    ``gen_ppl_ref_pad``: also the gen PPL under the authors' padding rule (a sample with no EOS
+    scores its first pad as EOS; docs/reference_switches.md) in gen_ppl["gen_ppl_ref_pad"].
     """
     from esolm.checkpoint import atomic_write_json
 
@@ -112,6 +115,8 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
                   mauve_seed=mauve_seed if mauve else None, max_text_length=max_text_length if mauve else None,
                   references=_digest(references) if references is not None else "corpus test split",
                   self_bleu_samples=self_bleu_samples, metrics_version=METRICS_VERSION)
+    if gen_ppl_ref_pad:
+        inputs["gen_ppl_ref_pad"] = True
     out = Path(out) if out is not None else metrics_path(path)
 
     refs = _references(references, corpus, len(records)) if mauve else None
@@ -123,7 +128,8 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     _check_overwrite(out, inputs, overwrite)
     say(f"gen PPL under {ev.name} ({ev.num_parameters} parameters), truncation {max_length}, context {ev.max_length}")
     texts = [r["text"] for r in records]
-    result_ppl = gen_ppl(texts, ev, max_length=max_length, batch_size=batch_size, progress=progress)
+    result_ppl = gen_ppl(texts, ev, max_length=max_length, batch_size=batch_size, progress=progress,
+                         ref_pad=gen_ppl_ref_pad)
     if ev.test_ppl is None:
         test_texts = corpus.texts("test", min(len(records), len(corpus.splits["test"])), skip_special=False)
         ev.measure_test_ppl(test_texts, max_length=max_length, batch_size=batch_size)
