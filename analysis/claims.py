@@ -63,8 +63,14 @@ def _col(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
 
 
+def _rows(df: pd.DataFrame, stage: str) -> pd.DataFrame:
+    """S.rows, but an empty result keeps every column (so that the checks can still select)."""
+    out = S.rows(df, stage)
+    return df.iloc[:0] if out.empty else out
+
+
 def _eval(df: pd.DataFrame, exact: bool) -> pd.DataFrame:
-    ev = S.rows(df, "eval")
+    ev = _rows(df, "eval")
     if ev.empty:
         return ev
     return ev.loc[_bool(_col(ev, "exact")).eq(exact)]
@@ -228,7 +234,7 @@ def c5(df, anch, rules) -> Claim:
                     f"{rules.mdlm_eso_min:g} and growing with L, BD3-LM / Eso-LM (B) > 1", "v4 Table 11",
               rule="mean seconds (time_mean_s, as Table 11); AR, Eso-LM (B) and BD3-LM with the KV cache, MDLM its "
                    "fastest row; every length; 'growing' needs >= 2 lengths")
-    lc = S.rows(df, "longctx")
+    lc = _rows(df, "longctx")
     if lc.empty:
         c.ours = "no longctx rows"
         return c
@@ -374,7 +380,7 @@ def c7(sample, length, rules) -> list[Claim]:
             continue
         low = collapsed(sample)
         bd3 = sample.loc[sample["group"].astype(str).str.startswith("BD3-LM") & grids.eq(ref)]
-        bd3 = bd3.loc[np.isclose(bd3["steps"].astype(float), length / bd3["block_size"].astype(float))]
+        bd3 = bd3.loc[np.isclose(_col(bd3, "steps").astype(float), length / _col(bd3, "block_size").astype(float))]
         eso = sample.loc[sample["group"].eq(ESO_B) & sample["nfe"].notna()]
         if bd3.empty or eso.empty:
             c.ours = ("no BD3-LM row at one step per block" if bd3.empty else "no Eso-LM (B) sample row") + \
@@ -467,7 +473,9 @@ def evaluate_claims(df: pd.DataFrame, *, length: int | None = None, rules: Rules
     rules = rules or Rules()
     anch = A.load_anchors() if anchors is None else anchors
     paper = A.paper_points(anch)
-    sample = S.rows(df, "sample")
+    if "stale" not in df.columns:  # a hand-made frame
+        df = df.assign(stale=False)
+    sample = _rows(df, "sample")
     points = S.speed_quality(df) if len(sample) else sample
     return [c1(df, anch, rules), *c2(df, anch, rules), c3(df, anch, rules), c4(df, anch, rules),
             c5(df, anch, rules), c6(points, paper, rules), *c7(sample, length, rules),
