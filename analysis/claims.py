@@ -187,7 +187,8 @@ def c3(df, anch, rules) -> Claim:
     for ds in ("LM1B", "OWT"):
         p = _anchor(anch, "1", dataset=ds, estimator="nelbo")
         p = p.loc[p["method"].isin(["BD3-LM", "MDLM"])].sort_values("block_size", ascending=False, na_position="first")
-        c.paper += ("; " if c.paper else "") + f"{ds}: " + " > ".join(f"{v:g} ({g})" for g, v in zip(p["group"], p["value"]))
+        c.paper += ("; " if c.paper else "") + f"{ds}: " + " > ".join(
+            f"{v:g} ({g})" for g, v in zip(p["group"], p["value"]))
     return c
 
 
@@ -432,7 +433,8 @@ def _trend_by(sample: pd.DataFrame, keys: list[str], x: str, descending: bool, t
         res.append(ok)
         name = ", ".join(f"{c}={v:g}" if isinstance(v, float) else f"{v}" for c, v in
                          zip(keys, k if isinstance(k, tuple) else (k,)))
-        lines.append(f"{name}: " + ", ".join(f"{x}={a:g} {_g(v)}" for a, v in zip(g[x], vals)) + ("" if ok else " (fails)"))
+        lines.append(f"{name}: " + ", ".join(f"{x}={a:g} {_g(v)}" for a, v in zip(g[x], vals))
+                     + ("" if ok else " (fails)"))
     return res, lines
 
 

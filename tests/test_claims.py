@@ -45,9 +45,11 @@ def store(**change) -> list[dict]:
     rows = [
         _ev("ar", "AR", 50.0), _ev("ar", "AR", 50.0, True, 1, 50.0),
         _ev("mdlm", "MDLM", c["mdlm_nelbo"]),
-        _ev("bd3lm L'=4", "BD3-LM L'=4", 60.0, block_size=4), _ev("bd3lm L'=16", "BD3-LM L'=16", c["bd16_nelbo"], block_size=16),
+        _ev("bd3lm L'=4", "BD3-LM L'=4", 60.0, block_size=4),
+        _ev("bd3lm L'=16", "BD3-LM L'=16", c["bd16_nelbo"], block_size=16),
         _ev("esolm-b a0=1", ESO, 90.0, **e1), _ev("esolm-b a0=0.25", ESO, c["eso025_nelbo"], **e025),
-        _ev("esolm-b a0=1", ESO, 95.0, True, 1, 88.0, **e1), _ev("esolm-b a0=1", ESO, c["eso1_k10"], True, 10, 88.0, **e1),
+        _ev("esolm-b a0=1", ESO, 95.0, True, 1, 88.0, **e1),
+        _ev("esolm-b a0=1", ESO, c["eso1_k10"], True, 10, 88.0, **e1),
         _ev("esolm-b a0=0.25", ESO, 82.0, True, 1, 78.0, **e025),
         _ev("esolm-b a0=0.25", ESO, c["eso025_k10"], True, 10, 78.0, **e025),
         _ev("evaluator", "evaluator", 40.0),  # lower than AR: must not count
