@@ -45,7 +45,7 @@ def excerpts_markdown(df: pd.DataFrame, results: Path, chars: int = CHARS) -> st
     from analysis.claims import point_name
 
     sample = S.rows(df, "sample")
-    lines = [f"# Samples: {results.name}", "",
+    lines = [f"# Samples: {S.load_summary(results).get('preset', results.name)}", "",
              f"The first sample of two configurations per method, its lowest and its highest NFE, cut to "
              f"{chars} characters. Gen PPL is scored by {S.evaluator_name(sample) if len(sample) else '?'}.", ""]
     for g in ordered_groups(sample["group"]) if len(sample) else []:
