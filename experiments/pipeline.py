@@ -120,13 +120,14 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
                     m.label, m.group, m.model, [tr]))
 
     lc = preset.long_context
-    for m in preset.models:
+    ids = _ids_for(preset) if lc["lengths"] else {}
+    for m in preset.models + preset.timing_only:
         if m.nfe_equals_l is None:
             continue
         caps = registry.model_class(m.model).capabilities
         for length in lc["lengths"]:
-            fields = dict(length=length, vocab_size=_vocab_for(preset))
-            for cached in ([True, False] if caps.kv_cache else [False]):
+            fields = dict(length=length, **ids)
+            for cached in ([True] if lc.get("cached_only") else [True, False]) if caps.kv_cache else [False]:
                 identity = dict(model=m.model, model_overrides={**preset.backbone_overrides, **m.overrides},
                                 backbone=preset.backbone, fields=fields, options=m.nfe_equals_l, kv_cache=cached,
                                 batch_size=1, trials=lc["trials"], warmup=lc["warmup"], seed=0, top_p=1.0)
@@ -161,12 +162,14 @@ def _max_batches(e: dict, exact: bool, caps) -> int | None:
     return max(1, n // e["batch_size"]) if n >= e["batch_size"] else 1
 
 
-def _vocab_for(preset: P.Preset) -> int:
-    """The model vocabulary of the preset's corpus (its tokenizer's size, mask included)."""
+def _ids_for(preset: P.Preset) -> dict:
+    """The token ids of the preset's corpus (vocabulary with the mask, mask, BOS, EOS), so that
+    a latency model is built as the trained ones are."""
     from experiments.runspec import RunSpec
 
     spec = RunSpec("ar", preset.train_preset, preset.corpus, data_overrides=dict(preset.data))
-    return spec.load_corpus().tokenizer.vocab_size
+    fields = spec.load_corpus().model_fields()
+    return {k: fields[k] for k in ("vocab_size", "mask_id", "bos_id", "eos_id")}
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -320,11 +323,12 @@ def cmd_tables(args) -> int:
 
 def cmd_pareto(args) -> int:
     preset, results = _run(args)
+    from analysis.learning_curves import draw_learning_curves
     from analysis.nfe import draw_nfe
     from analysis.pareto import draw_pareto
     from analysis.tables import write_tables
 
-    for path in [*write_tables(results), *draw_pareto(results), *draw_nfe(results)]:
+    for path in [*write_tables(results), *draw_pareto(results), *draw_nfe(results), *draw_learning_curves(results)]:
         say(f"wrote {path}")
     from analysis.claims import report
 
