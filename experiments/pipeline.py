@@ -13,6 +13,7 @@ import hashlib
 import json
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -136,6 +137,42 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
     return graph
 
 
+def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
+    """Copy into this preset the records of identical jobs that another preset under the same
+    results root already ran (same key: same configuration and code version), with the
+    checkpoint of a training job into this preset's work folder, so nothing is computed twice
+    (the `cpu` preset contains every job of `tiny`). Returns the source preset of each copy;
+    a record is never overwritten, and a training record whose checkpoint is gone is skipped."""
+    import shutil
+
+    from esolm.checkpoint import atomic_write_json
+
+    sources = []
+    for job in jobs:
+        target = record_path(results, job)
+        if target.exists():
+            continue
+        for other in sorted(p for p in results.parent.iterdir() if p.is_dir() and p != results):
+            found = record_path(other, job)
+            if not found.exists():
+                continue
+            rec = json.loads(found.read_text())
+            if job.stage == "train":
+                src = Path(rec.get("checkpoint", "")).parent
+                dst = work / "train" / job.key
+                if not (src / "checkpoint.pt").exists():
+                    continue
+                if not (dst / "checkpoint.pt").exists():
+                    shutil.copytree(src, dst, dirs_exist_ok=True)
+                rec["checkpoint"] = str(dst / "checkpoint.pt")
+            rec["reused_from"] = other.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(target, rec)
+            sources.append(other.name)
+            break
+    return sources
+
+
 def lanes(groups: list[list[Job]], n: int) -> list[list[Job]]:
     """``groups`` packed into ``n`` sequential lanes, largest first onto the least loaded lane
     (a job's size: its training steps where it has them, else 1). The local cluster has no
@@ -210,6 +247,10 @@ def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root:
         batches = []  # (stage, [payload lists])
         for stage in wave:
             jobs = [j for j in graph if j.stage == stage]
+            reused = reuse_records(jobs, results, work)
+            if reused:
+                say(f"[{stage}] {len(reused)} jobs reused from identical jobs of other presets: "
+                    + ", ".join(f"{n} from {p}" for p, n in sorted(Counter(reused).items())))
             done = [j for j in jobs if record_path(results, j).exists()]
             blocked = [j for j in jobs if j not in done and any(d.key in failed_keys or
                                                                not record_path(results, d).exists() for d in j.deps)]

@@ -198,3 +198,24 @@ def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_steps()
     assert sorted(sum(j.identity["train"]["steps"] for j in lane) for lane in packed) == [1500, 1500]
     timing = lanes([[job("a"), job("b")], [job("c")]], 1)
     assert [[j.name for j in lane] for lane in timing] == [["a", "b", "c"]]  # one lane: one job at a time
+
+
+def test_a_job_another_preset_already_ran_is_reused_with_its_checkpoint_never_overwriting(tmp_path):
+    from experiments.pipeline import Job, record_path, reuse_records
+
+    train = Job("train", "train/ar", dict(model="ar"), {}, key="k1")
+    other_results, results = tmp_path / "results" / "tiny", tmp_path / "results" / "cpu"
+    ckpt = tmp_path / "runs" / "tiny" / "train" / "k1" / "checkpoint.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_bytes(b"weights")
+    record_path(other_results, train).parent.mkdir(parents=True)
+    record_path(other_results, train).write_text(json.dumps(dict(key="k1", checkpoint=str(ckpt), row={"a": 1})))
+    work = tmp_path / "runs" / "cpu"
+    assert reuse_records([train], results, work) == ["tiny"]
+    rec = json.loads(record_path(results, train).read_text())
+    assert rec["reused_from"] == "tiny" and rec["row"] == {"a": 1}
+    assert (work / "train" / "k1" / "checkpoint.pt").read_bytes() == b"weights" == Path(rec["checkpoint"]).read_bytes()
+    record_path(results, train).write_text(json.dumps(dict(mine=True)))  # a record of its own is kept
+    assert reuse_records([train], results, work) == [] and json.loads(record_path(results, train).read_text()) == {"mine": True}
+    missing = Job("eval", "eval/x", {}, {}, key="k2")
+    assert reuse_records([missing], results, work) == []
