@@ -58,6 +58,8 @@ def _choose(raw: Raw, ema: bool | None) -> tuple[dict, str]:
         return raw.live, "published (the authors copied the EMA weights in before pushing; no separate EMA)"
     if ema is False:
         return raw.live, "live (state_dict, --no-ema)"
+    if raw.meta.get("ema_error"):
+        raise ConfigError(raw.meta["ema_error"])
     if raw.ema is None:
         if ema is True:
             raise ConfigError(f"{raw.source}: --ema asked for, but the checkpoint has no ema.shadow_params; "

@@ -120,9 +120,12 @@ def read_lightning(path: Path) -> Raw:
         fields["dropout"] = float(model["dropout"])
     live_all = dict(state["state_dict"])
     live, _ = strip_prefixes(live_all, src)
-    ema = None
+    ema, ema_error = None, None
     if isinstance(state.get("ema"), dict) and state["ema"].get("shadow_params") is not None:
-        ema = _shadow_to_names(live_all, list(state["ema"]["shadow_params"]), src)
+        try:  # an EMA that cannot be matched is an error only when it is asked for
+            ema = _shadow_to_names(live_all, list(state["ema"]["shadow_params"]), src)
+        except ConfigError as e:
+            ema_error = str(e)
     for key, value in list(fields.items()):
         if isinstance(value, str) and value.startswith("${"):
             raise ConfigError(f"{src}: config field {key} is an unresolved interpolation {value!r}; pass {key}=VALUE")
@@ -130,7 +133,7 @@ def read_lightning(path: Path) -> Raw:
                 lightning_version=state.get("pytorch-lightning_version"),
                 ema_decay=(state.get("ema") or {}).get("decay"), config_model=model,
                 config_algo=cfg.get("algo") or {k: cfg.get(k) for k in ("backbone", "parameterization", "T")},
-                hp_vocab_size=hp.get("vocab_size"))
+                hp_vocab_size=hp.get("vocab_size"), ema_error=ema_error)
     return Raw(src, "lightning", family, fields, model.get("n_heads"), live, ema, {}, meta)
 
 
