@@ -131,16 +131,20 @@ def cmd_import(args) -> int:
         state["corpus"] = spec if spec["name"] == args.corpus else dict(name=args.corpus, length=cfg["length"])
     a = info["architecture"]
     out = Path(args.out) if args.out else Path("runs/imported") / Path(args.source.removeprefix("hf:")).name.removesuffix(".ckpt")
+    check = None
+    if args.check_batches:  # before saving: a corpus that loads gives its full spec to the checkpoint
+        model = registry.build(state["model_name"], **state["model_config"])
+        model.load_state_dict(state["model"])
+        check = load_check(model, state["corpus"], batches=args.check_batches)
+        state["corpus"] = check.pop("spec", state["corpus"])
+        info["load_check"] = check
     path = save_imported(state, info, out)
     say(f"{info['format']} checkpoint of {info['family']}: {a['n_layers']} layers x {a['d_model']} wide, "
         f"{a['n_heads']} heads, cond {a['cond_dim']}, V={a['vocab_size']}, L={state['model_config']['length']}"
         + "".join(f", {k}={state['model_config'][k]}" for k in ("alpha_0", "block_size") if k in state['model_config']))
     say(f"weights: {info['weights']}; parity with the authors' outputs: {info['parity']}")
     say(f"wrote {path} (and {path.parent / 'import.json'}); evaluated on corpus {state['corpus']['name']}")
-    if args.check_batches:
-        model = registry.build(state["model_name"], **state["model_config"])
-        model.load_state_dict(state["model"])
-        check = load_check(model, state["corpus"], batches=args.check_batches)
+    if check is not None:
         if "skipped" in check:
             say(f"load check skipped: {check['skipped']}")
         else:
@@ -149,8 +153,6 @@ def cmd_import(args) -> int:
                 f"(ln V = {check['uniform_nll']:.4f})")
             if "warning" in check:
                 say(f"WARNING: {check['warning']}")
-        info["load_check"] = check
-        atomic_write_json(path.parent / "import.json", info)
     print(path)
     return 0
 

@@ -45,12 +45,15 @@ def vocabulary(V: int) -> dict:
 def default_corpus(V: int, length: int) -> dict:
     """The corpus spec (load_corpus kwargs) an imported model is evaluated on: OWT for the GPT-2
     vocabulary, LM1B for bert-base-uncased, else a local stand-in with the same id layout (the
-    synthetic Markov source with V - 2 symbols: BOS = V - 2, mask = V - 1), e.g. for the fixtures."""
+    synthetic Markov source with V - 2 symbols: BOS = V - 2, mask = V - 1), e.g. for the fixtures.
+    Specs are in ``Corpus.spec()``'s full form, which samples record and scoring compares."""
+    hub = dict(vocab_size=None, seed=0, data_dir=None, max_documents=None)
     if V == GPT2_V:
-        return dict(name="owt", length=length)
+        return dict(name="owt", length=length, tokenizer="gpt2", **hub)
     if V == BERT_V:
-        return dict(name="lm1b", length=length)
-    return dict(name="synthetic", length=length, seed=0, symbols=V - 2, num_train=256, num_valid=64, num_test=64)
+        return dict(name="lm1b", length=length, tokenizer="bert-base-uncased", **hub)
+    return dict(name="synthetic", length=length, vocab_size=None, tokenizer=None, seed=0, symbols=V - 2,
+                branching=4, zipf=1.0, num_train=256, num_valid=64, num_test=64)
 
 
 def _choose(raw: Raw, ema: bool | None) -> tuple[dict, str]:
@@ -168,7 +171,7 @@ def load_check(model, corpus_spec: dict, *, batches: int = 2, batch_size: int = 
     """NELBO PPL of the imported model on the first ``batches`` test batches of the data it will be
     evaluated on, beside the uniform value ln V; ``warning`` is set when it is near uniform
     (weights not loaded, or a model of other data). Data that cannot be loaded here is reported
-    as skipped (e.g. OWT offline), not an error."""
+    as skipped (e.g. OWT offline), not an error. ``spec``: the loaded corpus's full spec."""
     from esolm.data import load_corpus
     from esolm.evaluate import evaluate
 
@@ -183,7 +186,7 @@ def load_check(model, corpus_spec: dict, *, batches: int = 2, batch_size: int = 
             return dict(skipped=f"corpus {corpus.name} has {k}={fields[k]} but the model {getattr(cfg, k)}")
     r = evaluate(model, corpus, "test", batch_size=batch_size, max_batches=batches, seed=seed, progress=False)
     uniform = math.log(cfg.vocab_size)
-    out = dict(corpus=corpus.name, sequences=r["num_sequences"], nll_per_token=r["nll_per_token"], ppl=r["ppl"],
+    out = dict(corpus=corpus.name, spec=corpus.spec(), sequences=r["num_sequences"], nll_per_token=r["nll_per_token"], ppl=r["ppl"],
                uniform_nll=uniform, uniform_ppl=float(cfg.vocab_size))
     if r["nll_per_token"] >= 0.9 * uniform:
         out["warning"] = (f"NELBO {r['nll_per_token']:.3f} nats/token is near or above the uniform value "
