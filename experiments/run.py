@@ -1,6 +1,7 @@
 """esolm command line: one entry, one plain function per subcommand.
 
     python experiments/run.py models
+    python experiments/run.py import SOURCE [--model NAME] [--no-ema] --out DIR   (an authors' .ckpt / HF folder / hf:ORG/NAME)
     python experiments/run.py train  --model mdlm --preset tiny [--corpus shakespeare] [key=value ...]
     python experiments/run.py eval   --model mdlm --preset tiny [--exact num_orders=K]
     python experiments/run.py sample --model mdlm --preset tiny steps=64 top_p=0.9 [--score --evaluator ...]
