@@ -193,3 +193,24 @@ def test_the_backbone_sigma_input_changes_nothing_at_none_and_conditions_otherwi
     base = model.backbone(x, pos, None)
     assert torch.allclose(model.backbone(x, pos, None, sigma=torch.zeros(2)), base, atol=1e-6)
     assert (model.backbone(x, pos, None, sigma=torch.tensor([0.5, 1.0])) - base).abs().max() > 1e-3
+
+
+def test_a_checkpoint_without_ema_imports_its_live_weights_and_says_so(tmp_path):
+    def no_ema(state):
+        state["ema"] = {"decay": 0.0, "num_updates": 0, "shadow_params": []}  # EMA off in training
+    path = _rewrite_lightning(tmp_path, "mdlm", no_ema)
+    _, info = import_checkpoint(str(path))
+    assert info["weights"] == "live (the checkpoint has no EMA)" and not info["ema_in_file"]
+    with pytest.raises(ConfigError, match="--no-ema"):
+        import_checkpoint(str(path), ema=True)
+
+
+def test_a_harness_checkpoint_is_not_mistaken_for_a_release(tmp_path):
+    from esolm.importers import save_imported
+
+    state, info = import_checkpoint(str(FIXTURES / "mdlm.ckpt"))
+    path = save_imported(state, info, tmp_path / "imp")
+    renamed = tmp_path / "harness.ckpt"
+    renamed.write_bytes(path.read_bytes())
+    with pytest.raises(ConfigError, match="already a harness checkpoint"):
+        import_checkpoint(str(renamed))

@@ -102,6 +102,9 @@ def _family_lightning(cfg: dict, source: str) -> tuple[str, dict]:
 def read_lightning(path: Path) -> Raw:
     state = load_lightning(path)
     src = str(path)
+    if {"model_name", "model_config", "model"} <= set(state):
+        raise ConfigError(f"{src} is already a harness checkpoint (written by run.py train / import); pass it to "
+                          f"eval / sample with --checkpoint as it is")
     if "state_dict" not in state or "hyper_parameters" not in state:
         raise ConfigError(f"{src}: not a Lightning checkpoint of the authors' trainers (no state_dict / "
                           f"hyper_parameters); pass a .ckpt from the Eso-LMs, mdlm or bd3lms repositories")
@@ -121,7 +124,7 @@ def read_lightning(path: Path) -> Raw:
     live_all = dict(state["state_dict"])
     live, _ = strip_prefixes(live_all, src)
     ema, ema_error = None, None
-    if isinstance(state.get("ema"), dict) and state["ema"].get("shadow_params") is not None:
+    if isinstance(state.get("ema"), dict) and state["ema"].get("shadow_params"):  # EMA off: absent or []
         try:  # an EMA that cannot be matched is an error only when it is asked for
             ema = _shadow_to_names(live_all, list(state["ema"]["shadow_params"]), src)
         except ConfigError as e:
