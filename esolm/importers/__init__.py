@@ -109,9 +109,10 @@ def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None
     fields = {**arch, **vocabulary(arch["vocab_size"]), **raw.fields}
     if raw.family == "bd3lm" and {"sampling_eps_min", "sampling_eps_max"} <= set(raw.extras):
         fields.update(clip_beta=raw.extras["sampling_eps_min"], clip_omega=raw.extras["sampling_eps_max"])
-    if "length" not in fields and "length" not in overrides:
+    fields.update(overrides)  # key=value from the command line wins (typed by the model's config)
+    if "length" not in fields:
         raise ConfigError(f"{raw.source}: the file does not record the sequence length; pass length=L")
-    net = registry.build(raw.family, **fields, **overrides)
+    net = registry.build(raw.family, **fields)
     load_into(net.backbone, rename(weights, raw.source), raw.source)
     cfg = net.config
     spec = dict(corpus) if corpus else default_corpus(cfg.vocab_size, cfg.length)
