@@ -46,7 +46,8 @@ def table5(df: pd.DataFrame, summary: dict) -> list[Table]:
     data = pd.DataFrame(out)
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g")]
     for c in ran:
-        cols += [Col(c, TITLES[c], ".2f", group="ours"), Col(f"paper_{c}", TITLES[c], ".2f", group="paper (v4 Table 5)")]
+        cols += [Col(c, TITLES[c], ".2f", group="ours"),
+                 Col(f"paper_{c}", TITLES[c], ".2f", group="paper (v4 Table 5)")]
     notes = [f"ours: models of preset {summary.get('preset', '?')} evaluated on each corpus's test split with the "
              "model's tokenizer (NELBO PPL; esolm/data/zeroshot.py: no EOS between documents, L-2 chunks framed "
              "by BOS ... EOS; dataset ids and detokenizer rules INFERRED).",

@@ -130,7 +130,8 @@ def cmd_import(args) -> int:
         spec = default_corpus(cfg["vocab_size"], cfg["length"])
         state["corpus"] = spec if spec["name"] == args.corpus else dict(name=args.corpus, length=cfg["length"])
     a = info["architecture"]
-    out = Path(args.out) if args.out else Path("runs/imported") / Path(args.source.removeprefix("hf:")).name.removesuffix(".ckpt")
+    default = Path(args.source.removeprefix("hf:")).name.removesuffix(".ckpt")
+    out = Path(args.out) if args.out else Path("runs/imported") / default
     check = None
     if args.check_batches:  # before saving: a corpus that loads gives its full spec to the checkpoint
         model = registry.build(state["model_name"], **state["model_config"])

@@ -143,7 +143,8 @@ def paper_owt_released() -> ReleasedPreset:
     bd3 = [ReleasedEntry(f"bd3lm L'={b}", "bd3lm", f"BD3-LM L'={b}", {"block_size": b},
                          [dict(steps=t) for t in (256, 512, 1024, 2048, 4096)], nfe_equals_l=FIRST_HITTING["BD3-LM"],
                          source=resolve(f"hf:kuleshov-group/bd3lm-owt-block_size{b}")) for b in (4, 8, 16)]
-    models = [ReleasedEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in (8, 16, 32, 48, 64, 128, 256, 1024, 4096)],
+    mdlm_steps = (8, 16, 32, 48, 64, 128, 256, 1024, 4096)
+    models = [ReleasedEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in mdlm_steps],
                             nfe_equals_l=FIRST_HITTING["MDLM"], source=resolve("hf:kuleshov-group/mdlm-owt")),
               *bd3,
               *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, eso,

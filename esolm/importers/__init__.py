@@ -22,8 +22,9 @@ from esolm.importers.sources import Raw, read_source
 
 GPT2_V, BERT_V = 50258, 30522  # OWT (GPT-2 + appended mask) and LM1B (bert-base-uncased) vocabularies
 # which harness models the fixtures prove parity for (tests/test_import_parity.py)
-PARITY = {("lightning", "esolm-b"): "proven for this format on fixture esolm-b (tests/test_import_parity.py)", ("lightning", "esolm-a"): "proven for this format on fixture esolm-a (tests/test_import_parity.py)",
-          ("lightning", "mdlm"): "proven for this format on fixture mdlm (tests/test_import_parity.py)", ("hf", "bd3lm"): "proven for this format on fixture bd3lm-hf (tests/test_import_parity.py)"}
+PARITY = {key: f"proven for this format on fixture {fixture} (tests/test_import_parity.py)"
+          for key, fixture in {("lightning", "esolm-b"): "esolm-b", ("lightning", "esolm-a"): "esolm-a",
+                               ("lightning", "mdlm"): "mdlm", ("hf", "bd3lm"): "bd3lm-hf"}.items()}
 CONVENTIONS = [
     "parameter names: the authors' DiT names mapped onto esolm.backbone.Backbone (esolm/importers/dit.py)",
     "EMA: ema.shadow_params (backbone.parameters() order) matched to names; chosen unless --no-ema",
@@ -187,7 +188,8 @@ def load_check(model, corpus_spec: dict, *, batches: int = 2, batch_size: int = 
             return dict(skipped=f"corpus {corpus.name} has {k}={fields[k]} but the model {getattr(cfg, k)}")
     r = evaluate(model, corpus, "test", batch_size=batch_size, max_batches=batches, seed=seed, progress=False)
     uniform = math.log(cfg.vocab_size)
-    out = dict(corpus=corpus.name, spec=corpus.spec(), sequences=r["num_sequences"], nll_per_token=r["nll_per_token"], ppl=r["ppl"],
+    out = dict(corpus=corpus.name, spec=corpus.spec(), sequences=r["num_sequences"],
+               nll_per_token=r["nll_per_token"], ppl=r["ppl"],
                uniform_nll=uniform, uniform_ppl=float(cfg.vocab_size))
     if r["nll_per_token"] >= 0.9 * uniform:
         out["warning"] = (f"NELBO {r['nll_per_token']:.3f} nats/token is near or above the uniform value "

@@ -102,7 +102,8 @@ def _eso(model, inp, fixture):
     if "sort_idx_iw" in inp:
         xs, sig = inp["x0_sorted_iw"], inp["sort_idx_iw"]
         z = torch.full_like(xs, m)
-        res["iw_logprobs"] = model.sequential_logits(z, xs, sig, torch.zeros(B, dtype=torch.long)).double().log_softmax(-1)
+        iw = model.sequential_logits(z, xs, sig, torch.zeros(B, dtype=torch.long))
+        res["iw_logprobs"] = iw.double().log_softmax(-1)
         res["iw_logp_per_seq"] = model.order_logliks(inp["x0"], sig[:1], int(inp["iw_num_diffusion"]))
     if "kv_sort_idx" in inp:  # teacher-forced KV-cached decoding: the sampler's own step loop
         sizes = inp["kv_unmask_k_tokens"].tolist()

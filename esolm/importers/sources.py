@@ -145,7 +145,8 @@ def _shadow_to_names(state_dict: dict, shadow: list, source: str) -> dict:
     names = [k for k in state_dict if not k.endswith(INV_FREQ)]
     if len(shadow) != len(names):
         raise ConfigError(f"{source}: ema.shadow_params holds {len(shadow)} tensors but state_dict has "
-                          f"{len(names)} parameters; the EMA cannot be matched to names (use --no-ema for the live weights)")
+                          f"{len(names)} parameters; the EMA cannot be matched to names (use --no-ema for the "
+                          f"live weights)")
     named = {}
     for key, value in zip(names, shadow):
         if tuple(value.shape) != tuple(state_dict[key].shape):
@@ -249,7 +250,8 @@ def read_source(source: str) -> Raw:
     if source.startswith("hf:"):
         repo = source[3:].strip("/")
         if repo.count("/") != 1:
-            raise ConfigError(f"hf: sources are hf:ORG/NAME (e.g. hf:kuleshov-group/bd3lm-owt-block_size4); got {source!r}")
+            raise ConfigError(f"hf: sources are hf:ORG/NAME (e.g. hf:kuleshov-group/bd3lm-owt-block_size4); "
+                              f"got {source!r}")
         raw = read_hf_folder(fetch_hf(repo))
         raw.source = source
         return raw
