@@ -18,6 +18,7 @@ from analysis import anchors as A
 from analysis import store as S
 from analysis.pareto import COLLAPSE_RATIO, collapsed, ordered_groups
 from analysis.render import Col, Table
+from analysis.table5 import table5
 
 NOT_SAME = ("Ours and the paper's are not the same quantity (corpus, sequence length, model size, training budget, "
             "evaluator and device all differ): read them side by side, never as a difference.")
@@ -311,6 +312,7 @@ def build_tables(results_dir) -> list[Table]:
     iw = table_iw(df, anchors, summary)
     out += ([iw] if iw is not None else []) + table11(df, anchors, summary)
     out += sweep_tables(df, A.paper_points(anchors), summary)
+    out += table5(df, summary)  # the zero-shot stage of the released presets
     return out
 
 

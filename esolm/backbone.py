@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esolm.config import ModelConfig
+from esolm.config import ConfigError, ModelConfig
 
 MASK_LOGIT = -1e6  # the mask token's logit, everywhere (spec 1.1, 13)
 
@@ -270,6 +270,12 @@ class Backbone(nn.Module):
             memo = self._cond_memo = (key, c, folded)
         return memo[1], memo[2]
 
+    def time_conditioning(self, sigma: torch.Tensor) -> torch.Tensor:
+        """c = SiLU(MLP(sinusoid(sigma))) [B, cond] for an explicit sigma [B] (unfolded AdaLN)."""
+        if self.sigma_embed is None:
+            raise ConfigError("this backbone has no AdaLN (adaln=False), so it takes no sigma; drop sigma=")
+        return self.sigma_embed(sigma.reshape(-1).to(self.head.weight.device))
+
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         p = self.head.weight
         return KVCache(self.cfg.n_layers, batch, max_len, self.cfg.n_heads, self.cfg.head_dim,
@@ -278,7 +284,7 @@ class Backbone(nn.Module):
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, mask=None,
                 cache: KVCache | None = None, last: int | None = None,
-                at: torch.Tensor | None = None) -> torch.Tensor:
+                at: torch.Tensor | None = None, sigma: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, N or last, V].
 
         tokens [B, N]; positions [B, N] or [N] (original indices, for RoPE);
@@ -286,12 +292,15 @@ class Backbone(nn.Module):
             with a cache also a bool or additive float mask [B|1, N, prefix + N] over all keys;
         cache: attend to its committed slots and write this chunk's K/V after them;
         last: only compute logits for the last ``last`` positions;
-        at: or only at the positions ``at`` [B, k] (indices into the N fed tokens).
+        at: or only at the positions ``at`` [B, k] (indices into the N fed tokens);
+        sigma: time conditioning [B] (or [1]) fed to the AdaLN embedding; None is sigma = 0,
+            what every model here feeds (spec 2.4). A nonzero sigma serves time-conditioned
+            models (SEDD-, DUO-style) and the parity checks of imported weights.
         """
         x = self.embed(tokens)
         cos, sin = self.rotary.tables(positions, x.dtype if not torch.is_autocast_enabled(x.device.type)
                                       else torch.get_autocast_dtype(x.device.type))
-        c, mods = self.conditioning(tokens.device)
+        c, mods = self.conditioning(tokens.device) if sigma is None else (self.time_conditioning(sigma), None)
         for i, block in enumerate(self.blocks):
             x = block(x, mods[i] if mods else c, cos, sin, mask, cache, i)
         if last is not None:

@@ -72,10 +72,18 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_model(path: str | Path, *, device="cpu", use_ema: bool = True):
-    """(model in eval mode with EMA weights where present, checkpoint dict)."""
-    from esolm import registry
+    """(model in eval mode with EMA weights where present, checkpoint dict).
 
-    state = read_checkpoint(path)
+    ``path`` may also be an authors' release (a Lightning ``.ckpt``, a Hugging Face folder or
+    ``hf:ORG/NAME``): it is imported in memory (esolm.importers), EMA weights unless ``use_ema``
+    is False."""
+    from esolm import registry
+    from esolm.importers import import_checkpoint, is_external
+
+    if is_external(path):
+        state, _ = import_checkpoint(str(path), ema=None if use_ema else False)
+    else:
+        state = read_checkpoint(path)
     model = registry.build(state["model_name"], **state["model_config"])
     weights = state.get("ema") if use_ema and state.get("ema") else state["model"]
     try:

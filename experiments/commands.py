@@ -61,7 +61,9 @@ def cmd_train(args) -> int:
 
 def resolve_checkpoint(args) -> Path:
     if getattr(args, "checkpoint", None):
-        return Path(args.checkpoint)
+        from esolm.importers import ensure_checkpoint
+
+        return ensure_checkpoint(args.checkpoint, ema=False if getattr(args, "no_ema", False) else None, log=say)
     if not getattr(args, "model", None):
         raise ConfigError("pass --checkpoint PATH, or --model NAME (with the --preset/--corpus/overrides "
                           "used for training) to use that run's checkpoint")
@@ -105,11 +107,54 @@ def cmd_eval(args) -> int:
                       batch_size=typed.get("batch_size", 32), max_batches=typed.get("max_batches"),
                       num_orders=typed.get("num_orders", 1), seed=typed.get("seed", 1), **extra)
     result.update(model=state["model_name"], checkpoint=str(ckpt), step=state["step"])
+    if state.get("imported"):
+        result.update(weights=state["imported"]["weights"], imported_from=state["imported"]["source"])
+        say(f"weights: {result['weights']} from {result['imported_from']}")
     print(format_result(state["model_name"], result))
     name = (f"eval_{args.split}" + (f"_first{result['num_sequences']}" if typed.get("max_batches") else "")
             + (f"_exact_K{result['num_orders']}" if args.exact else "") + ".json")
     path = atomic_write_json(ckpt.parent / name, result)
     say(f"wrote {path}")
+    return 0
+
+
+# ------------------------------------------------------------------------ import
+def cmd_import(args) -> int:
+    from esolm import registry
+    from esolm.importers import default_corpus, import_checkpoint, load_check, save_imported
+
+    say(f"reading {args.source} ...")
+    state, info = import_checkpoint(args.source, model=args.model, ema=args.ema, overrides=args.overrides)
+    if args.corpus:  # the default spec when it names that corpus (it carries the stand-in's options)
+        cfg = state["model_config"]
+        spec = default_corpus(cfg["vocab_size"], cfg["length"])
+        state["corpus"] = spec if spec["name"] == args.corpus else dict(name=args.corpus, length=cfg["length"])
+    a = info["architecture"]
+    default = Path(args.source.removeprefix("hf:")).name.removesuffix(".ckpt")
+    out = Path(args.out) if args.out else Path("runs/imported") / default
+    check = None
+    if args.check_batches:  # before saving: a corpus that loads gives its full spec to the checkpoint
+        model = registry.build(state["model_name"], **state["model_config"])
+        model.load_state_dict(state["model"])
+        check = load_check(model, state["corpus"], batches=args.check_batches)
+        state["corpus"] = check.pop("spec", state["corpus"])
+        info["load_check"] = check
+    path = save_imported(state, info, out)
+    say(f"{info['format']} checkpoint of {info['family']}: {a['n_layers']} layers x {a['d_model']} wide, "
+        f"{a['n_heads']} heads, cond {a['cond_dim']}, V={a['vocab_size']}, L={state['model_config']['length']}"
+        + "".join(f", {k}={state['model_config'][k]}" for k in ("alpha_0", "block_size") if k in state['model_config']))
+    say(f"weights: {info['weights']}; parity with the authors' outputs: {info['parity']}")
+    say(f"wrote {path} (and {path.parent / 'import.json'}); evaluated on corpus {state['corpus']['name']}")
+    if check is not None:
+        if "skipped" in check:
+            say(f"load check skipped: {check['skipped']}")
+        else:
+            say(f"load check: NELBO PPL {check['ppl']:.2f} ({check['nll_per_token']:.4f} nats/token) on "
+                f"{check['sequences']} {check['corpus']} test sequences; uniform: PPL {check['uniform_ppl']:.0f} "
+                f"(ln V = {check['uniform_nll']:.4f})")
+            if "warning" in check:
+                say(f"WARNING: {check['warning']}")
+    print(path)
     return 0
 
 

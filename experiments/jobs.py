@@ -4,6 +4,7 @@ work, writes one JSON record atomically and returns it.
 
     train    fit a model (resumes from its checkpoint when requeued or rerun)
     eval     test NLL: NELBO, and the exact likelihood where the model has one
+    zeroshot test NELBO on another corpus (Table 5; released presets)
     sample   draw samples, then score them: gen PPL, entropy, self-BLEU, MAUVE
     time     the timing protocol of spec 8.5 on one sweep configuration
     longctx  NFE = L latency, batch 1, no nucleus (spec 8.6 / Table 11)
@@ -114,6 +115,8 @@ def job_train(job: dict) -> tuple:
     from esolm.train import fit, seed_everything, train_config
 
     c = job["config"]
+    if c.get("source"):
+        return _import_release(job)
     corpus = _corpus(c["corpus"])
     cfg = train_config(c["train_preset"], **c["train"])
     seed_everything(cfg.seed)
@@ -125,6 +128,30 @@ def job_train(job: dict) -> tuple:
                valid_nll=valid.get("nll_per_token"), valid_ppl=valid.get("ppl"), tokens_per_s=m.get("tokens_per_s"),
                **{k: v for k, v in c["model_overrides"].items()})
     return row, m, dict(checkpoint=result["checkpoint"])
+
+
+def _import_release(job: dict) -> tuple:
+    """A released preset's "train" job: import the authors' checkpoint (docs/checkpoints.md), check
+    that it is the model the preset names, and run the load check on the preset's test data."""
+    from esolm import registry
+    from esolm.config import ConfigError
+    from esolm.importers import import_checkpoint, load_check, save_imported
+
+    c = job["config"]
+    state, info = import_checkpoint(c["source"], model=c["model"], ema=c.get("ema"), corpus=c["corpus"])
+    wrong = {k: (v, state["model_config"].get(k)) for k, v in c["model_overrides"].items()
+             if state["model_config"].get(k) != v}
+    if wrong:
+        raise ConfigError(f"{c['source']}: the preset expects {wrong} (preset value, file value)")
+    model = registry.build(state["model_name"], **state["model_config"])
+    model.load_state_dict(state["model"])
+    check = load_check(model, state["corpus"])
+    state["corpus"] = check.pop("spec", state["corpus"])
+    path = save_imported(state, dict(info, load_check=check), job["work"])
+    row = dict(params=model.num_parameters(), imported_from=c["source"], weights=info["weights"],
+               parity=info["parity"], load_check_ppl=check.get("ppl"), load_check_warning=check.get("warning"),
+               **c["model_overrides"])
+    return row, dict(imported=info, load_check=check), dict(checkpoint=str(path))
 
 
 # ------------------------------------------------------------------------------- eval
@@ -147,6 +174,22 @@ def job_eval(job: dict) -> tuple:
         assert nb["num_sequences"] == r["num_sequences"]
         row.update(nelbo_ppl=nb["ppl"], nelbo_nll_per_token=nb["nll_per_token"])
         r = dict(r, nelbo=nb)
+    return row, r, {}
+
+
+@recorded
+def job_zeroshot(job: dict) -> tuple:
+    """Table 5: test NELBO of the model on another corpus, tokenized with its own tokenizer."""
+    from esolm.checkpoint import load_model
+    from esolm.evaluate import evaluate
+
+    c = job["config"]
+    model, _ = load_model(c["checkpoint"])
+    corpus = _corpus(dict(c["corpus"], length=model.config.length))
+    r = evaluate(model, corpus, "test", batch_size=c["batch_size"], max_batches=c["max_batches"], seed=c["seed"],
+                 progress=False)
+    row = dict(zero_shot=c["column"], corpus=corpus.name, ppl=r["ppl"], nll_per_token=r["nll_per_token"],
+               num_sequences=r["num_sequences"], **c["model_overrides"])
     return row, r, {}
 
 
@@ -229,5 +272,5 @@ def job_longctx(job: dict) -> tuple:
     return row, t, {}
 
 
-JOB_FUNCTIONS = {"train": job_train, "eval": job_eval, "sample": job_sample, "time": job_time,
-                 "longctx": job_longctx}
+JOB_FUNCTIONS = {"train": job_train, "eval": job_eval, "zeroshot": job_zeroshot, "sample": job_sample,
+                 "time": job_time, "longctx": job_longctx}

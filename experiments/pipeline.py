@@ -22,9 +22,9 @@ from esolm.config import ConfigError, parse_overrides
 from experiments import jobs as J
 from experiments import presets as P
 
-WAVES = [["train"], ["eval", "sample"], ["time"], ["longctx"]]
+WAVES = [["train"], ["eval", "zeroshot", "sample"], ["time"], ["longctx"]]
 # jobs of one model share a process in these stages (one model load, sequential timings)
-GROUP_BY_MODEL = {"sample", "time", "eval"}
+GROUP_BY_MODEL = {"sample", "time", "eval", "zeroshot"}
 
 
 def say(*args) -> None:
@@ -65,6 +65,7 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
     corpus = {"name": preset.corpus, "length": data["length"]}
     if data.get("vocab_size"):
         corpus["vocab_size"] = data["vocab_size"]
+    corpus = getattr(preset, "corpus_spec", None) or corpus  # released presets: the exact test data
     graph: list[Job] = []
 
     def add(job: Job) -> Job:
@@ -75,17 +76,20 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
     def checkpoint(train: Job) -> str:
         return str(work / "train" / train.key / "checkpoint.pt")
 
-    def train_job(label, group, model, overrides, extra_train) -> Job:
+    def train_job(label, group, model, overrides, extra_train, source=None, ema=None) -> Job:
         identity = dict(model=model, model_overrides={**preset.backbone_overrides, **overrides},
                         backbone=preset.backbone, corpus=corpus, train_preset=preset.train_preset,
                         train={**preset.train, **extra_train})
+        if source:  # a released checkpoint: the job imports it instead of training (jobs.job_train)
+            identity = dict(model=model, model_overrides=dict(overrides), corpus=corpus, source=source, ema=ema)
         return add(Job("train", f"train/{label}", identity, identity, label, group, model))
 
     evaluator = preset.evaluator
     ev_train = None
     if isinstance(evaluator, dict):
         ev_train = train_job("evaluator", "evaluator", "ar", evaluator.get("overrides", {}), evaluator.get("train", {}))
-    trains = {m.label: train_job(m.label, m.group, m.model, m.overrides, m.train) for m in preset.models}
+    trains = {m.label: train_job(m.label, m.group, m.model, m.overrides, m.train, getattr(m, "source", None),
+                                 getattr(m, "ema", None)) for m in preset.models}
 
     for m in preset.models + ([P.ModelEntry("evaluator", "ar", "evaluator", evaluator["overrides"])]
                               if ev_train else []):
@@ -100,6 +104,15 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
                             max_batches=_max_batches(e, exact, caps), seed=1)
             name = f"eval/{m.label}/" + (f"exact K={k}" if exact else "nelbo")
             add(Job("eval", name, identity, dict(identity, checkpoint=checkpoint(tr), model_overrides=m.overrides),
+                    m.label, m.group, m.model, [tr]))
+
+    for m in preset.models:  # Table 5: test NELBO on other corpora (released presets)
+        for column, spec in getattr(preset, "zero_shot", {}).items():
+            tr = trains[m.label]
+            identity = dict(train=tr.key, corpus=spec, batch_size=preset.eval["batch_size"],
+                            max_batches=preset.eval.get("max_batches"), seed=1)
+            add(Job("zeroshot", f"zeroshot/{m.label}/{column}", identity,
+                    dict(identity, column=column, checkpoint=checkpoint(tr), model_overrides=m.overrides),
                     m.label, m.group, m.model, [tr]))
 
     ev_spec = (lambda: checkpoint(ev_train)) if ev_train else (lambda: evaluator)
@@ -339,6 +352,8 @@ def _run(args) -> tuple[P.Preset, Path]:
     if bad:
         raise ConfigError(f"unknown key(s) {bad} for {args.command}; these take Slurm parameters: {', '.join(sorted(valid))}")
     results = Path(args.results) / preset.name
+    if not args.no_run and hasattr(preset, "preflight"):
+        preset.preflight()  # fail at once naming what this machine lacks (released presets)
     if not args.no_run:
         run_preset(preset.name, cluster=args.cluster, results_root=Path(args.results), work_root=Path(args.work),
                    slurm_overrides=overrides)

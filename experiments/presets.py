@@ -213,3 +213,6 @@ def get(name: str) -> Preset:
     if name not in PRESETS:
         raise ConfigError(f"unknown experiment preset {name!r}; presets: {', '.join(PRESETS)}")
     return PRESETS[name]()
+
+from experiments.presets_released import PRESETS as _RELEASED  # noqa: E402 - the released-checkpoint presets
+PRESETS.update(_RELEASED)

@@ -1,6 +1,7 @@
 """esolm command line: one entry, one plain function per subcommand.
 
     python experiments/run.py models
+    python experiments/run.py import SOURCE [--model NAME] [--no-ema] --out DIR   (an authors' .ckpt / HF folder / hf:ORG/NAME)
     python experiments/run.py train  --model mdlm --preset tiny [--corpus shakespeare] [key=value ...]
     python experiments/run.py eval   --model mdlm --preset tiny [--exact num_orders=K]
     python experiments/run.py sample --model mdlm --preset tiny steps=64 top_p=0.9 [--score --evaluator ...]
@@ -30,7 +31,10 @@ def _common_model_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> 
     p.add_argument("--corpus", default="shakespeare",
                    help="synthetic | shakespeare | text:PATH | owt | lm1b (default: shakespeare)")
     if checkpoint:
-        p.add_argument("--checkpoint", help="a checkpoint.pt; default: the run of --model/--preset/--corpus")
+        p.add_argument("--checkpoint", help="a checkpoint.pt, or an authors' release (.ckpt, Hugging Face folder, "
+                                            "hf:ORG/NAME; imported first, see `run.py import`); default: the run "
+                                            "of --model/--preset/--corpus")
+        p.add_argument("--no-ema", action="store_true", help="with an authors' release: its live weights, not EMA")
     p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value")
@@ -64,6 +68,19 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; resumes its run directory when interrupted")
     _common_model_args(p)
     p.add_argument("--out", help="run directory (default: runs/<model>-<corpus>-<preset>[-<hash>])")
+
+    p = sub.add_parser("import", help="import an authors' checkpoint (Eso-LM, MDLM, BD3-LM) as a harness checkpoint")
+    p.add_argument("source", help="a Lightning .ckpt, a Hugging Face folder (config.json + model.safetensors) or hf:ORG/NAME")
+    p.add_argument("--model", help="the registry name the file must hold (default: inferred from the file)")
+    ema = p.add_mutually_exclusive_group()
+    ema.add_argument("--ema", dest="ema", action="store_true", default=None,
+                     help="the EMA weights (the default when the file has them; an error when it has none)")
+    ema.add_argument("--no-ema", dest="ema", action="store_false", help="the live (last training step) weights")
+    p.add_argument("--out", help="output folder (default: runs/imported/<name>)")
+    p.add_argument("--corpus", default=None, help="the data it is evaluated on (default: owt for the GPT-2 vocabulary, "
+                                                  "lm1b for bert-base-uncased, else a synthetic stand-in)")
+    p.add_argument("--check-batches", type=int, default=2, help="test batches of the load check (0: skip it)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="model fields the file lacks (length=, n_heads=)")
 
     p = sub.add_parser("eval", help="test perplexity: NELBO, or --exact likelihood")
     _common_model_args(p, checkpoint=True)

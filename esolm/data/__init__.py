@@ -6,7 +6,7 @@
     batch = corpus.splits["train"][:32]                        # [32, 128] LongTensor
 
 Corpora: "synthetic" (exact entropy known), "shakespeare" (default real text),
-"text:PATH" (local files), "owt" and "lm1b" (the paper's, through ``datasets``).
+"text:PATH" (local files), "owt" and "lm1b" (the paper's, through ``datasets``), "zeroshot:NAME" (Table 5's evaluation sets).
 See docs/data.md.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from esolm.data.tokenizer import Tokenizer, load_tokenizer
 
 __all__ = ["load_corpus", "available_corpora", "load_tokenizer", "Corpus", "Tokenizer", "SyntheticSource"]
 
-_CORPORA = ("synthetic", "shakespeare", "text:PATH", "owt", "lm1b")
+_CORPORA = ("synthetic", "shakespeare", "text:PATH", "owt", "lm1b", "zeroshot:NAME")
 
 
 def available_corpora() -> list[str]:
@@ -54,6 +54,10 @@ def load_corpus(name: str, *, length: int, vocab_size: int | None = None, tokeni
             raise ConfigError("text:PATH needs a path, e.g. text:./my_books or text:notes.txt")
         docs = text.path_documents(path)
         return text.build(f"text:{Path(path).expanduser().resolve()}", docs, **kwargs)
+    if name.startswith("zeroshot:"):
+        from esolm.data import zeroshot
+
+        return zeroshot.build(name[len("zeroshot:"):], **kwargs)
     if name in ("owt", "lm1b"):
         from esolm.data import hub
 

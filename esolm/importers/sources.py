@@ -1,0 +1,266 @@
+"""Reading the authors' published formats into one neutral record (no harness types here).
+
+    Lightning ``.ckpt`` (Eso-LMs, MDLM, bd3lms trainers): ``state_dict`` = live weights,
+        ``ema.shadow_params`` = EMA weights in ``backbone.parameters()`` order, the Hydra config
+        under ``hyper_parameters.config`` (read through the restricted unpickler).
+    Hugging Face folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
+        ``model_type`` "bd3lm" (kuleshov-group/bd3lm-*) or "mdlm" (kuleshov-group/mdlm-owt);
+        the weights are the EMA weights the authors copied in before pushing; there is no EMA entry.
+    ``hf:ORG/NAME``: such a folder fetched through huggingface_hub (online only).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from esolm.config import ConfigError
+from esolm.importers.dit import INV_FREQ, strip_prefixes
+from esolm.importers.safe_pickle import load_lightning, plain
+
+HF_EXTRAS = ("sampling_eps_min", "sampling_eps_max")  # BD3-LM's clipped noise interval (0-dim buffers)
+
+
+@dataclass
+class Raw:
+    """What a file holds, in the authors' terms."""
+
+    source: str
+    fmt: str  # "lightning" | "hf"
+    family: str  # registry name: mdlm | bd3lm | esolm-a | esolm-b
+    fields: dict  # model config fields read from the file's config (length, alpha_0, block_size, ...)
+    n_heads: int | None
+    live: dict  # backbone weights (authors' names, without "backbone.")
+    ema: dict | None  # the same names, EMA values; None when the file has none
+    extras: dict = field(default_factory=dict)  # values with no backbone counterpart
+    meta: dict = field(default_factory=dict)  # step, versions, config excerpt, sha256
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------ Lightning
+def _get(cfg: dict, dotted: str, default=None):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return default
+        node = node[part]
+    return node
+
+
+def _family_lightning(cfg: dict, source: str) -> tuple[str, dict]:
+    """(registry name, model fields) from the Hydra config of the three trainers."""
+    algo = cfg.get("algo") if isinstance(cfg.get("algo"), dict) else None
+    name = algo.get("name") if algo else None
+    tc = _get(cfg, "algo.time_conditioning", cfg.get("time_conditioning", False))
+    if tc is True:
+        raise ConfigError(f"{source}: time_conditioning=True; the harness models feed sigma = 0 as the authors' "
+                          f"released models do, so a time-conditioned checkpoint is not supported")
+    fields = {}
+    if name == "esolm":
+        modes = (algo.get("diffusion_attn_mode"), algo.get("sequential_attn_mode"))
+        family = {("causal", "causal"): "esolm-b", ("mixed2", "mixed"): "esolm-a"}.get(modes)
+        if family is None:
+            raise ConfigError(f"{source}: Eso-LM attention modes (diffusion, sequential) = {modes}; the harness has "
+                              f"(B) = ('causal', 'causal') and (A) = ('mixed2', 'mixed')")
+        fields["alpha_0"] = float(algo["alpha_0"])
+        if algo.get("batch_split") is not None:
+            fields["batch_split"] = float(algo["batch_split"])
+        if algo.get("loss_type") in ("elbo", "low_var"):
+            fields["loss_type"] = algo["loss_type"]
+        return family, fields
+    if name == "bd3lm":
+        block = cfg.get("block_size", _get(cfg, "algo.block_size"))
+        if not isinstance(block, int):
+            raise ConfigError(f"{source}: a BD3-LM config without an integer block_size (got {block!r})")
+        return "bd3lm", dict(block_size=block)
+    if name == "mdlm" or (name is None and cfg.get("parameterization") == "subs"
+                          and cfg.get("backbone", "dit") == "dit"):
+        T = cfg.get("T", _get(cfg, "algo.T", 0))
+        if T not in (0, None):
+            raise ConfigError(f"{source}: MDLM with T={T} (discrete time); the harness's MDLM is the "
+                              f"continuous-time (T = 0) model the authors released")
+        noise = _get(cfg, "noise.type", "loglinear")
+        if noise != "loglinear":
+            raise ConfigError(f"{source}: MDLM with noise {noise!r}; the harness implements the log-linear schedule")
+        return "mdlm", fields
+    what = name or cfg.get("parameterization") or "unknown"
+    raise ConfigError(f"{source}: a Lightning checkpoint of algorithm {what!r}; the importer reads MDLM, BD3-LM "
+                      f"and Eso-LM (A)/(B) checkpoints (AR, SEDD and others are not supported)")
+
+
+def read_lightning(path: Path) -> Raw:
+    state = load_lightning(path)
+    src = str(path)
+    if {"model_name", "model_config", "model"} <= set(state):
+        raise ConfigError(f"{src} is already a harness checkpoint (written by run.py train / import); pass it to "
+                          f"eval / sample with --checkpoint as it is")
+    if "state_dict" not in state or "hyper_parameters" not in state:
+        raise ConfigError(f"{src}: not a Lightning checkpoint of the authors' trainers (no state_dict / "
+                          f"hyper_parameters); pass a .ckpt from the Eso-LMs, mdlm or bd3lms repositories")
+    hp = state["hyper_parameters"]
+    cfg = plain(hp.get("config")) if isinstance(hp, dict) else None
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
+        raise ConfigError(f"{src}: hyper_parameters has no Hydra config with a model group; not a checkpoint of "
+                          f"the MDLM / BD3-LM / Eso-LMs trainers")
+    family, fields = _family_lightning(cfg, src)
+    model = cfg["model"]
+    if model.get("tie_word_embeddings"):
+        raise ConfigError(f"{src}: tie_word_embeddings=True; the harness's head is untied")
+    if isinstance(model.get("length"), int):
+        fields["length"] = model["length"]
+    if isinstance(model.get("dropout"), (int, float)):
+        fields["dropout"] = float(model["dropout"])
+    live_all = dict(state["state_dict"])
+    live, _ = strip_prefixes(live_all, src)
+    ema, ema_error = None, None
+    if isinstance(state.get("ema"), dict) and state["ema"].get("shadow_params"):  # EMA off: absent or []
+        try:  # an EMA that cannot be matched is an error only when it is asked for
+            ema = _shadow_to_names(live_all, list(state["ema"]["shadow_params"]), src)
+        except ConfigError as e:
+            ema_error = str(e)
+    for key, value in list(fields.items()):
+        if isinstance(value, str) and value.startswith("${"):
+            raise ConfigError(f"{src}: config field {key} is an unresolved interpolation {value!r}; pass {key}=VALUE")
+    meta = dict(global_step=state.get("global_step"), epoch=state.get("epoch"),
+                lightning_version=state.get("pytorch-lightning_version"),
+                ema_decay=(state.get("ema") or {}).get("decay"), config_model=model,
+                config_algo=cfg.get("algo") or {k: cfg.get(k) for k in ("backbone", "parameterization", "T")},
+                hp_vocab_size=hp.get("vocab_size"), ema_error=ema_error)
+    return Raw(src, "lightning", family, fields, model.get("n_heads"), live, ema, {}, meta)
+
+
+def _shadow_to_names(state_dict: dict, shadow: list, source: str) -> dict:
+    """EMA shadow params follow ``backbone.parameters()``: the state_dict order minus buffers."""
+    names = [k for k in state_dict if not k.endswith(INV_FREQ)]
+    if len(shadow) != len(names):
+        raise ConfigError(f"{source}: ema.shadow_params holds {len(shadow)} tensors but state_dict has "
+                          f"{len(names)} parameters; the EMA cannot be matched to names (use --no-ema for the "
+                          f"live weights)")
+    named = {}
+    for key, value in zip(names, shadow):
+        if tuple(value.shape) != tuple(state_dict[key].shape):
+            raise ConfigError(f"{source}: ema.shadow_params entry for {key} has shape {tuple(value.shape)}, the "
+                              f"live weight {tuple(state_dict[key].shape)}; the EMA is not in parameter order")
+        named[key] = value
+    for key in state_dict:
+        if key.endswith(INV_FREQ):
+            named[key] = state_dict[key]
+    ema, _ = strip_prefixes(named, source)
+    return ema
+
+
+# ------------------------------------------------------------------------------ Hugging Face
+def read_hf_folder(folder: Path) -> Raw:
+    src = str(folder)
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise ConfigError(f"{src}: no config.json; a Hugging Face checkpoint folder holds config.json and "
+                          f"model.safetensors (or pytorch_model.bin)")
+    try:
+        cfg = json.loads(cfg_path.read_text())
+    except ValueError as e:
+        raise ConfigError(f"{cfg_path} is not valid JSON ({e}); re-download it") from None
+    kind = cfg.get("model_type")
+    if kind not in ("bd3lm", "mdlm"):
+        raise ConfigError(f"{src}: model_type {kind!r}; the importer reads the authors' Hugging Face formats "
+                          f"'bd3lm' (kuleshov-group/bd3lm-*) and 'mdlm' (kuleshov-group/mdlm-owt)")
+    if cfg.get("time_conditioning"):
+        raise ConfigError(f"{src}: time_conditioning=true; the harness models feed sigma = 0")
+    if cfg.get("adaln") is False:
+        raise ConfigError(f"{src}: adaln=false; the released DiT models are AdaLN models")
+    weights = _hf_weights(folder)
+    live, extras = strip_prefixes(weights, src, HF_EXTRAS)
+    fields = {"length": int(cfg["model_length"])} if "model_length" in cfg else {}
+    if "dropout" in cfg:
+        fields["dropout"] = float(cfg["dropout"])
+    if kind == "bd3lm":
+        if "block_size" not in cfg:
+            raise ConfigError(f"{src}: a bd3lm config.json without block_size")
+        if cfg.get("cross_attn") is False:
+            raise ConfigError(f"{src}: cross_attn=false; the harness's BD3-LM is the vectorised 2L model "
+                              f"(cross_attn=true)")
+        fields["block_size"] = int(cfg["block_size"])
+    extras = {k: float(f"{float(v):.7g}") for k, v in extras.items()}  # float32 buffers: 0.001, not 0.0010000000475
+    meta = dict(config_json={k: v for k, v in cfg.items() if k != "auto_map"},
+                name_or_path=cfg.get("_name_or_path"), hp_vocab_size=cfg.get("vocab_size"))
+    for key in ("hidden_dim", "n_blocks", "cond_dim"):
+        meta[key] = cfg.get(key)
+    return Raw(src, "hf", kind, fields, cfg.get("n_heads"), live, None, extras, meta)
+
+
+def _hf_weights(folder: Path) -> dict:
+    st = sorted(folder.glob("*.safetensors"))
+    if st:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        out = {}
+        for f in st:
+            try:
+                out.update(load_file(str(f)))
+            except (SafetensorError, OSError, ValueError) as e:
+                raise ConfigError(f"{f} is not a readable safetensors file ({e}); it may be truncated: "
+                                  f"re-download it") from None
+        return out
+    bins = sorted(folder.glob("pytorch_model*.bin"))
+    if bins:
+        out = {}
+        for f in bins:
+            try:  # plain tensors only: weights_only refuses anything that would run code
+                out.update(torch.load(f, map_location="cpu", weights_only=True))
+            except Exception as e:
+                raise ConfigError(f"{f} is not a readable weights file ({type(e).__name__}: {e}); it may be "
+                                  f"truncated: re-download it") from None
+        return out
+    raise ConfigError(f"{folder}: no model.safetensors or pytorch_model.bin beside config.json")
+
+
+def fetch_hf(repo: str) -> Path:
+    """Download ``config.json`` and the weights of ``repo`` through huggingface_hub; offline, one
+    message saying what to download and where to put it."""
+    from esolm.data.hub import offline_requested, probe
+
+    how = (f"on a machine with internet run `huggingface-cli download {repo} config.json model.safetensors "
+           f"--local-dir checkpoints/{repo.replace('/', '_')}`, copy that folder here and pass it as the source "
+           f"(python experiments/run.py import checkpoints/{repo.replace('/', '_')} --out DIR)")
+    if offline_requested() or not probe("huggingface.co"):
+        raise ConfigError(f"cannot fetch hf:{repo}: the Hugging Face hub is unreachable (offline); {how}")
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(repo, allow_patterns=["config.json", "*.safetensors", "pytorch_model*.bin"])
+    except Exception as e:
+        raise ConfigError(f"cannot fetch hf:{repo} ({type(e).__name__}: {e}); {how}") from None
+    return Path(path)
+
+
+def read_source(source: str) -> Raw:
+    """Dispatch on what ``source`` is: ``hf:ORG/NAME``, a HF folder or a Lightning ``.ckpt``."""
+    if source.startswith("hf:"):
+        repo = source[3:].strip("/")
+        if repo.count("/") != 1:
+            raise ConfigError(f"hf: sources are hf:ORG/NAME (e.g. hf:kuleshov-group/bd3lm-owt-block_size4); "
+                              f"got {source!r}")
+        raw = read_hf_folder(fetch_hf(repo))
+        raw.source = source
+        return raw
+    path = Path(os.path.expanduser(source))
+    if path.is_dir():
+        return read_hf_folder(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint source {source} does not exist; pass a Lightning .ckpt, a Hugging Face "
+                          f"folder (config.json + model.safetensors) or hf:ORG/NAME")
+    raw = read_lightning(path)
+    raw.meta["sha256"] = sha256(path)
+    return raw

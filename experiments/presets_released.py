@@ -1,0 +1,172 @@
+"""Presets that evaluate the authors' released checkpoints instead of training (docs/checkpoints.md).
+
+    python experiments/run.py tables --preset paper-owt-released --cluster slurm
+
+Same job graph as the training presets: each model's "train" job imports its release
+(esolm.importers) into the work folder, then eval (Table 1, Tables 6-8), zero-shot eval
+(Table 5), sample + score (Tables 13-15) and timing (Table 11) run on it as on a trained model.
+Sources come from $ESOLM_CHECKPOINTS (default checkpoints/): an ``hf:ORG/NAME`` resolves to a
+downloaded folder checkpoints/ORG_NAME when it is there; Eso-LM files are
+checkpoints/esolm-b-<corpus>-a0=<alpha_0>.ckpt. Zero-shot data: $ESOLM_ZEROSHOT (folders written
+by datasets' save_to_disk, or <name>.jsonl) or the hub.
+
+``preflight()`` runs before anything is submitted and fails at once with one message naming
+every missing weight file, data set, evaluator and the GPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esolm.config import ConfigError
+from experiments.presets import FIRST_HITTING, ModelEntry, Preset, _eso_sweep
+
+ZERO_SHOT = ("ptb", "wikitext", "lm1b", "lambada", "ag_news", "pubmed", "arxiv")
+
+
+@dataclass
+class ReleasedEntry(ModelEntry):
+    """A model of a released preset: ``source`` replaces training (see esolm.importers)."""
+
+    source: str = ""
+    ema: bool | None = None  # None: EMA when the file has one (the authors' choice)
+
+
+@dataclass
+class ReleasedPreset(Preset):
+    corpus_spec: dict | None = None  # load_corpus kwargs of the test data (None: corpus + data)
+    zero_shot: dict = field(default_factory=dict)  # Table 5 column -> load_corpus kwargs (length: the model's)
+    needs: dict = field(default_factory=dict)  # hub models the scoring needs (evaluator, featurizer)
+    require_gpu: bool = True
+
+    def preflight(self) -> None:
+        """One ConfigError listing everything this machine lacks to run the preset."""
+        from esolm.data.hub import hub_reachable
+
+        online = hub_reachable()
+        missing = []
+        for m in self.models:
+            s = getattr(m, "source", "")
+            if s.startswith("hf:") and not online:
+                missing.append(f"weights of {m.label}: {s} (offline; download it to "
+                               f"{_checkpoints() / s[3:].replace('/', '_')})")
+            elif not s.startswith("hf:") and not Path(s).exists():
+                missing.append(f"weights of {m.label}: {s} (no such file)")
+        specs = [("test data", self.corpus_spec or dict(name=self.corpus))]
+        specs += [(f"zero-shot data {k}", v) for k, v in self.zero_shot.items()]
+        for what, spec in specs:
+            reason = _data_missing(spec, online)
+            if reason:
+                missing.append(f"{what}: {reason}")
+        for what, name in self.needs.items():
+            if not online and not _hub_model_cached(name) and not Path(name).exists():
+                missing.append(f"{what}: {name} (offline and not in the Hugging Face cache)")
+        if self.require_gpu:
+            import torch
+
+            if not torch.cuda.is_available():
+                missing.append("a CUDA GPU (the paper's protocols: 5120 samples of L = 1024, K = 1000 orders)")
+        if missing:
+            raise ConfigError(f"preset {self.name} cannot run here; missing: " + "; ".join(missing)
+                              + ". See docs/checkpoints.md for what to download and where to put it.")
+
+
+def _checkpoints() -> Path:
+    return Path(os.environ.get("ESOLM_CHECKPOINTS", "checkpoints"))
+
+
+def resolve(source: str) -> str:
+    """``hf:ORG/NAME`` -> checkpoints/ORG_NAME when that folder was downloaded, else unchanged."""
+    if source.startswith("hf:"):
+        local = _checkpoints() / source[3:].replace("/", "_")
+        return str(local) if (local / "config.json").is_file() else source
+    return source
+
+
+def _hub_model_cached(name: str) -> bool:
+    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
+    hub = Path(os.environ.get("HF_HUB_CACHE", home / "hub")).expanduser()
+    return (hub / f"models--{name.replace('/', '--')}").is_dir()
+
+
+def _data_missing(spec: dict, online: bool) -> str | None:
+    """Why the corpus ``spec`` cannot be loaded here (None when it can, or probably can)."""
+    name = spec["name"]
+    if spec.get("data_dir"):
+        return None if Path(spec["data_dir"]).exists() else f"data_dir {spec['data_dir']} does not exist"
+    if name in ("owt", "lm1b") or name.startswith("zeroshot:"):
+        if online:
+            return None
+        from esolm.data import hub
+
+        if name in hub.HUB_CORPORA and hub._in_hf_cache(hub.HUB_CORPORA[name]["repo"]):
+            return None
+        return f"{name} (the Hugging Face hub is unreachable and the data is not cached here)"
+    return None
+
+
+def released(name: str, description: str, *, corpus: str, length: int, models: list[ReleasedEntry],
+             corpus_spec: dict | None = None, zero_shot: dict | None = None, evaluator="gpt2-large",
+             featurizer: str = "answerdotai/ModernBERT-large", backbone: str = "small",
+             backbone_overrides: dict | None = None, require_gpu: bool = True, **fields) -> ReleasedPreset:
+    """A released preset; ``fields`` override Preset fields (num_samples, eval, timing, ...)."""
+    defaults = dict(num_samples=5120, sample_batch=256,
+                    eval=dict(batch_size=32, max_batches=None, exact_orders=[1, 10, 100, 1000],
+                              exact_max_sequences=None),
+                    timing=dict(batch_size=512, trials=10, warmup=1),
+                    long_context=dict(lengths=[2048, 8192], trials=5, warmup=1),
+                    mauve=dict(featurizer=featurizer, max_text_length=512),
+                    slurm={"default": dict(time_min=24 * 60, gpus_per_node=1, cpus_per_task=8, mem_gb=64)},
+                    threads=8)
+    defaults.update(fields)
+    needs = {}
+    if isinstance(evaluator, str) and evaluator not in ("source",):
+        needs["gen PPL evaluator"] = evaluator
+    if defaults["mauve"]["featurizer"] not in ("minilm", "evaluator"):
+        needs["MAUVE featurizer"] = defaults["mauve"]["featurizer"]
+    return ReleasedPreset(name=name, description=description, corpus=corpus,
+                          data=dict(length=length, vocab_size=None), backbone=backbone,
+                          backbone_overrides=backbone_overrides or {}, train={}, train_preset=backbone,
+                          models=models, evaluator=evaluator, corpus_spec=corpus_spec,
+                          zero_shot=zero_shot or {}, needs=needs, require_gpu=require_gpu, **defaults)
+
+
+def _zero_shot() -> dict:
+    data = os.environ.get("ESOLM_ZEROSHOT")
+    return {n: dict(name=f"zeroshot:{n}", **({"data_dir": data} if data else {})) for n in ZERO_SHOT}
+
+
+def paper_owt_released() -> ReleasedPreset:
+    """The OWT releases: MDLM and BD3-LM L' = 4/8/16 from the hub, Eso-LM (B) from local .ckpt files."""
+    eso = _eso_sweep([16, 128, 1024], [32, 64, 256, 4096], [1.0, 0.5, 0.25, 0.0625])
+    bd3 = [ReleasedEntry(f"bd3lm L'={b}", "bd3lm", f"BD3-LM L'={b}", {"block_size": b},
+                         [dict(steps=t) for t in (256, 512, 1024, 2048, 4096)], nfe_equals_l=FIRST_HITTING["BD3-LM"],
+                         source=resolve(f"hf:kuleshov-group/bd3lm-owt-block_size{b}")) for b in (4, 8, 16)]
+    mdlm_steps = (8, 16, 32, 48, 64, 128, 256, 1024, 4096)
+    models = [ReleasedEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in mdlm_steps],
+                            nfe_equals_l=FIRST_HITTING["MDLM"], source=resolve("hf:kuleshov-group/mdlm-owt")),
+              *bd3,
+              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, eso,
+                              nfe_equals_l=FIRST_HITTING["Eso-LM (B)"] if i == 0 else None,
+                              source=str(_checkpoints() / f"esolm-b-owt-a0={a:g}.ckpt"))
+                for i, a in enumerate([1.0, 0.5, 0.25, 0.125])]]
+    return released("paper-owt-released", "the authors' OWT releases through the paper's evaluation protocols (GPU)",
+                    corpus="owt", length=1024, models=models, zero_shot=_zero_shot())
+
+
+def paper_lm1b_released() -> ReleasedPreset:
+    """LM1B: Eso-LM (B) and MDLM Lightning checkpoints from local files (no hub release is known
+    to the harness); Tables 1 and 6-7. Gen PPL is not a paper metric on LM1B: no sampling sweep."""
+    models = [ReleasedEntry("mdlm", "mdlm", "MDLM", {}, [], source=str(_checkpoints() / "mdlm-lm1b.ckpt")),
+              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, [],
+                              source=str(_checkpoints() / f"esolm-b-lm1b-a0={a:g}.ckpt"))
+                for a in (1.0, 0.5, 0.25, 0.125, 0.0625)]]
+    return released("paper-lm1b-released", "the authors' LM1B checkpoints: test PPL, NELBO and IW (GPU)",
+                    corpus="lm1b", length=128, models=models, evaluator="source", featurizer="minilm",
+                    eval=dict(batch_size=32, max_batches=None, exact_orders=[1, 10, 100, 1000],
+                              exact_max_sequences=None),
+                    long_context=dict(lengths=[], trials=5, warmup=1))
+
+
+PRESETS = {"paper-owt-released": paper_owt_released, "paper-lm1b-released": paper_lm1b_released}
