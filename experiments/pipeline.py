@@ -172,8 +172,9 @@ def run_group(payloads: list[dict]) -> list[str]:
 
 
 def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root: Path,
-               slurm_overrides: dict | None = None, poll_s: float = 2.0) -> dict:
-    """Submit what is missing, wave by wave; report progress and failures; aggregate."""
+               slurm_overrides: dict | None = None, poll_s: float = 2.0, stages: set[str] | None = None) -> dict:
+    """Submit what is missing, wave by wave; report progress and failures; aggregate.
+    stages: run only these stages (the others are left as they are)."""
     from experiments.cluster import job_status, make_executor, resumable, slurm_params, submit_array
 
     preset = P.get(preset_name)
@@ -187,6 +188,8 @@ def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root:
     for wave in WAVES:
         batches = []  # (stage, [payload lists])
         for stage in wave:
+            if stages is not None and stage not in stages:
+                continue
             jobs = [j for j in graph if j.stage == stage]
             done = [j for j in jobs if record_path(results, j).exists()]
             blocked = [j for j in jobs if j not in done and any(d.key in failed_keys or
