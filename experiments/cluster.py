@@ -357,7 +357,7 @@ def _failure(job: submitit.Job) -> JobFailure | bool | None:
                 root = [f for f in tasks if not _is_peer_error(f.error)]
                 if not root:
                     return None
-                job.cancel(check=False)
+                cancel_job(job)
                 return root[0]
             if tasks:
                 return tasks[0]
@@ -371,6 +371,42 @@ def _failure(job: submitit.Job) -> JobFailure | bool | None:
     if error is None:
         return False
     return JobFailure(str(job.job_id), f"{type(error).__name__}: {error}", stderr, "FAILED")
+
+
+def cancel_job(job: submitit.Job) -> bool:
+    """Stop a job now; True when it was still running. Slurm: scancel. --cluster local: SIGKILL
+    to its tasks and controller (they ignore Ctrl-C, see store.children_ignore_sigint, and
+    submitit's tasks ignore SIGTERM)."""
+    import signal
+
+    if isinstance(job, submitit.DebugJob):
+        return False
+    proc = getattr(job, "_process", None)
+    if proc is not None:  # a LocalJob
+        if proc.poll() is not None:
+            return False
+        for pid in _child_pids(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        return True
+    if hasattr(job, "cancel") and not job.done():
+        job.cancel(check=False)
+        return True
+    return False
+
+
+def _child_pids(parent: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
 
 
 # what a rank raises when another rank of its process group died: a consequence, not a cause

@@ -174,7 +174,34 @@ def run_group(payloads: list[dict]) -> list[str]:
 def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root: Path,
                slurm_overrides: dict | None = None, poll_s: float = 2.0, stages: set[str] | None = None) -> dict:
     """Submit what is missing, wave by wave; report progress and failures; aggregate.
-    stages: run only these stages (the others are left as they are)."""
+    stages: run only these stages (the others are left as they are). The results folder is
+    checked first (writable, free space) and held by this driver alone (experiments/store.py);
+    Ctrl-C stops the local jobs it started and ends with one message."""
+    from experiments import store
+    from experiments.cluster import cancel_job
+
+    name = P.get(preset_name).name
+    store.check_writable(results_root / name, work_root / name)
+    submitted: list = []
+    with store.DriverLock(results_root / name):
+        try:
+            return _run_preset(preset_name, cluster=cluster, results_root=results_root, work_root=work_root,
+                               slurm_overrides=slurm_overrides, poll_s=poll_s, stages=stages, submitted=submitted)
+        except KeyboardInterrupt:
+            if cluster == "slurm":
+                alive = [str(h.job_id) for h in submitted if not h.done()]
+                raise store.Interrupted(f"interrupted; {len(alive)} Slurm job(s) keep running ({' '.join(alive)}): "
+                                        f"`scancel {' '.join(alive) or '<ids>'}` stops them, `run.py status` "
+                                        f"follows them; finished results are kept") from None
+            stopped = sum(cancel_job(h) for h in submitted)
+            raise store.Interrupted(f"interrupted; stopped {stopped} running job(s); finished results are kept; "
+                                    f"rerun the same command to continue (training resumes from its last "
+                                    f"checkpoint)") from None
+
+
+def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root: Path,
+                slurm_overrides: dict | None, poll_s: float, stages: set[str] | None, submitted: list) -> dict:
+    from experiments import store
     from experiments.cluster import job_status, make_executor, resumable, slurm_params, submit_array
 
     preset = P.get(preset_name)
@@ -213,7 +240,10 @@ def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root:
             if hasattr(executor, "update_parameters") and cluster == "slurm":
                 executor.update_parameters(job_name=f"esolm-{preset.name}-{stage}")
             fn = resumable(run_group) if stage == "train" else run_group
-            handles = submit_array(executor, fn, payloads)
+            with store.children_ignore_sigint(cluster == "local"):
+                handles = submit_array(executor, fn, payloads)
+            submitted.extend(handles)
+            store.note_submitted(results, cluster, list(groups.values()), handles)
             submitted_total += len(handles)
             batches.append((stage, list(groups.values()), handles))
         _follow(batches, results, failed_keys, poll_s, job_status)
