@@ -44,7 +44,7 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 16
-    micro_batch: int = 0  # per-process micro-batch for accumulation; 0 = the whole local batch
+    micro_batch: int = 0  # at most this many sequences per forward pass and process (gradient accumulation); 0 = no cap
     lr: float = 1e-3
     warmup: int = 100  # linear warmup from 0, then constant
     beta1: float = 0.9
@@ -98,8 +98,8 @@ def batch_split(batch_size: int, world: int, micro_batch: int = 0) -> tuple[int,
         raise ConfigError(f"batch_size={batch_size} (the global batch) is not divisible by the {world} "
                           f"processes; use a multiple of {world}, e.g. batch_size={max(world, batch_size // world * world)}")
     local = batch_size // world
-    micro = micro_batch or local
-    if micro > local or local % micro:
+    micro = min(micro_batch or local, local)  # micro_batch caps the sequences per forward pass
+    if local % micro:
         raise ConfigError(f"micro_batch={micro} does not divide the per-process batch {local} "
                           f"(batch_size={batch_size} / {world} processes); use a divisor of {local} or micro_batch=0")
     return local, micro, local // micro
