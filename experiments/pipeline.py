@@ -292,6 +292,7 @@ def add_pipeline_commands(sub) -> None:
         p.add_argument("--results", default="results", help="results root (default: results/)")
         p.add_argument("--work", default="runs", help="checkpoints, samples and job logs (default: runs/)")
         p.add_argument("--no-run", action="store_true", help="only aggregate and draw from the records there")
+        p.add_argument("--stages", default=None, help="run only these stages, comma-separated (e.g. train)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="Slurm parameters (partition=..., ...)")
         p.set_defaults(handler=cmd_pareto if name == "pareto" else cmd_tables)
 
@@ -308,8 +309,12 @@ def _run(args) -> tuple[P.Preset, Path]:
         raise ConfigError(f"unknown key(s) {bad} for {args.command}; these take Slurm parameters: {', '.join(sorted(valid))}")
     results = Path(args.results) / preset.name
     if not args.no_run:
+        stages = set(args.stages.split(",")) if args.stages else None
+        unknown = sorted(stages - {s for w in WAVES for s in w}) if stages else []
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; stages: {', '.join(s for w in WAVES for s in w)}")
         run_preset(preset.name, cluster=args.cluster, results_root=Path(args.results), work_root=Path(args.work),
-                   slurm_overrides=overrides)
+                   slurm_overrides=overrides, stages=stages)
     else:
         from experiments.aggregate import aggregate
 

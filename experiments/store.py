@@ -142,8 +142,10 @@ def note_submitted(results: Path, cluster: str, jobs, handles) -> None:
 def children_ignore_sigint(enabled: bool):
     """Processes started inside (submitit's local controllers and their tasks) ignore Ctrl-C:
     the driver alone gets it and stops them itself (one message, not one traceback each)."""
-    if not enabled:
-        yield
+    import threading
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield  # a driver run from another thread gets no Ctrl-C: nothing to hand on
         return
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
