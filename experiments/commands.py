@@ -50,6 +50,12 @@ def cmd_train(args) -> int:
         f"{corpus.name}: {corpus.splits['train'].shape[0]} sequences of {corpus.length} tokens, "
         f"{cfg.steps} steps x {cfg.batch_size} sequences; outputs -> {out}")
     result = fit(args.model, model, corpus, cfg, out, progress=not args.no_progress, log=say)
+    from esolm.distributed import dist_info, teardown_distributed
+
+    rank = dist_info()[0]
+    teardown_distributed()  # torchrun: every rank waits for rank 0's last write, then all leave
+    if rank != 0:  # rank 0 alone reports
+        return 0
     m = result["metrics"]
     if "valid" in m:
         v = m["valid"]
