@@ -256,3 +256,7 @@ def test_clean_removes_only_what_is_named(store):
     assert submitted_path(store["results"], store["running"].key).exists() and done_record.read_bytes() == before
     with DriverLock(store["results"]):
         one_error(cli("clean", *args, "--logs"), "a driver is running on")
+
+
+def test_pareto_unknown_stage_is_one_message(tmp_path):
+    one_error(pareto(tmp_path, "--stages", "train,nope"), "unknown stage(s) ['nope']", "train")

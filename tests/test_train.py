@@ -128,3 +128,17 @@ def test_cli_owt_offline_fails_at_once(tmp_path):
     one_error(proc, "openwebtext")
     assert time.perf_counter() - t0 < 60
     assert not (tmp_path / "owt" / "checkpoint.pt").exists()
+
+
+def test_batch_split_keeps_the_global_batch_whatever_the_world_size():
+    """batch_size is global: per-device batch x world = batch_size; micro_batch caps a forward."""
+    from esolm.train import batch_split
+
+    assert batch_split(512, 1, 64) == (512, 64, 8)
+    assert batch_split(512, 8, 64) == (64, 64, 1)
+    assert batch_split(512, 16, 64) == (32, 32, 1)
+    assert batch_split(16, 2, 0) == (8, 8, 1)
+    with pytest.raises(ConfigError, match="batch_size=16 .* not divisible by the 3 processes"):
+        batch_split(16, 3)
+    with pytest.raises(ConfigError, match="micro_batch=64 does not divide the per-process batch 96"):
+        batch_split(96, 1, 64)
