@@ -2,6 +2,9 @@
 #   make quickstart   set up, then run the main job (pareto on the embedded default, tiny)
 #   make test         set up, then run the test suite (what CI runs)
 #   make bench        set up, then the cache-speedup benchmarks (pytest --benchmark-only)
+#   make status       what is done / running / failed / stale for $(PRESET)
+#   make clean-runs WHAT="--stale"   remove only what WHAT names (run.py clean --help)
+#   make gpu-check    scripts/gpu-check.sh (docs/gpu.md)
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
@@ -9,7 +12,7 @@ CLUSTER ?= local
 PRESET  ?= tiny
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup quickstart test test-fast bench slurm-up slurm-down clean-runs
+.PHONY: setup quickstart test test-fast bench slurm-up slurm-down clean-runs status gpu-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,3 +43,13 @@ slurm-up:
 
 slurm-down:
 	$(SUDO) bash scripts/local-slurm/stop.sh
+
+status:
+	$(BIN)/python experiments/run.py status --preset $(PRESET)
+
+clean-runs:
+	@test -n "$(WHAT)" || { echo 'clean-runs removes only what you name: make clean-runs WHAT="--stale" (or --failed, --logs, --stage S, --job GLOB; add --dry-run)'; exit 2; }
+	$(BIN)/python experiments/run.py clean --preset $(PRESET) $(WHAT)
+
+gpu-check:
+	bash scripts/gpu-check.sh

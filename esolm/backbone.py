@@ -20,13 +20,20 @@ MASK_LOGIT = -1e6  # the mask token's logit, everywhere (spec 1.1, 13)
 
 # --------------------------------------------------------------------------- RoPE (2.3)
 class Rotary(nn.Module):
-    """Rotate-half RoPE over the whole head dimension, indexed by original position."""
+    """Rotate-half RoPE over the whole head dimension, indexed by original position.
 
-    def __init__(self, head_dim: int, base: float = 10000.0):
+    The tables cover ``length`` positions from the start (row p depends on p only, so a table
+    grown later holds the same values). On CPU a longer input grows them; on CUDA the bound
+    is checked on the device (``_assert_async``): no host sync per forward pass, and a
+    position beyond the table fails loudly instead of reading garbage."""
+
+    def __init__(self, head_dim: int, base: float = 10000.0, length: int = 0):
         super().__init__()
         self.head_dim, self.base = head_dim, base
         self.register_buffer("_cos", torch.empty(0, head_dim, dtype=torch.float64), persistent=False)
         self.register_buffer("_sin", torch.empty(0, head_dim, dtype=torch.float64), persistent=False)
+        if length > 0:
+            self._grow(length)
 
     def _grow(self, n: int) -> None:
         half = self.head_dim // 2
@@ -37,9 +44,14 @@ class Rotary(nn.Module):
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype):
         """cos, sin of shape [B or 1, 1, N, d_h] for integer ``positions`` [B, N] or [N]."""
-        need = int(positions.max()) + 1 if positions.numel() else 1
-        if need > self._cos.shape[0]:
-            self._grow(max(need, 2 * self._cos.shape[0]))
+        if positions.is_cuda and self._cos.shape[0] > 0:
+            if positions.numel():
+                torch._assert_async(positions.max() < self._cos.shape[0],
+                                    "RoPE position beyond the model's length (Rotary tables)")
+        else:
+            need = int(positions.max()) + 1 if positions.numel() else 1
+            if need > self._cos.shape[0]:
+                self._grow(max(need, 2 * self._cos.shape[0]))
         if positions.dim() == 1:
             positions = positions[None]
         cos, sin = self._cos[positions], self._sin[positions]
@@ -229,7 +241,7 @@ class Backbone(nn.Module):
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         nn.init.kaiming_uniform_(self.embed.weight, a=math.sqrt(5))
         self.sigma_embed = SigmaEmbedding(cfg.cond_dim) if cfg.adaln else None
-        self.rotary = Rotary(cfg.head_dim, cfg.rope_base)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base, cfg.length)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
         self.norm_final = LayerNorm(cfg.d_model)
         self.final_adaln = nn.Linear(cfg.cond_dim, 2 * cfg.d_model) if cfg.adaln else None

@@ -6,6 +6,8 @@ atomic resumable checkpoints, data-parallel over several processes.
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import random
@@ -19,6 +21,7 @@ import torch.distributed as dist
 
 from esolm.checkpoint import atomic_write_json, read_checkpoint, save_checkpoint
 from esolm.config import ConfigError, make_config
+from esolm.distributed import setup_distributed
 
 # Training budgets per preset. The paper's numbers (small) are spec 9; the CPU presets are
 # scaled so a run fits in seconds (smoke) or minutes (tiny) on 2 cores, with a shorter EMA
@@ -42,7 +45,7 @@ class TrainConfig:
 
     steps: int = 1000
     batch_size: int = 16
-    micro_batch: int = 0  # per-process micro-batch for accumulation; 0 = the whole local batch
+    micro_batch: int = 0  # at most this many sequences per forward pass and process (gradient accumulation); 0 = no cap
     lr: float = 1e-3
     warmup: int = 100  # linear warmup from 0, then the decay rule
     decay: str = "constant"  # after warmup: "constant", or "cosine" down to min_lr_ratio * lr at the last step
@@ -94,50 +97,33 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
 
 
 # ------------------------------------------------------------------ distributed
-def dist_info() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+class _LossOf(torch.nn.Module):
+    """``model.loss`` as a forward, so DistributedDataParallel sees (and syncs) it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens: torch.Tensor):
+        return self.model.loss(tokens)
 
 
-def init_distributed_from_env() -> tuple[int, int]:
-    """Join the process group torchrun (or the Slurm launcher) set up; single process otherwise."""
-    import os
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-        if torch.cuda.is_available():
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-    return dist_info()
-
-
-def all_reduce_grads(model: torch.nn.Module, world: int) -> None:
-    """Average gradients over ranks in one flat buffer (what DDP does, without its wrapper)."""
-    if world == 1:
-        return
-    params = [p for p in model.parameters() if p.requires_grad]
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset:offset + n].view_as(p).clone()
-        offset += n
-
-
-def broadcast_parameters(model: torch.nn.Module, world: int) -> None:
-    if world > 1:
-        for t in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(t.data, src=0)
+def batch_split(batch_size: int, world: int, micro_batch: int = 0) -> tuple[int, int, int]:
+    """(per-process batch, per-process micro-batch, accumulation steps) for a global batch of
+    ``batch_size`` sequences over ``world`` processes; an impossible split is a ConfigError."""
+    if batch_size % world:
+        raise ConfigError(f"batch_size={batch_size} (the global batch) is not divisible by the {world} "
+                          f"processes; use a multiple of {world}, e.g. batch_size={max(world, batch_size // world * world)}")
+    local = batch_size // world
+    micro = min(micro_batch or local, local)  # micro_batch caps the sequences per forward pass
+    if local % micro:
+        raise ConfigError(f"micro_batch={micro} does not divide the per-process batch {local} "
+                          f"(batch_size={batch_size} / {world} processes); use a divisor of {local} or micro_batch=0")
+    return local, micro, local // micro
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
     """sha256 of every parameter's bytes: equal iff the ranks hold identical weights."""
-    import hashlib
-
     h = hashlib.sha256()
     for p in model.parameters():
         h.update(p.detach().cpu().contiguous().numpy().tobytes())
@@ -261,19 +247,14 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
     from esolm.evaluate import evaluate
 
     out = Path(out_dir)
-    rank, world = init_distributed_from_env()
+    rank, world, _ = setup_distributed()
     device = resolve_device(cfg.device)
-    if cfg.batch_size % world:
-        raise ConfigError(f"batch_size={cfg.batch_size} must be divisible by the {world} processes")
-    local = cfg.batch_size // world
-    micro = cfg.micro_batch or local
-    if local % micro:
-        raise ConfigError(f"the per-process batch {local} must be divisible by micro_batch={micro}")
-    accum = local // micro
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (setup_distributed chose it)
+    local, micro, accum = batch_split(cfg.batch_size, world, cfg.micro_batch)
 
     seed_everything(cfg.seed + rank)  # per-rank seeds, spec 9
     model.to(device).train()
-    broadcast_parameters(model, world)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
                             weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
@@ -291,7 +272,13 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
         if ema is not None:
             ema.load_state_dict(state["ema_state"])
         step, stream.position = state["step"], state["data_position"]
-        set_rng_state(state["rng"][rank])
+        if len(state["rng"]) == world:
+            set_rng_state(state["rng"][rank])
+        else:  # resumed on another number of processes: the data order holds, the noise draws differ
+            seed_everything(cfg.seed + rank + 7919 * step)
+            if rank == 0:
+                log(f"the checkpoint was written by {len(state['rng'])} processes, resumed on {world}: "
+                    f"the run continues with fresh per-rank random streams (not bit-identical to an uninterrupted run)")
         history = [h for h in _read_log(log_path) if h["step"] <= step]
         if rank == 0:
             log(f"resuming {model_name} from {ckpt_path} at step {step}/{cfg.steps}")
@@ -299,16 +286,24 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", {**identity, "corpus": corpus.spec(), "steps": cfg.steps})
 
+    # DDP after the resume: every rank holds the same weights by now; DDP broadcasts rank 0's
+    # anyway, and averages the gradients in buckets during backward
+    ddp = torch.nn.parallel.DistributedDataParallel(_LossOf(model)) if world > 1 else None
+    data_digest = hashlib.sha256()  # of the rows this rank trained on in this call (tests: shards differ)
+
     def save():
-        rngs, sums = [None] * world, [None] * world
         if world > 1:
+            rngs, sums, digests = [None] * world, [None] * world, [None] * world
             dist.all_gather_object(rngs, rng_state())
             dist.all_gather_object(sums, parameter_checksum(model))
+            dist.all_gather_object(digests, data_digest.hexdigest()[:16])
             if len(set(sums)) != 1:
                 raise RuntimeError(f"data-parallel ranks diverged at step {step}: parameter checksums {sums}")
         else:
             rngs, sums = [rng_state()], [parameter_checksum(model)]
         metrics.update(world_size=world, rank_parameter_checksums=sums)
+        if world > 1:
+            metrics["rank_data_digests"] = digests
         if rank == 0:
             save_checkpoint(ckpt_path, {
                 "model_name": model_name, "model_config": model.config.to_dict(), "identity": identity,
@@ -326,19 +321,27 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
         bar = tqdm(total=cfg.steps, initial=step, desc=f"train {model_name}", unit="step", dynamic_ncols=True)
     t_start, tokens_seen, steps_this_call = time.perf_counter(), 0, 0
     while step < cfg.steps and (stop_after is None or steps_this_call < stop_after):
-        batch = stream.next()[rank * local:(rank + 1) * local]
+        batch = stream.next()[rank * local:(rank + 1) * local]  # this rank's shard of the global batch
+        if world > 1:
+            data_digest.update(batch.numpy().tobytes())
         for group in opt.param_groups:
             group["lr"] = learning_rate(cfg, step)
         loss_sum, nll_sum, n_tok = 0.0, 0.0, 0
         for i in range(accum):
             model.rank, model.world_size = rank * accum + i, world * accum  # this micro-batch's t-strata
-            with autocast(device, cfg.precision):
-                out_ = model.loss(batch[i * micro:(i + 1) * micro].to(device))
-            (out_.loss / accum).backward()
+            rows = batch[i * micro:(i + 1) * micro].to(device)
+            if ddp is None:
+                with autocast(device, cfg.precision):
+                    out_ = model.loss(rows)
+                (out_.loss / accum).backward()
+            else:  # gradients are averaged over ranks on the last micro-batch only
+                with contextlib.nullcontext() if i == accum - 1 else ddp.no_sync():
+                    with autocast(device, cfg.precision):
+                        out_ = ddp(rows)
+                    (out_.loss / accum).backward()
             loss_sum += float(out_.loss.detach()) / accum
             nll_sum += float(out_.nll_sum)
             n_tok += int(out_.num_tokens)
-        all_reduce_grads(model, world)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -381,6 +384,8 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
                    wall_seconds=time.perf_counter() - t_start)
     if step == cfg.steps and rank == 0:
         atomic_write_json(out / "train_metrics.json", metrics)
+    if world > 1:
+        dist.barrier()  # no rank leaves (and tears down) while rank 0 still writes
     return {"metrics": metrics, "history": history, "checkpoint": str(ckpt_path), "finished": step == cfg.steps}
 
 

@@ -261,40 +261,19 @@ def resumable(fn: Callable) -> Resumable:
 
 
 # ----------------------------------------------------------------------------- distributed
-def setup_distributed(backend: str | None = None, timeout_s: float = 300.0) -> tuple[int, int, int]:
-    """(rank, world_size, local_rank): init torch.distributed from a multi-task submitit job,
-    else from torchrun's variables, else a single process (nothing initialized)."""
-    import datetime
+# The one start-up lives in esolm/distributed.py (``fit`` calls it); these forward to it
+# lazily, so that importing this module does not import torch.
+def setup_distributed(*args, **kwargs) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank): see :func:`esolm.distributed.setup_distributed`."""
+    from esolm.distributed import setup_distributed as setup
 
-    import torch
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    env = submitit.JobEnvironment() if os.environ.get("SUBMITIT_EXECUTOR") else None
-    if env is not None and env.num_tasks > 1:
-        dist_env = submitit.helpers.TorchDistributedEnvironment()
-        dist_env.export(set_cuda_visible_devices=False, overwrite=True)
-    elif not ("RANK" in os.environ and "WORLD_SIZE" in os.environ):
-        return 0, 1, 0
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if world_size == 1:
-        return 0, 1, local_rank
-    cuda = torch.cuda.is_available()
-    if cuda:
-        torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    dist.init_process_group(backend=backend or ("nccl" if cuda else "gloo"), init_method="env://",
-                            rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
-    return rank, world_size, local_rank
+    return setup(*args, **kwargs)
 
 
 def teardown_distributed() -> None:
-    import torch.distributed as dist
+    from esolm.distributed import teardown_distributed as teardown
 
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+    teardown()
 
 
 # ----------------------------------------------------------------------------- status
@@ -364,14 +343,24 @@ def wait_jobs(jobs: Sequence[submitit.Job], poll_s: float = 1.0, timeout_s: floa
 
 
 def _failure(job: submitit.Job) -> JobFailure | bool | None:
-    """None while running, False when it succeeded, else the JobFailure."""
+    """None while running, False when it succeeded, else the JobFailure. In a job of several
+    tasks (DDP) the failure reported is the task that failed first on its own (not a rank that
+    only lost its peer), with that task's log; a task that fails while the others still run
+    cancels the job, so that they do not wait on it until the collective times out."""
     stderr = getattr(getattr(job, "paths", None), "stderr", None)
     try:
         if isinstance(job, submitit.DebugJob):
             error = job.exception()  # runs the job in this process; never opens pdb
         else:
+            tasks = _task_failures(job)
             if not job.done():
-                return None
+                root = [f for f in tasks if not _is_peer_error(f.error)]
+                if not root:
+                    return None
+                cancel_job(job)
+                return root[0]
+            if tasks:
+                return tasks[0]
             state = str(job.state)
             if not _has_results(job) and state.split()[0].upper() in _FAILED_STATES:
                 return JobFailure(job.job_id, f"the job ended as {state} before writing its result "
@@ -382,6 +371,68 @@ def _failure(job: submitit.Job) -> JobFailure | bool | None:
     if error is None:
         return False
     return JobFailure(str(job.job_id), f"{type(error).__name__}: {error}", stderr, "FAILED")
+
+
+def cancel_job(job: submitit.Job) -> bool:
+    """Stop a job now; True when it was still running. Slurm: scancel. --cluster local: SIGKILL
+    to its tasks and controller (they ignore Ctrl-C, see store.children_ignore_sigint, and
+    submitit's tasks ignore SIGTERM)."""
+    import signal
+
+    if isinstance(job, submitit.DebugJob):
+        return False
+    proc = getattr(job, "_process", None)
+    if proc is not None:  # a LocalJob
+        if proc.poll() is not None:
+            return False
+        for pid in _child_pids(proc.pid):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+        return True
+    if hasattr(job, "cancel") and not job.done():
+        job.cancel(check=False)
+        return True
+    return False
+
+
+def _child_pids(parent: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == parent:
+                out.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+# what a rank raises when another rank of its process group died: a consequence, not a cause
+_PEER_ERRORS = ("connection closed by peer", "connection reset by peer", "broken pipe", "distbackenderror",
+                "nccl communicator was aborted", "socket timeout", "timed out in", "connection refused",
+                "read error", "ProcessGroupGloo", "watchdog caught collective operation timeout")
+
+
+def _is_peer_error(text: str) -> bool:
+    low = text.lower()
+    return any(p.lower() in low for p in _PEER_ERRORS)
+
+
+def _task_failures(job: submitit.Job) -> list[JobFailure]:
+    """The tasks of a multi-task job that wrote an error result, root causes first."""
+    found = []
+    for k, sub in enumerate(getattr(job, "_sub_jobs", None) or []):
+        if not sub.paths.result_pickle.exists():
+            continue
+        try:
+            outcome, trace = sub._get_outcome_and_result()
+        except Exception:  # noqa: BLE001 - half-written or unreadable: not a failure yet
+            continue
+        if outcome == "error":
+            found.append(JobFailure(f"{job.job_id} (task {k})", str(trace), sub.paths.stderr, "FAILED"))
+    return sorted(found, key=lambda f: _is_peer_error(f.error))
 
 
 def _has_results(job: submitit.Job) -> bool:

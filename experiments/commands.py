@@ -50,6 +50,12 @@ def cmd_train(args) -> int:
         f"{corpus.name}: {corpus.splits['train'].shape[0]} sequences of {corpus.length} tokens, "
         f"{cfg.steps} steps x {cfg.batch_size} sequences; outputs -> {out}")
     result = fit(args.model, model, corpus, cfg, out, progress=not args.no_progress, log=say)
+    from esolm.distributed import dist_info, teardown_distributed
+
+    rank = dist_info()[0]
+    teardown_distributed()  # torchrun: every rank waits for rank 0's last write, then all leave
+    if rank != 0:  # rank 0 alone reports
+        return 0
     m = result["metrics"]
     if "valid" in m:
         v = m["valid"]
@@ -77,6 +83,21 @@ def resolve_checkpoint(args) -> Path:
     return path
 
 
+def check_model_matches(args, state: dict, ckpt: Path) -> None:
+    """--model with --checkpoint must name the checkpoint's model (it is never silently ignored)."""
+    if getattr(args, "model", None) and getattr(args, "checkpoint", None) and state["model_name"] != args.model:
+        raise ConfigError(f"--model {args.model} but {ckpt} holds a {state['model_name']} model; drop --model "
+                          f"or pass a checkpoint of {args.model}")
+
+
+def positive(value, name: str) -> int:
+    """An integer >= 1, or a ConfigError naming the option."""
+    n = coerce(value, int, name)
+    if n < 1:
+        raise ConfigError(f"{name} must be a positive integer; got {value}")
+    return n
+
+
 def split_model_pairs(args, extra: set[str]) -> dict:
     """Separate sample/eval keys from the training-run keys that locate the checkpoint."""
     if not getattr(args, "model", None) or getattr(args, "checkpoint", None):
@@ -97,11 +118,14 @@ def cmd_eval(args) -> int:
     unknown = set(opts) - keys
     if unknown:
         raise ConfigError(f"unknown eval key(s) {sorted(unknown)}; valid: {', '.join(sorted(keys))}")
+    typed = {k: positive(v, k) for k, v in opts.items() if k != "seed"}
+    if "seed" in opts:
+        typed["seed"] = coerce(opts["seed"], int, "seed")
     ckpt = resolve_checkpoint(args)
     model, state = load_model(ckpt, device=args.device)
+    check_model_matches(args, state, ckpt)
     corpus_kw = dict(state["corpus"])
     corpus = load_corpus(corpus_kw.pop("name"), **corpus_kw)
-    typed = {k: coerce(v, int, k) for k, v in opts.items()}
     extra = {"pass_batch": typed.pop("pass_batch")} if "pass_batch" in typed else {}
     result = evaluate(model, corpus, args.split, exact=args.exact, progress=not args.no_progress,
                       batch_size=typed.get("batch_size", 32), max_batches=typed.get("max_batches"),
@@ -172,12 +196,13 @@ def cmd_sample(args) -> int:
         opts = split_model_pairs(args, extra)
     else:
         opts = split_model_pairs(args, set())
+    num_samples = positive(opts.pop("num_samples", args.num_samples), "--num-samples")
+    batch_size = positive(opts.pop("batch_size", min(num_samples, 64)), "batch_size")
     ckpt = resolve_checkpoint(args)
     model, state = load_model(ckpt, device=args.device)
+    check_model_matches(args, state, ckpt)
     corpus_kw = dict(state["corpus"])
     corpus = load_corpus(corpus_kw.pop("name"), **corpus_kw)
-    num_samples = int(opts.pop("num_samples", args.num_samples))
-    batch_size = int(opts.pop("batch_size", min(num_samples, 64)))
     seed = int(opts.pop("seed", 0))
     sample_opts = sample_options(model, opts, from_strings=True)
     sample_opts.setdefault("steps", model.config.length)

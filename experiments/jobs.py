@@ -80,13 +80,19 @@ def recorded(fn):
         started = time.perf_counter()
         payload["_started_iso"] = _now()
         row, metrics, extra = fn(payload)
-        return _finish(payload, started, row, metrics, **extra)
+        record = _finish(payload, started, row, metrics, **extra)
+        from esolm.distributed import teardown_distributed
+
+        teardown_distributed()  # a DDP job: every rank waits for rank 0's record, then leaves
+        return record
 
     return run
 
 
 def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dict:
+    """The job's record; written by rank 0 only (every rank of a DDP job returns it)."""
     from esolm.checkpoint import atomic_write_json
+    from esolm.distributed import dist_info
     from esolm.metrics import environment_fingerprint
 
     record = dict(key=job["key"], stage=job["stage"], name=job["name"], preset=job["preset"],
@@ -97,7 +103,8 @@ def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dic
                   environment=environment_fingerprint(), host=socket.gethostname(),
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=job.get("_started_iso"),
                   finished=_now(), seconds=time.perf_counter() - started, **extra)
-    atomic_write_json(job["record"], record)
+    if dist_info()[0] == 0:
+        atomic_write_json(job["record"], record)
     return record
 
 
@@ -114,20 +121,46 @@ def job_train(job: dict) -> tuple:
     from esolm import registry
     from esolm.train import fit, seed_everything, train_config
 
+    from esolm.distributed import setup_distributed
+
     c = job["config"]
     if c.get("source"):
         return _import_release(job)
+    rank, world, _ = setup_distributed()  # several tasks of one job: one process group (fit joins it)
     corpus = _corpus(c["corpus"])
     cfg = train_config(c["train_preset"], **c["train"])
     seed_everything(cfg.seed)
     model = registry.build(c["model"], preset=c["backbone"], **corpus.model_fields(), **c["model_overrides"])
+    _inject_fault(model, rank)
     result = fit(c["model"], model, corpus, cfg, job["work"], progress=False)
     m = result["metrics"]
     valid = m.get("valid", {})
     row = dict(params=model.num_parameters(), steps_trained=m.get("step"), train_loss=m.get("train_loss"),
                valid_nll=valid.get("nll_per_token"), valid_ppl=valid.get("ppl"), tokens_per_s=m.get("tokens_per_s"),
                **{k: v for k, v in c["model_overrides"].items()})
-    return row, m, dict(checkpoint=result["checkpoint"])
+    return row, m, dict(checkpoint=result["checkpoint"], world_size=world)
+
+
+def _inject_fault(model, rank: int) -> None:
+    """Test hook, off unless ESOLM_FAULT is set: "raise_at=S[,rank=R]" makes rank R (default: every
+    rank) raise in its S-th training forward; "sleep=X[,rank=R]" sleeps X seconds in each one
+    (so that a test can interrupt a run mid-way). Used by tests/test_pipeline_ddp.py."""
+    spec = os.environ.get("ESOLM_FAULT")
+    if not spec:
+        return
+    fault = {k.strip(): float(v) for k, v in (kv.split("=") for kv in spec.split(","))}
+    if "rank" in fault and int(fault["rank"]) != rank:
+        return
+    loss, calls = model.loss, [0]
+
+    def faulty_loss(*args, **kwargs):
+        calls[0] += 1
+        if "raise_at" in fault and calls[0] >= fault["raise_at"]:
+            raise RuntimeError(f"injected fault on rank {rank} at training step {calls[0]} (ESOLM_FAULT={spec})")
+        time.sleep(fault.get("sleep", 0.0))
+        return loss(*args, **kwargs)
+
+    model.loss = faulty_loss
 
 
 def _import_release(job: dict) -> tuple:

@@ -244,8 +244,36 @@ def run_group(payloads: list[dict]) -> list[str]:
 
 
 def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root: Path,
-               slurm_overrides: dict | None = None, poll_s: float = 2.0) -> dict:
-    """Submit what is missing, wave by wave; report progress and failures; aggregate."""
+               slurm_overrides: dict | None = None, poll_s: float = 2.0, stages: set[str] | None = None) -> dict:
+    """Submit what is missing, wave by wave; report progress and failures; aggregate.
+    stages: run only these stages (the others are left as they are). The results folder is
+    checked first (writable, free space) and held by this driver alone (experiments/store.py);
+    Ctrl-C stops the local jobs it started and ends with one message."""
+    from experiments import store
+    from experiments.cluster import cancel_job
+
+    name = P.get(preset_name).name
+    store.check_writable(results_root / name, work_root / name)
+    submitted: list = []
+    with store.DriverLock(results_root / name):
+        try:
+            return _run_preset(preset_name, cluster=cluster, results_root=results_root, work_root=work_root,
+                               slurm_overrides=slurm_overrides, poll_s=poll_s, stages=stages, submitted=submitted)
+        except KeyboardInterrupt:
+            if cluster == "slurm":
+                alive = [str(h.job_id) for h in submitted if not h.done()]
+                raise store.Interrupted(f"interrupted; {len(alive)} Slurm job(s) keep running ({' '.join(alive)}): "
+                                        f"`scancel {' '.join(alive) or '<ids>'}` stops them, `run.py status` "
+                                        f"follows them; finished results are kept") from None
+            stopped = sum(cancel_job(h) for h in submitted)
+            raise store.Interrupted(f"interrupted; stopped {stopped} running job(s); finished results are kept; "
+                                    f"rerun the same command to continue (training resumes from its last "
+                                    f"checkpoint)") from None
+
+
+def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root: Path,
+                slurm_overrides: dict | None, poll_s: float, stages: set[str] | None, submitted: list) -> dict:
+    from experiments import store
     from experiments.cluster import job_status, make_executor, resumable, slurm_params, submit_array
 
     preset = P.get(preset_name)
@@ -259,6 +287,8 @@ def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root:
     for wave in WAVES:
         batches = []  # (stage, [payload lists])
         for stage in wave:
+            if stages is not None and stage not in stages:
+                continue
             jobs = [j for j in graph if j.stage == stage]
             reused = reuse_records(jobs, results, work)
             if reused:
@@ -288,7 +318,10 @@ def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root:
             if hasattr(executor, "update_parameters") and cluster == "slurm":
                 executor.update_parameters(job_name=f"esolm-{preset.name}-{stage}")
             fn = resumable(run_group) if stage == "train" else run_group
-            handles = submit_array(executor, fn, payloads)
+            with store.children_ignore_sigint(cluster == "local"):
+                handles = submit_array(executor, fn, payloads)
+            submitted.extend(handles)
+            store.note_submitted(results, cluster, list(groups.values()), handles)
             submitted_total += len(handles)
             batches.append((stage, job_groups, handles))
         _follow(batches, results, failed_keys, poll_s, job_status)
@@ -337,6 +370,7 @@ def add_pipeline_commands(sub) -> None:
         p.add_argument("--results", default="results", help="results root (default: results/)")
         p.add_argument("--work", default="runs", help="checkpoints, samples and job logs (default: runs/)")
         p.add_argument("--no-run", action="store_true", help="only aggregate and draw from the records there")
+        p.add_argument("--stages", default=None, help="run only these stages, comma-separated (e.g. train)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="Slurm parameters (partition=..., ...)")
         p.set_defaults(handler=cmd_pareto if name == "pareto" else cmd_tables)
 
@@ -355,8 +389,12 @@ def _run(args) -> tuple[P.Preset, Path]:
     if not args.no_run and hasattr(preset, "preflight"):
         preset.preflight()  # fail at once naming what this machine lacks (released presets)
     if not args.no_run:
+        stages = set(args.stages.split(",")) if args.stages else None
+        unknown = sorted(stages - {s for w in WAVES for s in w}) if stages else []
+        if unknown:
+            raise ConfigError(f"unknown stage(s) {unknown}; stages: {', '.join(s for w in WAVES for s in w)}")
         run_preset(preset.name, cluster=args.cluster, results_root=Path(args.results), work_root=Path(args.work),
-                   slurm_overrides=overrides)
+                   slurm_overrides=overrides, stages=stages)
     else:
         from experiments.aggregate import aggregate
 

@@ -108,6 +108,9 @@ def parser() -> argparse.ArgumentParser:
         add_pipeline_commands = None
     if add_pipeline_commands is not None:
         add_pipeline_commands(sub)
+        from experiments.store import add_store_commands
+
+        add_store_commands(sub)
     return ap
 
 
@@ -129,7 +132,20 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError("train needs --model NAME; see `run.py models`")
         return handler(args)
     except ConfigError as e:
+        from experiments.store import Interrupted
+
         print(f"error: {e}", file=sys.stderr)
+        return 130 if isinstance(e, Interrupted) else 2
+    except KeyboardInterrupt:
+        print("error: interrupted; finished results are kept; rerun the same command to continue", file=sys.stderr)
+        return 130
+    except OSError as e:
+        from experiments.store import explain_os_error
+
+        message = explain_os_error(e)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
 
 

@@ -1,10 +1,10 @@
 """Executors (experiments/cluster.py): typed Slurm parameters, submit-time errors, failure
-reports that keep sibling results, DDP in a 2-task Slurm job, requeue-and-resume.
+reports that keep sibling results, requeue-and-resume (DDP through fit and the job graph:
+tests/test_pipeline_ddp.py).
 
 Tests marked ``slurm`` need the local cluster (``sudo bash scripts/local-slurm/start.sh``)."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -72,46 +72,6 @@ class CountSquares(Checkpointable):
             time.sleep(pause)
             _save_json(path, state)
         return {"total": state["total"], "starts": state["starts"], "requeues": self.num_requeues}
-
-
-def ddp_train(steps):
-    """A few DDP steps of the smoke AR model; each rank starts from different weights and data."""
-    import torch
-    from torch.nn.parallel import DistributedDataParallel
-
-    from esolm import registry
-    from experiments.cluster import teardown_distributed
-
-    class LossOf(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, tokens):
-            return self.model.loss(tokens).loss
-
-    def digest(model):
-        flat = torch.cat([p.detach().flatten() for p in model.parameters()])
-        return hashlib.sha256(flat.numpy().tobytes()).hexdigest(), float(flat.double().sum())
-
-    torch.set_num_threads(1)  # 2 tasks on a small machine: no thread oversubscription
-    rank, world_size, local_rank = setup_distributed()
-    torch.manual_seed(rank)  # different init per rank: DDP must broadcast rank 0's weights
-    model = registry.build("ar", preset="smoke", vocab_size=32, length=16)
-    init_sha, _ = digest(model)
-    ddp = DistributedDataParallel(LossOf(model))
-    data = torch.Generator().manual_seed(100 + rank)  # different batches: gradients must be averaged
-    for _ in range(steps):
-        ddp.zero_grad()
-        loss = ddp(torch.randint(0, 31, (4, 16), generator=data))
-        loss.backward()
-        with torch.no_grad():  # plain SGD (torch.optim's first step costs seconds of lazy imports)
-            for p in model.parameters():
-                p -= 0.1 * p.grad
-    sha, checksum = digest(model)
-    teardown_distributed()
-    return dict(rank=rank, world_size=world_size, local_rank=local_rank, init_sha=init_sha, sha=sha,
-                checksum=checksum, loss=loss.item())
 
 
 def _wait_for_step(path: Path, step: int, timeout_s: float = 60.0) -> None:
@@ -221,16 +181,6 @@ def test_unknown_partition_fails_at_submit_listing_the_partitions(tmp_path):
     with pytest.raises(ConfigError, match="unknown partition 'no-such-partition'") as err:
         submit(executor, square, 2)
     assert all(p.rstrip("*") in str(err.value) for p in partitions)
-
-
-@needs_slurm
-def test_two_task_slurm_job_trains_ddp_and_ranks_end_identical(tmp_path):
-    executor = make_executor("slurm", tmp_path, {"tasks_per_node": 2, "time_min": 5})
-    ranks = sorted(submit(executor, ddp_train, 3).results(), key=lambda r: r["rank"])
-    assert [(r["rank"], r["world_size"], r["local_rank"]) for r in ranks] == [(0, 2, 0), (1, 2, 1)]
-    assert ranks[0]["init_sha"] != ranks[1]["init_sha"]  # they did start apart
-    assert ranks[0]["sha"] == ranks[1]["sha"] and ranks[0]["checksum"] == ranks[1]["checksum"]
-    assert ranks[0]["sha"] != ranks[0]["init_sha"]  # and training moved the weights
 
 
 @needs_slurm

@@ -142,3 +142,17 @@ def test_cosine_schedule_warms_up_then_falls_to_its_floor_at_the_last_step():
     assert {learning_rate(constant, s) for s in range(10, 100)} == {1e-3}
     with pytest.raises(ConfigError, match="decay must be constant or cosine"):
         train_config("smoke", decay="linear")
+
+
+def test_batch_split_keeps_the_global_batch_whatever_the_world_size():
+    """batch_size is global: per-device batch x world = batch_size; micro_batch caps a forward."""
+    from esolm.train import batch_split
+
+    assert batch_split(512, 1, 64) == (512, 64, 8)
+    assert batch_split(512, 8, 64) == (64, 64, 1)
+    assert batch_split(512, 16, 64) == (32, 32, 1)
+    assert batch_split(16, 2, 0) == (8, 8, 1)
+    with pytest.raises(ConfigError, match="batch_size=16 .* not divisible by the 3 processes"):
+        batch_split(16, 3)
+    with pytest.raises(ConfigError, match="micro_batch=64 does not divide the per-process batch 96"):
+        batch_split(96, 1, 64)

@@ -1,0 +1,362 @@
+"""The results store, safe to share: one driver per preset folder, a writable folder with room
+to spare before anything is submitted, and the run management a user reaches for
+(``run.py status`` and ``run.py clean``). See docs/results_store.md.
+
+    results/<preset>/.driver.lock          held (flock) by the driver running on this folder
+    results/<preset>/records/<stage>/<key>.json   one record per finished job
+    results/<preset>/submitted/<key>.json  where each submitted job runs (job id, logs)
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from esolm.config import ConfigError
+
+class Interrupted(ConfigError):
+    """Ctrl-C in a driver: one message, exit status 130."""
+
+
+MIN_FREE_MB_DEFAULT = 512  # checkpoints, samples and logs of a preset; ESOLM_MIN_FREE_MB overrides
+
+
+# ----------------------------------------------------------------------------- one driver
+class DriverLock:
+    """An exclusive ``flock`` on results/<preset>/.driver.lock for as long as the driver runs.
+    A second driver on the same folder is refused at once, naming the first one; the lock
+    goes with its process (a crashed or killed driver leaves nothing to clean up)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.path = self.folder / ".driver.lock"
+        self.fd: int | None = None
+
+    def __enter__(self) -> "DriverLock":
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            try:
+                h = json.loads(holder)
+                holder = f"pid {h['pid']} on {h['host']}, started {h['started']}: {h['command']}"
+            except (ValueError, KeyError, TypeError):
+                pass
+            raise ConfigError(f"another driver is already running on {self.folder} ({holder}); wait for it to "
+                              f"finish (`run.py status` shows its progress) or pass another --results") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started=_now(),
+                                      command=" ".join(sys.argv))).encode(), 0)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def held_by_other(folder: Path) -> bool:
+    """True when a driver holds the lock of ``folder`` now."""
+    path = Path(folder) / ".driver.lock"
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+# ----------------------------------------------------------------------------- checks
+def check_writable(*folders: Path, min_free_mb: float | None = None) -> None:
+    """Each folder exists (created if needed), takes a file, and has ``min_free_mb`` free;
+    else one ConfigError saying which folder and what to do."""
+    need = float(os.environ.get("ESOLM_MIN_FREE_MB", MIN_FREE_MB_DEFAULT)) if min_free_mb is None else min_free_mb
+    for folder in folders:
+        folder = Path(folder)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=folder)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise ConfigError(f"{folder} is not writable ({e.strerror}); make it writable or pass a writable "
+                              f"--results / --work folder") from None
+        free_mb = shutil.disk_usage(folder).free / 2**20
+        if free_mb < need:
+            raise ConfigError(f"only {free_mb:.0f} MB free on the disk of {folder}; the driver needs at least "
+                              f"{need:.0f} MB (checkpoints, samples, logs); free some space or pass --results / "
+                              f"--work on another disk (ESOLM_MIN_FREE_MB sets the threshold)")
+
+
+def explain_os_error(e: OSError) -> str | None:
+    """One line for the OS errors a user can fix (full disk, read-only, permissions); None otherwise."""
+    where = f" ({e.filename})" if getattr(e, "filename", None) else ""
+    if e.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", -1)):
+        return f"the disk is full{where}: {e.strerror}; free some space and rerun (finished results are kept)"
+    if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return f"cannot write{where}: {e.strerror}; make it writable or pass another --results / --work"
+    return None
+
+
+# ----------------------------------------------------------------------------- submitted jobs
+def submitted_path(results: Path, key: str) -> Path:
+    return Path(results) / "submitted" / f"{key}.json"
+
+
+def note_submitted(results: Path, cluster: str, jobs, handles) -> None:
+    """Where each job of each submitted group runs (for ``status``)."""
+    from esolm.checkpoint import atomic_write_json
+
+    for group, handle in zip(jobs, handles):
+        paths = getattr(handle, "paths", None)
+        pid = getattr(getattr(handle, "_process", None), "pid", None)
+        for job in group:
+            atomic_write_json(submitted_path(results, job.key), dict(
+                key=job.key, name=job.name, stage=job.stage, cluster=cluster, job_id=str(handle.job_id),
+                controller_pid=pid, host=socket.gethostname(), submitted=_now(),
+                stdout=str(paths.stdout) if paths else None, stderr=str(paths.stderr) if paths else None,
+                result=str(paths.result_pickle) if paths else None))
+
+
+@contextlib.contextmanager
+def children_ignore_sigint(enabled: bool):
+    """Processes started inside (submitit's local controllers and their tasks) ignore Ctrl-C:
+    the driver alone gets it and stops them itself (one message, not one traceback each)."""
+    import threading
+
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield  # a driver run from another thread gets no Ctrl-C: nothing to hand on
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+def _slurm_state(job_id: str) -> str | None:
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    states = [s.strip() for s in out.stdout.splitlines() if s.strip()]
+    return states[0] if out.returncode == 0 and states else None
+
+
+def _failure_reason(note: dict) -> str:
+    """The exception line a job's result file holds, or what is known."""
+    import pickle
+
+    for result in sorted(Path(note["result"]).parent.glob(f"{note['job_id']}_*_result.pkl")) if note.get("result") \
+            else []:
+        try:
+            with open(result, "rb") as f:
+                outcome, value = pickle.load(f)
+        except Exception:  # noqa: BLE001 - unreadable: say so below
+            continue
+        if outcome == "error":
+            lines = [ln.strip() for ln in str(value).splitlines() if ln.strip()]
+            if lines:
+                return lines[-1]
+    return "ended without writing its record (killed, cancelled or out of time)"
+
+
+# ----------------------------------------------------------------------------- status
+@dataclass
+class JobState:
+    stage: str
+    name: str
+    state: str  # done | running | failed | stale | missing
+    detail: str = ""
+
+
+def job_states(graph, results: Path) -> list[JobState]:
+    """The state of every job of ``graph`` from the store alone (no driver needed)."""
+    from experiments.aggregate import read_records
+    from experiments.pipeline import record_path
+
+    by_name: dict[str, dict] = {}
+    for r in read_records(results):
+        if r.get("name") and (r["name"] not in by_name or r["finished"] > by_name[r["name"]]["finished"]):
+            by_name[r["name"]] = r
+    out = []
+    for job in graph:
+        if record_path(results, job).exists():
+            out.append(JobState(job.stage, job.name, "done"))
+            continue
+        note_file = submitted_path(results, job.key)
+        note = json.loads(note_file.read_text()) if note_file.exists() else None
+        if note is not None:
+            if note["cluster"] == "slurm":
+                state = _slurm_state(note["job_id"])
+                running = state is not None
+            elif note["cluster"] == "local" and note.get("host") == socket.gethostname():
+                running, state = _alive(note.get("controller_pid")), "RUNNING"
+            else:
+                running, state = False, None
+            if running:
+                out.append(JobState(job.stage, job.name, "running", f"job {note['job_id']} {state.lower()}; "
+                                                                    f"log: {note['stderr']}"))
+            else:
+                out.append(JobState(job.stage, job.name, "failed", f"job {note['job_id']}: {_failure_reason(note)}; "
+                                                                   f"log: {note['stderr']}"))
+        elif job.name in by_name:
+            r = by_name[job.name]
+            out.append(JobState(job.stage, job.name, "stale", f"record of code version {r['code_version']} "
+                                                              f"(another code version or configuration)"))
+        else:
+            out.append(JobState(job.stage, job.name, "missing"))
+    return out
+
+
+def format_status(states: list[JobState], verbose: bool = False) -> str:
+    order = ("done", "running", "failed", "stale", "missing")
+    lines, stages = [], list(dict.fromkeys(s.stage for s in states))
+    for stage in stages:
+        mine = [s for s in states if s.stage == stage]
+        counts = ", ".join(f"{sum(s.state == k for s in mine)} {k}" for k in order)
+        lines.append(f"[{stage}] {len(mine)} jobs: {counts}")
+        for s in mine:
+            if s.state in ("running", "failed") or (verbose and s.state != "done"):
+                lines.append(f"  {s.state:8s} {s.name}" + (f": {s.detail}" if s.detail else ""))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- clean
+def clean_targets(graph, results: Path, work: Path, *, stages=(), names=(), stale=False, failed=False,
+                  logs=False) -> list[Path]:
+    """What ``clean`` removes for the given selectors (nothing else):
+    stages / names (globs): those jobs' records, submission notes and work folders (they rerun);
+    stale: records of jobs not in the current graph version (another code version or config);
+    failed: the submission notes and work folders (partial checkpoints) of failed jobs;
+    logs: the job logs folder."""
+    import fnmatch
+
+    from experiments.aggregate import read_records
+    from experiments.pipeline import record_path
+
+    def job_paths(job) -> list[Path]:
+        return [record_path(results, job), submitted_path(results, job.key), work / job.stage / job.key]
+
+    targets: list[Path] = []
+    for job in graph:
+        if job.stage in stages or any(fnmatch.fnmatch(job.name, n) for n in names):
+            targets += job_paths(job)
+    if failed:
+        bad = {s.name for s in job_states(graph, results) if s.state == "failed"}
+        targets += [p for job in graph if job.name in bad for p in job_paths(job)[1:]]
+    if stale:
+        current = {job.key for job in graph}
+        for r in read_records(results):
+            if r.get("key") not in current:
+                targets.append(results / "records" / r["stage"] / f"{r['key']}.json")
+                targets.append(work / r["stage"] / r["key"])
+    if logs:
+        targets.append(work / "logs")
+    return [p for p in dict.fromkeys(targets) if p.exists()]
+
+
+def remove(paths: list[Path]) -> None:
+    for p in paths:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------- commands
+def add_store_commands(sub) -> None:
+    """`run.py status` and `run.py clean`."""
+    from experiments import presets as P
+
+    for name, helptext in (("status", "per stage and job: done, running, failed (with its log), stale, missing"),
+                           ("clean", "remove only what you name: --stage, --job, --stale, --failed, --logs")):
+        p = sub.add_parser(name, help=helptext)
+        p.add_argument("--preset", default="tiny", help=f"one of: {', '.join(P.PRESETS)} (default: tiny)")
+        p.add_argument("--results", default="results", help="results root (default: results/)")
+        p.add_argument("--work", default="runs", help="checkpoints, samples and job logs (default: runs/)")
+        if name == "status":
+            p.add_argument("-v", "--verbose", action="store_true", help="list every job that is not done")
+            p.set_defaults(handler=cmd_status)
+        else:
+            p.add_argument("--stage", action="append", default=[], help="a stage whose jobs rerun (repeatable)")
+            p.add_argument("--job", action="append", default=[], metavar="GLOB",
+                           help="jobs by name, e.g. 'train/mdlm' or 'sample/esolm-b*' (repeatable)")
+            p.add_argument("--stale", action="store_true", help="records of other code versions or configurations")
+            p.add_argument("--failed", action="store_true", help="notes and partial work of failed jobs")
+            p.add_argument("--logs", action="store_true", help="the job logs folder")
+            p.add_argument("--dry-run", action="store_true", help="list what would be removed, remove nothing")
+            p.set_defaults(handler=cmd_clean)
+
+
+def _graph(args):
+    from experiments import jobs as J
+    from experiments import presets as P
+    from experiments.pipeline import build_graph
+
+    preset = P.get(args.preset)
+    results, work = Path(args.results) / preset.name, Path(args.work) / preset.name
+    return build_graph(preset, work, J.code_version()), results, work
+
+
+def cmd_status(args) -> int:
+    graph, results, work = _graph(args)
+    running = " (a driver is running on it now)" if held_by_other(results) else ""
+    print(f"preset {args.preset}: {len(graph)} jobs; results {results}{running}")
+    print(format_status(job_states(graph, results), verbose=args.verbose))
+    return 0
+
+
+def cmd_clean(args) -> int:
+    graph, results, work = _graph(args)
+    if not (args.stage or args.job or args.stale or args.failed or args.logs):
+        raise ConfigError("clean removes only what you name: pass --stage STAGE, --job GLOB, --stale, --failed "
+                          "and/or --logs (add --dry-run to see the list first)")
+    stages = {j.stage for j in graph}
+    bad = [s for s in args.stage if s not in stages]
+    if bad:
+        raise ConfigError(f"unknown stage(s) {bad}; the stages of {args.preset} are: {', '.join(sorted(stages))}")
+    if held_by_other(results):
+        raise ConfigError(f"a driver is running on {results}; clean after it has finished")
+    targets = clean_targets(graph, results, work, stages=set(args.stage), names=args.job, stale=args.stale,
+                            failed=args.failed, logs=args.logs)
+    for p in targets:
+        print(("would remove " if args.dry_run else "removing ") + str(p), file=sys.stderr)
+    if not args.dry_run:
+        remove(targets)
+    print(f"{'would remove' if args.dry_run else 'removed'} {len(targets)} path(s)", file=sys.stderr)
+    return 0
