@@ -211,9 +211,13 @@ def test_profile_times_only_the_network_passes(monkeypatch):
     slow_unsort = lambda y, pi: (time.sleep(1.0), unsort(y, pi))[1]
     monkeypatch.setattr(sampler_module.order, "ungather", slow_unsort)
     monkeypatch.setattr(sampler_module, "sample_categorical", None)  # no sampling math when profiling
+    t0 = time.perf_counter()
     out = model.sample(2, steps=4, profile=True, generator=torch.Generator().manual_seed(0))
+    wall = time.perf_counter() - t0
     assert out.nfe == reference.nfe
-    assert 0.01 * out.nfe <= out.seconds < 1.0
+    # the network passes (>= 10 ms each) are counted, the 1 s spent unsorting is not, however
+    # slow a loaded machine makes the rest of the call
+    assert 0.01 * out.nfe <= out.seconds <= wall - 0.99
     assert torch.all(out.tokens == model.config.mask_id)
 
 
