@@ -59,8 +59,11 @@ def draw_learning_curves(results: Path) -> list[Path]:
     setup_style()
     colors = method_colors(frame["group"].unique())
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for i, (label, part) in enumerate(frame.groupby("label", sort=False)):
-        color = colors.get(part["group"].iloc[0])
+    seen: dict = {}  # models of one method share its colour; their line styles differ
+    for label, part in frame.groupby("label", sort=False):
+        group = part["group"].iloc[0]
+        color, i = colors.get(group), seen.setdefault(group, 0)
+        seen[group] += 1
         style = ["-", "--", ":", "-."][i % 4]
         ax.plot(part["tokens"] / 1e6, part["train_nll"], style, color=color, lw=1.3, label=f"{label} (train)")
         valid = part.dropna(subset=["valid_nll"])
