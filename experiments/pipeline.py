@@ -161,11 +161,12 @@ def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
     from esolm.checkpoint import atomic_write_json
 
     sources = []
+    others = sorted(p for p in results.parent.iterdir() if p.is_dir() and p != results) if results.parent.is_dir() else []
     for job in jobs:
         target = record_path(results, job)
         if target.exists():
             continue
-        for other in sorted(p for p in results.parent.iterdir() if p.is_dir() and p != results):
+        for other in others:
             found = record_path(other, job)
             if not found.exists():
                 continue

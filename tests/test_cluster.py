@@ -14,6 +14,8 @@ from pathlib import Path
 
 import cloudpickle
 import pytest
+
+from helpers import slurm_up
 from submitit.slurm.slurm import _make_sbatch_string
 
 from esolm.config import ConfigError
@@ -28,14 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def _slurm_up() -> bool:
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-SLURM_UP = _slurm_up()
+SLURM_UP = slurm_up()
 
 
 def needs_slurm(test):

@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from helpers import process_ids, slurm_up
 import torch
 
 from experiments import presets as P
@@ -32,14 +34,7 @@ WAIT_S = 1200
 STEPS, CHECKPOINT_EVERY, GLOBAL_BATCH = 8, 2, 8
 
 
-def _slurm_up() -> bool:
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-SLURM_UP = _slurm_up()
+SLURM_UP = slurm_up()
 CLUSTERS = ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark.skipif(
     not SLURM_UP, reason="the local Slurm cluster is not running; sudo bash scripts/local-slurm/start.sh")])]
 
@@ -135,14 +130,7 @@ def _interrupt(cluster: str, root: Path) -> None:
             subprocess.run(["scancel", ids[0], "--signal", sig], check=True)
         return
     # --cluster local: the controller sends USR2 to every task near the time limit; do the same
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-        if "submitit.core._submit" in cmd and str(logs) in cmd:
-            pids.append(int(proc.name))
+    pids = process_ids("submitit.core._submit", str(logs))
     assert len(pids) == 2, pids
     for pid in pids:
         os.kill(pid, signal.SIGUSR2)

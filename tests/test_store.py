@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import process_ids
+
 from esolm import registry
 from esolm.data import load_corpus
 from esolm.train import fit, seed_everything, train_config
@@ -157,18 +159,6 @@ def test_sample_model_that_does_not_match_the_checkpoint_is_refused(checkpoints)
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
-def _submitit_tasks(folder: Path) -> list[int]:
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError):
-            continue
-        if "submitit" in cmd and str(folder) in cmd:
-            pids.append(int(proc.name))
-    return pids
-
-
 @pytest.mark.slow
 def test_ctrl_c_in_the_driver_is_one_message_and_stops_its_local_jobs(tmp_path):
     record, before = finished_record(tmp_path)
@@ -191,7 +181,7 @@ def test_ctrl_c_in_the_driver_is_one_message_and_stops_its_local_jobs(tmp_path):
     assert len(lines) == 1 and "interrupted; stopped" in lines[0], text[-3000:]
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
     time.sleep(1.0)
-    assert _submitit_tasks(tmp_path / "runs") == []  # no job left running behind the user's back
+    assert process_ids("submitit", str(tmp_path / "runs")) == []  # no job left running behind the user's back
     assert record.read_bytes() == before
     status = cli("status", "--preset", "smoke", "--results", tmp_path / "results", "--work", tmp_path / "runs")
     assert status.returncode == 0 and "0 running" in status.stdout and "failed   train/" in status.stdout, status
