@@ -194,8 +194,8 @@ def lanes(groups: list[list[Job]], n: int) -> list[list[Job]]:
     more than ``n`` jobs share the CPU (oversubscribing 2 cores with 5 trainings cost ~40 % of
     the throughput here) and timing jobs never overlap when ``n`` is 1."""
     def size(g: list[Job]) -> float:
-        return sum(float(j.identity.get("train", {}).get("steps", 1)) if isinstance(j.identity.get("train"), dict)
-                   else 1.0 for j in g)
+        train = [j.identity.get("train") for j in g]  # a train job's config, or a later stage's train key
+        return sum(float(t.get("steps", 1)) if isinstance(t, dict) else 1.0 for t in train)
 
     out: list[list[Job]] = [[] for _ in range(max(1, n))]
     load = [0.0] * len(out)
@@ -322,7 +322,7 @@ def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root
             with store.children_ignore_sigint(cluster == "local"):
                 handles = submit_array(executor, fn, payloads)
             submitted.extend(handles)
-            store.note_submitted(results, cluster, list(groups.values()), handles)
+            store.note_submitted(results, cluster, job_groups, handles)  # one group per handle, lanes included
             submitted_total += len(handles)
             batches.append((stage, job_groups, handles))
         _follow(batches, results, failed_keys, poll_s, job_status)
