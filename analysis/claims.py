@@ -354,21 +354,38 @@ def c6(points, paper, rules) -> Claim:
     return c
 
 
+def _many_step_row(rows_of: pd.DataFrame, row):
+    """The row at the largest step count of the same label and alpha_0_eval as `row`: the
+    model's many-step samples. On either time grid: the reference grid is a sampling switch
+    sampled at one and two steps per block only, so its own largest step count is no many-step
+    value (our grid's row is taken where both grids have the largest step count)."""
+    same = rows_of.loc[rows_of["label"].eq(row["label"])]
+    if "alpha_0_eval" in same.columns:
+        v = row.get("alpha_0_eval")
+        same = same.loc[same["alpha_0_eval"].isna()] if pd.isna(v) else same.loc[same["alpha_0_eval"].astype(str).eq(str(v))]
+    if not len(same):
+        return None
+    steps = same["steps"].astype(float)
+    top = same.loc[steps.eq(steps.max())]
+    if "reference_grid" in top.columns and len(top) > 1:
+        own = top.loc[~_bool(top["reference_grid"])]
+        top = own if len(own) else top
+    return top.iloc[0]
+
+
 def _many_step(rows_of: pd.DataFrame, row) -> float:
     """gen PPL at the largest step count of the same label (and alpha_0_eval, grid) as `row`."""
-    same = rows_of.loc[rows_of["label"].eq(row["label"])]
-    for col in ("alpha_0_eval", "reference_grid"):
-        if col in same.columns:
-            v = row.get(col)
-            same = same.loc[same[col].isna()] if pd.isna(v) else same.loc[same[col].astype(str).eq(str(v))]
-    return float(same.loc[same["steps"].idxmax(), "gen_ppl"]) if len(same) else np.nan
+    many = _many_step_row(rows_of, row)
+    return float(many["gen_ppl"]) if many is not None else np.nan
 
 
 def c7(sample, length, rules) -> list[Claim]:
     f = rules.collapse_factor
     rule = (f"BD3-LM rows with steps = L / L' (one step per block); collapsed = entropy below {COLLAPSE_RATIO:.0%} "
-            f"of AR's or gen PPL above {f:g}x the same model's gen PPL at its largest step count; Eso-LM (B) "
-            f"rows at the closest NFE (all of them) must not be collapsed by the same rule; grids are reported apart")
+            f"of AR's while the same model's samples at its largest step count are not (a model whose entropy is "
+            f"that low at every step count has not collapsed from few steps), or gen PPL above {f:g}x the same "
+            f"model's gen PPL at its largest step count (on either time grid); Eso-LM (B) rows at the closest NFE "
+            f"(all of them) must not be collapsed by the same rule; grids are reported apart")
     out = []
     grids = _bool(_col(sample, "reference_grid")) if len(sample) else pd.Series(dtype=bool)
     for cid, ref in (("C7", False), ("C7-ref", True)):
@@ -394,8 +411,10 @@ def c7(sample, length, rules) -> list[Claim]:
         parts, ours = [], []
 
         def state(r):
-            ratio = r["gen_ppl"] / _many_step(sample, r)
-            crit = [bool(low.loc[r.name])] if has_ar else []
+            many = _many_step_row(sample, r)
+            ratio = r["gen_ppl"] / float(many["gen_ppl"]) if many is not None else np.nan
+            own_low = many is not None and many.name != r.name and bool(low.loc[many.name])
+            crit = [bool(low.loc[r.name]) and not own_low] if has_ar else []
             crit += [bool(ratio > f)] if np.isfinite(ratio) and r["steps"] != sample.loc[
                 sample["label"].eq(r["label"]), "steps"].max() else []
             return (any(crit) if crit else None), ratio

@@ -29,9 +29,12 @@ def aggregate(preset, graph, results: Path, code: str) -> pd.DataFrame:
             latest[r["name"]] = r
     rows = []
     for name, r in sorted(latest.items()):
-        row = dict(name=name, key=r["key"], stale=r["key"] != names[name].key, code_version=r["code_version"],
-                   git_sha=r.get("git_sha"), finished=r["finished"], seconds=r.get("seconds"), **r["row"])
-        rows.append(row)
+        meta = dict(key=r["key"], stale=r["key"] != names[name].key, code_version=r["code_version"],
+                    git_sha=r.get("git_sha"), finished=r["finished"], seconds=r.get("seconds"))
+        # a record of several rows (longctx: every method at one length, timed side by side)
+        # gives one results.csv row per method, named by the row
+        for row in r["rows"] if "rows" in r else [dict(name=name, **r["row"])]:
+            rows.append(dict(name=row["name"], **meta, **{k: v for k, v in row.items() if k != "name"}))
     df = pd.DataFrame(rows)
     csv = df.to_csv(index=False).encode()
     atomic_write_bytes(results / "results.csv", lambda f: f.write(csv))
@@ -40,7 +43,7 @@ def aggregate(preset, graph, results: Path, code: str) -> pd.DataFrame:
         preset=preset.name, description=preset.description, corpus=preset.corpus, data=preset.data,
         backbone=preset.backbone, backbone_overrides=preset.backbone_overrides, train=preset.train,
         num_samples=preset.num_samples, top_p=preset.top_p, timing=preset.timing, code_version=code,
-        jobs=len(graph), records=len(rows), stale=int(df["stale"].sum()) if len(df) else 0, missing=missing,
+        jobs=len(graph), records=len(latest), rows=len(rows), stale=int(df["stale"].sum()) if len(df) else 0, missing=missing,
         environment=_environment(latest)))
     return df
 

@@ -95,10 +95,16 @@ def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dic
     from esolm.distributed import dist_info
     from esolm.metrics import environment_fingerprint
 
+    # a job that measures several methods side by side (longctx) returns one row per method,
+    # each naming its own label, group and model (and its name in results.csv)
+    rows = row if isinstance(row, list) else None
+    if rows is None:
+        row = dict(stage=job["stage"], label=job.get("label"), group=job.get("group"), model=job.get("model"), **row)
+    else:
+        rows = [dict(stage=job["stage"], **r) for r in rows]
     record = dict(key=job["key"], stage=job["stage"], name=job["name"], preset=job["preset"],
                   label=job.get("label"), group=job.get("group"), model=job.get("model"),
-                  config=job["config"], row=dict(stage=job["stage"], label=job.get("label"), group=job.get("group"),
-                                                 model=job.get("model"), **row),
+                  config=job["config"], **(dict(rows=rows) if rows is not None else dict(row=row)),
                   metrics=metrics, code_version=job["code_version"], git_sha=git_sha(),
                   environment=environment_fingerprint(), host=socket.gethostname(),
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=job.get("_started_iso"),
@@ -291,18 +297,54 @@ def job_time(job: dict) -> tuple:
 
 @recorded
 def job_longctx(job: dict) -> tuple:
-    """Latency at NFE = L (spec 8.6): a model of the preset's backbone built at length L
-    (timing does not depend on the weights), batch 1, no nucleus."""
+    """Latency at NFE = L (spec 8.6) of every method at one length, side by side: a model of the
+    preset's backbone per method, built at length L (timing does not depend on the weights),
+    batch 1, no nucleus. The calls are interleaved (each trial times every method once, the
+    order rotated from trial to trial), so that a slow spell of a shared machine lands on all
+    methods alike and the ratios of Table 11 are measured in one run. One row per method."""
+    import torch
+
     from esolm import registry
+    from esolm.interface import sample_options, sync
+    from esolm.metrics.timing import summarize
 
     c = job["config"]
-    model = registry.build(c["model"], preset=c["backbone"], **c["fields"], **c["model_overrides"]).eval()
-    opts = dict(c["options"], top_p=1.0, kv_cache=c["kv_cache"])
-    t = _time_model(model, job, opts)
-    row = dict(length=c["fields"]["length"], kv_cache=c["kv_cache"], nfe=t["wall"]["nfe"],
-               time_mean_s=t["wall"]["mean"], time_std_s=t["wall"]["std"], time_median_s=t["wall"]["median"],
-               profile_mean_s=t["profile"]["mean"], **c["model_overrides"])
-    return row, t, {}
+    entries = c["entries"]
+    runs = []
+    for e in entries:
+        model = registry.build(e["model"], preset=c["backbone"], **c["fields"], **e["model_overrides"]).eval()
+        runs.append((e, model, sample_options(model, dict(e["options"], top_p=c["top_p"], kv_cache=e["kv_cache"]))))
+    gen = torch.Generator().manual_seed(c["seed"])
+
+    def call(model, opts, profile: bool):
+        sync("cpu")
+        t0 = time.perf_counter()
+        out = model.sample(c["batch_size"], generator=gen, profile=profile, **opts)
+        sync("cpu")
+        return time.perf_counter() - t0, out
+
+    for _ in range(c["warmup"]):
+        for _e, model, opts in runs:
+            call(model, opts, False)
+    wall = {e["name"]: [] for e in entries}
+    prof = {e["name"]: [] for e in entries}
+    nfe = {}
+    for profile, into in ((False, wall), (True, prof)):  # whole calls first, then network passes only
+        for trial in range(c["trials"]):
+            k = trial % len(runs)
+            for e, model, opts in runs[k:] + runs[:k]:
+                seconds, out = call(model, opts, profile)
+                into[e["name"]].append(float(out.seconds) if profile else seconds)
+                nfe[e["name"]] = out.nfe
+    rows, metrics = [], {}
+    for e in entries:
+        w, p = summarize(wall[e["name"]]), summarize(prof[e["name"]])
+        metrics[e["name"]] = dict(wall=w, profile=p)
+        rows.append(dict(name=e["name"], label=e["label"], group=e["group"], model=e["model"], length=c["fields"]["length"], kv_cache=e["kv_cache"], nfe=nfe[e["name"]],
+                         time_mean_s=w["mean"], time_std_s=w["std"], time_median_s=w["median"],
+                         profile_mean_s=p["mean"], **{k: v for k, v in e["model_overrides"].items()}))
+    order = [e["name"] for e in entries]
+    return rows, dict(methods=metrics, interleaved=True, order_rotated=True, trials=c["trials"]), dict(order=order)
 
 
 JOB_FUNCTIONS = {"train": job_train, "eval": job_eval, "zeroshot": job_zeroshot, "sample": job_sample,

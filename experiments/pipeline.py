@@ -95,13 +95,15 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
                               if ev_train else []):
         tr = trains.get(m.label, ev_train)
         caps = registry.model_class(m.model).capabilities
-        e = preset.eval
+        own = getattr(m, "eval", {})  # this model's own eval settings, where the preset gives some
+        e = {**preset.eval, **own}
         runs = [(False, 1)]
-        if caps.exact_likelihood:  # one pass per order: every K; K·L passes: K = 1 only
-            runs += [(True, k) for k in (e["exact_orders"] if caps.single_pass_likelihood else [1])]
+        if caps.exact_likelihood:  # one pass per order: every K; K·L passes: K = 1 unless the model's entry says
+            multi = caps.single_pass_likelihood or "exact_orders" in own
+            runs += [(True, k) for k in (e["exact_orders"] if multi else [1])]
         for exact, k in runs:
             identity = dict(train=tr.key, exact=exact, num_orders=k, batch_size=e["batch_size"],
-                            max_batches=_max_batches(e, exact, caps), seed=1)
+                            max_batches=_max_batches(e, exact, caps, "exact_max_sequences" in own), seed=1)
             name = f"eval/{m.label}/" + (f"exact K={k}" if exact else "nelbo")
             add(Job("eval", name, identity, dict(identity, checkpoint=checkpoint(tr), model_overrides=m.overrides),
                     m.label, m.group, m.model, [tr]))
@@ -135,18 +137,21 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
 
     lc = preset.long_context
     ids = _ids_for(preset) if lc["lengths"] else {}
-    for m in preset.models + preset.timing_only:
-        if m.nfe_equals_l is None:
-            continue
-        caps = registry.model_class(m.model).capabilities
-        for length in lc["lengths"]:
-            fields = dict(length=length, **ids)
+    for length in lc["lengths"]:  # one job per length: the methods are timed side by side, interleaved
+        entries = []
+        for m in preset.models + preset.timing_only:
+            if m.nfe_equals_l is None:
+                continue
+            caps = registry.model_class(m.model).capabilities
             for cached in ([True] if lc.get("cached_only") else [True, False]) if caps.kv_cache else [False]:
-                identity = dict(model=m.model, model_overrides={**preset.backbone_overrides, **m.overrides},
-                                backbone=preset.backbone, fields=fields, options=m.nfe_equals_l, kv_cache=cached,
-                                batch_size=1, trials=lc["trials"], warmup=lc["warmup"], seed=0, top_p=1.0)
-                add(Job("longctx", f"longctx/{m.group}/L={length}/{'cache' if cached else 'no-cache'}", identity,
-                        dict(identity, model_overrides=identity["model_overrides"]), m.label, m.group, m.model))
+                entries.append(dict(name=f"longctx/{m.group}/L={length}/{'cache' if cached else 'no-cache'}",
+                                    label=m.label, group=m.group, model=m.model,
+                                    model_overrides={**preset.backbone_overrides, **m.overrides},
+                                    options=m.nfe_equals_l, kv_cache=cached))
+        if entries:
+            identity = dict(entries=entries, backbone=preset.backbone, fields=dict(length=length, **ids),
+                            batch_size=1, trials=lc["trials"], warmup=lc["warmup"], seed=0, top_p=1.0)
+            add(Job("longctx", f"longctx/L={length}", identity, dict(identity)))
     return graph
 
 
@@ -206,10 +211,12 @@ def lanes(groups: list[list[Job]], n: int) -> list[list[Job]]:
     return [lane for lane in out if lane]
 
 
-def _max_batches(e: dict, exact: bool, caps) -> int | None:
+def _max_batches(e: dict, exact: bool, caps, own_count: bool = False) -> int | None:
+    """Batches of an eval job: the exact likelihood of a model that needs L passes per order
+    runs on 1/8 of the preset's exact sequences, unless the model's entry sets its own count."""
     if not exact or e.get("exact_max_sequences") is None:
         return e.get("max_batches")
-    n = e["exact_max_sequences"] if caps.single_pass_likelihood else max(1, e["exact_max_sequences"] // 8)
+    n = e["exact_max_sequences"] if caps.single_pass_likelihood or own_count else max(1, e["exact_max_sequences"] // 8)
     return max(1, n // e["batch_size"]) if n >= e["batch_size"] else 1
 
 

@@ -211,3 +211,30 @@ def test_claims_and_samples_run_on_the_committed_tiny_store(tmp_path):
     assert {c["status"] for c in js["claims"]} <= {PASS, FAIL, NOT_MEASURED}
     assert len(js["claims"]) == 11 and (dst / "samples.md") in paths
     assert "## Eso-LM (B)" in (dst / "samples.md").read_text()
+
+
+def test_c7_low_entropy_at_every_step_count_is_the_model_not_a_collapse():
+    """Entropy below 95% of AR's is a collapse only where the same model's many-step samples are
+    above it: an Eso-LM (B) as low at 128 steps as at 64 has not collapsed from few steps."""
+    def eso_entropy(rows, steps_entropy):
+        out = []
+        for r in rows:
+            if r["label"] == "esolm-b a0=1" and r["stage"] == "sample" and r.get("alpha_0_eval") == 1.0:
+                r = dict(r, entropy=steps_entropy.get(r["steps"], r["entropy"]))
+            out.append(r)
+        return out
+
+    low = 3.9  # below 0.95 x AR's 4.2
+    assert status(eso_entropy(store(), {8: low, 64: low, 128: low}), "C7") == PASS
+    got = claims(eso_entropy(store(), {64: low}))["C7"]  # low at NFE 60 only (the row closest to BD3-LM's 63)
+    assert got.status == FAIL and "-> collapsed" in got.ours
+
+
+def test_c7_reference_grid_rows_compare_with_the_models_many_step_samples():
+    """The reference grid is sampled at one and two steps per block only: a collapse there is
+    judged against the model's largest step count on either grid (here our grid's 128)."""
+    rows = [dict(r, reference_grid=False) for r in store()]
+    rows += _pt("bd3lm L'=4", "BD3-LM L'=4", dict(steps=32, reference_grid=True), 63, 250.0, 4.1, 0.6, block_size=4)
+    rows += _pt("bd3lm L'=4", "BD3-LM L'=4", dict(steps=64, reference_grid=True), 95, 200.0, 4.1, 0.9, block_size=4)
+    got = claims(rows)["C7-ref"]
+    assert got.status == PASS and "(2.27x many-step)" in got.ours  # 250 / 110, not 250 / 200

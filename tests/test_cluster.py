@@ -119,6 +119,21 @@ def test_single_process_without_launcher_env(monkeypatch):
     assert setup_distributed() == (0, 1, 0)
 
 
+def test_master_port_is_one_per_job_and_below_the_ephemeral_range(tmp_path):
+    """Every task of a job derives the same rendezvous port; none is in the range the kernel
+    hands to outgoing connections (a port there can be taken by any socket of the machine)."""
+    from esolm.distributed import master_port
+
+    ranges = tmp_path / "range"
+    ranges.write_text("32768\t60999\n")
+    ports = {master_port(str(j), str(ranges)) for j in range(2000)}
+    assert all(20000 <= p < 32768 for p in ports) and len(ports) > 1500
+    assert master_port("4242_3", str(ranges)) == master_port("4242_3", str(ranges))
+    ranges.write_text("1024 50000\n")  # an ephemeral range that starts low: the ports above it
+    assert all(50000 < master_port(str(j), str(ranges)) <= 65535 for j in range(100))
+    assert 20000 <= master_port("7", str(tmp_path / "missing")) < 32768  # no such file: Linux's default
+
+
 def test_local_executor_returns_the_result(tmp_path):
     job = submit(make_executor("local", tmp_path, {"time_min": 2}), square, 7)
     assert job.result() == 49

@@ -55,7 +55,8 @@ def rows(results: Path) -> dict:
     out = {}
     for p in (results / "records").glob("*/*.json"):
         r = json.loads(p.read_text())
-        out[r["name"]] = {k: v for k, v in r["row"].items() if k not in TIMING_FIELDS}
+        for row in r["rows"] if "rows" in r else [dict(r["row"], name=r["name"])]:
+            out[row["name"]] = {k: v for k, v in row.items() if k not in TIMING_FIELDS}
     return out
 
 
@@ -71,7 +72,10 @@ def test_graph_keys_depend_on_config_and_code_version(tmp_path):
     # what a model can do decides its jobs, not its name: exact-likelihood evals for both, cache timing variants
     evals = [j.name for j in a if j.stage == "eval"]
     assert "eval/esolm-b a0=0.5/exact K=2" in evals and "eval/ar/exact K=2" in evals
-    assert {j.name for j in a if j.stage == "longctx"} >= {"longctx/Eso-LM (B)/L=16/cache",
+    # latency: one job per length, every method in it (timed side by side, interleaved)
+    (lc,) = [j for j in a if j.stage == "longctx"]
+    assert lc.name == "longctx/L=16"
+    assert {e["name"] for e in lc.config["entries"]} >= {"longctx/Eso-LM (B)/L=16/cache",
                                                          "longctx/Eso-LM (B)/L=16/no-cache"}
 
 
@@ -219,3 +223,65 @@ def test_a_job_another_preset_already_ran_is_reused_with_its_checkpoint_never_ov
     assert reuse_records([train], results, work) == [] and json.loads(record_path(results, train).read_text()) == {"mine": True}
     missing = Job("eval", "eval/x", {}, {}, key="k2")
     assert reuse_records([missing], results, work) == []
+
+
+def test_longctx_times_every_method_of_a_length_side_by_side_interleaved(tmp_path, monkeypatch):
+    """Table 11's ratios come from one job: each trial times every method once, the order
+    rotated, so a slow spell of a shared machine lands on all methods alike; one row each."""
+    import functools
+
+    from esolm import registry
+    from experiments import aggregate, jobs
+
+    preset = micro()
+    preset.long_context = dict(lengths=[16], trials=3, warmup=1)
+    graph = pipeline.build_graph(preset, tmp_path / "work", "code1")
+    (lc,) = [j for j in graph if j.stage == "longctx"]
+    names = [e["name"] for e in lc.config["entries"]]
+    assert names == ["longctx/AR/L=16/cache", "longctx/AR/L=16/no-cache",
+                     "longctx/Eso-LM (B)/L=16/cache", "longctx/Eso-LM (B)/L=16/no-cache"]
+    calls, build = [], registry.build
+
+    def logged_build(name, **kw):
+        model = build(name, **kw)
+        sample = model.sample
+
+        @functools.wraps(sample)
+        def logged(*a, **k):
+            calls.append((name, k["kv_cache"], k["profile"]))
+            return sample(*a, **k)
+
+        model.sample = logged
+        return model
+
+    monkeypatch.setattr(registry, "build", logged_build)
+    record = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1, "code1"))
+    n = len(names)
+    assert len(calls) == n * (1 + 3 + 3)  # warmup, whole calls, network passes only
+    timed = calls[n:n + 3 * n]
+    per_trial = [timed[i * n:(i + 1) * n] for i in range(3)]
+    assert all(len(set(t)) == n for t in per_trial)  # every method once per trial
+    assert per_trial[1] == per_trial[0][1:] + per_trial[0][:1]  # the order rotates
+    assert [r["name"] for r in record["rows"]] == names
+    assert all(len(record["metrics"]["methods"][m]["wall"]["trials"]) == 3 for m in names)
+    assert {r["group"] for r in record["rows"]} == {"AR", "Eso-LM (B)"} and all(r["time_mean_s"] > 0 for r in record["rows"])
+    df = aggregate.aggregate(preset, graph, tmp_path / "results", "code1")
+    lcrows = df[df.stage == "longctx"]
+    assert sorted(lcrows.name) == sorted(names) and set(lcrows.key) == {lc.key} and not lcrows.stale.any()
+
+
+def test_a_model_entry_can_give_a_multi_pass_likelihood_every_k_on_all_exact_sequences(tmp_path):
+    """By default a model whose exact likelihood takes L passes per order gets K = 1 on 1/8 of
+    the exact sequences; its entry's own eval settings lift that (the cpu preset's Eso-LM (A))."""
+    preset = micro()
+    preset.eval = dict(batch_size=4, max_batches=1, exact_orders=[1, 2], exact_max_sequences=16)
+    preset.models.append(P.ModelEntry("esolm-a", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.5}, []))
+    preset.models.append(P.ModelEntry("esolm-a own", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.5}, [],
+                                      eval=dict(exact_orders=[1, 2], exact_max_sequences=16)))
+    evals = {j.name: j.identity for j in pipeline.build_graph(preset, tmp_path, "c") if j.stage == "eval"}
+    assert [n for n in evals if n.startswith("eval/esolm-a/exact")] == ["eval/esolm-a/exact K=1"]
+    assert evals["eval/esolm-a/exact K=1"]["max_batches"] == 1  # 16 // 8 = 2 sequences: one batch
+    assert [n for n in evals if n.startswith("eval/esolm-a own/exact")] == ["eval/esolm-a own/exact K=1",
+                                                                          "eval/esolm-a own/exact K=2"]
+    assert evals["eval/esolm-a own/exact K=2"]["max_batches"] == 4  # all 16 sequences
+    assert evals["eval/esolm-b a0=0.5/exact K=2"]["max_batches"] == 4
