@@ -136,7 +136,7 @@ def _cpu_preset(name: str, description: str, steps: int, models: list[ModelEntry
         timing=dict(batch_size=16, trials=3, warmup=1),
         # MDLM at NFE = L = 1024 takes 62 s a call with this backbone (measured): 512 is the longest
         # length that fits the quickstart's budget
-        long_context=dict(lengths=lengths, trials=2, warmup=1, cached_only=cached_only),
+        long_context=dict(lengths=lengths, trials=3, warmup=1, cached_only=cached_only),
         mauve=dict(featurizer="minilm", max_text_length=256),
         # eval and sample share a wave: two eval lanes and one sample lane balanced it best here
         slurm={"default": dict(time_min=120, cpus_per_task=1, array_parallelism=2),
