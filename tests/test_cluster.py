@@ -102,6 +102,48 @@ def test_sbatch_script_requests_gpus_only_when_asked(tmp_path):
     assert "#SBATCH --gpus-per-node=2" in script(gpus_per_node=2)
 
 
+def test_the_two_node_recipe_of_docs_slurm_asks_slurm_for_what_it_says(tmp_path):
+    """docs/slurm.md's 2 x 8 GPU recipe, read from the doc and parsed as the CLI parses it: the
+    train stage asks for 2 nodes x 8 tasks x 8 GPUs (16 ranks, per-device batch 32 of the global
+    512), the second command's stages for one node and one GPU a job. (What a CPU machine can
+    check: the scheduler's side and NCCL are docs/slurm.md's "unverified".)"""
+    import shlex
+
+    from esolm.train import batch_split, train_config
+    from experiments import presets as P
+    from experiments.cluster import _sbatch_parameters
+    from experiments.run import parser
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "slurm.md").read_text()
+    block = text.split("2 nodes x 8 GPUs, the `paper-owt` training jobs only")[1].split("```bash")[1].split("```")[0]
+    lines = [line.split("#")[0] for line in block.replace("\\\n", " ").splitlines()]
+    cmds = [shlex.split(line.replace("<gpu-partition>", "gpu").replace("<account>", "lab"))
+            for line in lines if line.startswith("python experiments/run.py")]
+    assert len(cmds) == 2
+    parsed = []
+    for cmd in cmds:
+        args, extra = parser().parse_known_args(cmd[2:])
+        assert args.command == "pareto" and args.preset == "paper-owt" and args.cluster == "slurm"
+        parsed.append((args, list(args.overrides) + [e for e in extra if "=" in e]))
+    (train_args, train_kv), (rest_args, rest_kv) = parsed
+    assert train_args.stages == "train" and rest_args.stages is None
+    preset = P.get("paper-owt")
+
+    def script(stage, kv):
+        params = slurm_params({**preset.slurm.get("default", {}), **preset.slurm.get(stage, {})}, kv)
+        return params, _make_sbatch_string(command="true", folder=tmp_path, **_sbatch_parameters(params))
+
+    params, sbatch = script("train", train_kv)
+    for flag in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--account=lab"):
+        assert f"#SBATCH {flag}" in sbatch, flag
+    world = params.nodes * params.tasks_per_node
+    cfg = train_config(preset.train_preset, **preset.train)
+    assert world == 16 and batch_split(cfg.batch_size, world, cfg.micro_batch) == (32, 32, 1)
+    for stage in ("eval", "sample", "time", "longctx"):
+        _, sbatch = script(stage, rest_kv)
+        assert "#SBATCH --nodes=1" in sbatch and "#SBATCH --gpus-per-node=1" in sbatch, stage
+
+
 def test_unknown_cluster_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown cluster 'kube'; choose one of slurm, local, debug"):
         make_executor("kube", tmp_path)
