@@ -155,7 +155,8 @@ def tiny() -> Preset:
     """The embedded default (`make quickstart`): AR, MDLM and Eso-LM (B) at alpha_0 in {1, 0.25}
     on byte-level Shakespeare, L = 128, a 4 x 128 backbone, 400 steps x 32 sequences each;
     the sweeps of the paper scaled to L = 128; a separate AR evaluator trained 1.5 times as
-    long; BD3-LM only in the NFE = L latency table. At most 30 minutes on 2 CPU cores (README)."""
+    long; BD3-LM only in the NFE = L latency table. 27-41 minutes on 2 CPU cores, setup included
+    (README; docs/cpu_presets.md says where the time goes)."""
     return _cpu_preset(
         "tiny", "byte-level shakespeare, L=128, 4x128 backbone, 400 steps: AR, MDLM, Eso-LM (B) a0 in {1, 0.25}",
         400, [_ar(127), _mdlm(MDLM_STEPS_CPU), *_eso_models([1.0, 0.25], ESO_SWEEP_CPU)],
