@@ -97,14 +97,12 @@ def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dic
 
     # a job that measures several methods side by side (longctx) returns one row per method,
     # each naming its own label, group and model (and its name in results.csv)
-    rows = row if isinstance(row, list) else None
-    if rows is None:
-        row = dict(stage=job["stage"], label=job.get("label"), group=job.get("group"), model=job.get("model"), **row)
-    else:
-        rows = [dict(stage=job["stage"], **r) for r in rows]
+    shaped = (dict(rows=[dict(stage=job["stage"], **r) for r in row]) if isinstance(row, list) else
+              dict(row=dict(stage=job["stage"], label=job.get("label"), group=job.get("group"),
+                            model=job.get("model"), **row)))
     record = dict(key=job["key"], stage=job["stage"], name=job["name"], preset=job["preset"],
                   label=job.get("label"), group=job.get("group"), model=job.get("model"),
-                  config=job["config"], **(dict(rows=rows) if rows is not None else dict(row=row)),
+                  config=job["config"], **shaped,
                   metrics=metrics, code_version=job["code_version"], git_sha=git_sha(),
                   environment=environment_fingerprint(), host=socket.gethostname(),
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=job.get("_started_iso"),
