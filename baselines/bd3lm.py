@@ -191,6 +191,10 @@ class BD3LM(LanguageModel):
             else FULL_INTERVAL
 
     # -- the contract -------------------------------------------------------------------------
+    @classmethod
+    def train_step_cost(cls, config) -> float:
+        return 2.0  # x_t (+) x: the vectorized 2L input of 6.2
+
     def loss(self, tokens, valid=None) -> LossOutput:
         """NELBO per scored token (6.2 step 7). In training mode with clip=True, t ~ U[beta, omega]
         (and masks resampled with resample=True); evaluation always uses [1e-3, 1] (6.3)."""

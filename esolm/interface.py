@@ -174,6 +174,13 @@ class LanguageModel(nn.Module, abc.ABC):
     ) -> SampleOutput:
         ...
 
+    @classmethod
+    def train_step_cost(cls, config: ModelConfig) -> float:
+        """Positions the backbone runs per token of a training batch (1 = one pass over L).
+        The local cluster balances its lanes of training jobs by steps x this (a structural
+        count, not a timing; docs/cpu_presets.md gives the measured seconds per step)."""
+        return 1.0
+
     def after_validation(self, batches: list[torch.Tensor]) -> dict | None:
         """Hook the trainer calls after each validation pass (BD3-LM's clipped-schedule
         search uses it); returns what it changed, for the log."""

@@ -273,6 +273,8 @@ def _time_model(model, job: dict, opts: dict) -> dict:
     call = lambda profile: model.sample(c["batch_size"], generator=gen, profile=profile, **opts)  # noqa: E731
     prof = time_sampler(lambda: call(True), warmup=c["warmup"], trials=c["trials"], profile=True,
                         what=f"{job['name']}: network passes only")
+    if not c.get("wall", True):  # the preset times network passes only (the Pareto's clock, 8.5)
+        return dict(profile=prof, wall=None)
     wall = time_sampler(lambda: call(False), warmup=0, trials=c["trials"], profile=False,
                         what=f"{job['name']}: whole sampling call")
     return dict(profile=prof, wall=wall)
@@ -286,9 +288,10 @@ def job_time(job: dict) -> tuple:
     model, _ = load_model(c["checkpoint"])
     opts = dict(c["options"], top_p=c["top_p"], kv_cache=c.get("kv_cache", True))
     t = _time_model(model, job, opts)
+    wall = t["wall"] or {}
     row = dict(**c["options"], kv_cache=opts["kv_cache"], batch_size=c["batch_size"], nfe=t["profile"]["nfe"],
                time_median_s=t["profile"]["median"], time_mean_s=t["profile"]["mean"], time_std_s=t["profile"]["std"],
-               wall_median_s=t["wall"]["median"], wall_mean_s=t["wall"]["mean"], wall_std_s=t["wall"]["std"],
+               wall_median_s=wall.get("median"), wall_mean_s=wall.get("mean"), wall_std_s=wall.get("std"),
                **c["model_overrides"])
     return row, t, {}
 
@@ -299,7 +302,9 @@ def job_longctx(job: dict) -> tuple:
     preset's backbone per method, built at length L (timing does not depend on the weights),
     batch 1, no nucleus. The calls are interleaved (each trial times every method once, the
     order rotated from trial to trial), so that a slow spell of a shared machine lands on all
-    methods alike and the ratios of Table 11 are measured in one run. One row per method."""
+    methods alike and the ratios of Table 11 are measured in one run. One row per method.
+    The trials time whole calls (Table 11's clock), then as many of network passes only,
+    unless the preset sets long_context profile=False (the CPU presets: it halves the stage)."""
     import torch
 
     from esolm import registry
@@ -327,7 +332,8 @@ def job_longctx(job: dict) -> tuple:
     wall = {e["name"]: [] for e in entries}
     prof = {e["name"]: [] for e in entries}
     nfe = {}
-    for profile, into in ((False, wall), (True, prof)):  # whole calls first, then network passes only
+    modes = ((False, wall), (True, prof)) if c.get("profile", True) else ((False, wall),)
+    for profile, into in modes:  # whole calls first, then (unless the preset says not) network passes only
         for trial in range(c["trials"]):
             k = trial % len(runs)
             for e, model, opts in runs[k:] + runs[:k]:
@@ -336,11 +342,12 @@ def job_longctx(job: dict) -> tuple:
                 nfe[e["name"]] = out.nfe
     rows, metrics = [], {}
     for e in entries:
-        w, p = summarize(wall[e["name"]]), summarize(prof[e["name"]])
+        w = summarize(wall[e["name"]])
+        p = summarize(prof[e["name"]]) if prof[e["name"]] else None  # None: the preset skips network passes
         metrics[e["name"]] = dict(wall=w, profile=p)
         rows.append(dict(name=e["name"], label=e["label"], group=e["group"], model=e["model"], length=c["fields"]["length"], kv_cache=e["kv_cache"], nfe=nfe[e["name"]],
                          time_mean_s=w["mean"], time_std_s=w["std"], time_median_s=w["median"],
-                         profile_mean_s=p["mean"], **{k: v for k, v in e["model_overrides"].items()}))
+                         profile_mean_s=p and p["mean"], **{k: v for k, v in e["model_overrides"].items()}))
     order = [e["name"] for e in entries]
     return rows, dict(methods=metrics, interleaved=True, order_rotated=True, trials=c["trials"]), dict(order=order)
 

@@ -130,7 +130,7 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
                     m.label, m.group, m.model, [tr] + ([ev_train] if ev_train else [])))
             t = preset.timing
             identity = dict(train=tr.key, options=opts, top_p=preset.top_p, batch_size=t["batch_size"],
-                            trials=t["trials"], warmup=t["warmup"], seed=0)
+                            trials=t["trials"], warmup=t["warmup"], wall=bool(t.get("wall", True)), seed=0)
             add(Job("time", f"time/{m.label}/{tag}", identity,
                     dict(identity, checkpoint=checkpoint(tr), model_overrides=m.overrides),
                     m.label, m.group, m.model, [tr]))
@@ -150,7 +150,8 @@ def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
                                     options=m.nfe_equals_l, kv_cache=cached))
         if entries:
             identity = dict(entries=entries, backbone=preset.backbone, fields=dict(length=length, **ids),
-                            batch_size=1, trials=lc["trials"], warmup=lc["warmup"], seed=0, top_p=1.0)
+                            batch_size=1, trials=lc["trials"], warmup=lc["warmup"],
+                            profile=bool(lc.get("profile", True)), seed=0, top_p=1.0)
             add(Job("longctx", f"longctx/L={length}", identity, dict(identity)))
     return graph
 
@@ -192,22 +193,50 @@ def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
     return sources
 
 
-def lanes(groups: list[list[Job]], n: int) -> list[list[Job]]:
-    """``groups`` packed into ``n`` sequential lanes, largest first onto the least loaded lane
-    (a job's size: its training steps where it has them, else 1). The local cluster has no
-    scheduler to honour ``array_parallelism``; one submitted job per lane does it, so that no
-    more than ``n`` jobs share the CPU (oversubscribing 2 cores with 5 trainings cost ~40 % of
-    the throughput here) and timing jobs never overlap when ``n`` is 1."""
-    def size(g: list[Job]) -> float:
-        train = [j.identity.get("train") for j in g]  # a train job's config, or a later stage's train key
-        return sum(float(t.get("steps", 1)) if isinstance(t, dict) else 1.0 for t in train)
+def job_cost(job: Job) -> float:
+    """A job's size for lane packing: a training job's steps x its model's train_step_cost
+    (positions per token: 1 for AR and MDLM, 2 for BD3-LM, 1.5 for Eso-LM at kappa = 0.5);
+    any other job 1."""
+    train = job.identity.get("train")
+    if job.stage != "train" or not isinstance(train, dict):
+        return 1.0
+    cls = registry.model_class(job.model)
+    config = registry.build_config(job.model, job.identity.get("backbone"), **job.identity.get("model_overrides", {}))
+    return float(train.get("steps", 1)) * cls.train_step_cost(config)
 
-    out: list[list[Job]] = [[] for _ in range(max(1, n))]
-    load = [0.0] * len(out)
-    for g in sorted(groups, key=size, reverse=True):
-        i = load.index(min(load))
-        out[i] += g
-        load[i] += size(g)
+
+def lanes(groups: list[list[Job]], n: int) -> list[list[Job]]:
+    """``groups`` packed into ``n`` sequential lanes so that the most loaded lane carries as
+    little as possible (sizes: ``job_cost``): an exhaustive search over the assignments when
+    there are few (up to 4096), else largest first onto the least loaded lane. The local
+    cluster has no scheduler to honour ``array_parallelism``; one submitted job per lane does
+    it, so that no more than ``n`` jobs share the CPU (oversubscribing 2 cores with 5
+    trainings cost ~40 % of the throughput here) and timing jobs never overlap when ``n`` is 1.
+    Largest first alone left the two training lanes of `tiny` 3.3 minutes apart (its sizes
+    1.5 x 400 twice and 400 three times: 1400 against 1000; the best split is 1200 each)."""
+    import itertools
+
+    n = max(1, min(n, len(groups)))
+    sizes = [sum(job_cost(j) for j in g) for g in groups]
+    order = sorted(range(len(groups)), key=lambda i: -sizes[i])  # largest first, stable
+    best = None
+    if n > 1 and n ** len(groups) <= 4096:
+        for assign in itertools.product(range(n), repeat=len(groups) - 1):
+            load = [0.0] * n
+            load[0] = sizes[order[0]]  # the largest group on lane 0: lanes are interchangeable
+            for i, lane in zip(order[1:], assign):
+                load[lane] += sizes[i]
+            if best is None or max(load) < best[0]:
+                best = (max(load), (0, *assign))
+    if best is None:  # largest first onto the least loaded lane
+        load, chosen = [0.0] * n, []
+        for i in order:
+            chosen.append(load.index(min(load)))
+            load[chosen[-1]] += sizes[i]
+        best = (max(load), tuple(chosen))
+    out: list[list[Job]] = [[] for _ in range(n)]
+    for i, lane in zip(order, best[1]):
+        out[lane] += groups[i]
     return [lane for lane in out if lane]
 
 

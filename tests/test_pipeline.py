@@ -190,16 +190,30 @@ def test_code_version_ignores_docstrings_and_comments_but_not_code():
     assert _code_of(base) != _code_of('def f(x):\n    return x + 2\n')
 
 
-def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_steps():
-    from experiments.pipeline import Job, lanes
+def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_cost():
+    from experiments.pipeline import Job, job_cost, lanes
 
-    def job(name, steps=None):
-        return Job("train" if steps else "time", name, dict(train=dict(steps=steps)) if steps else dict(train="k"), {})
+    def job(name, model=None, steps=None, **over):
+        if not steps:
+            return Job("time", name, dict(train="k"), {}, model=model)
+        return Job("train", name, dict(model=model, backbone="smoke", model_overrides=over, train=dict(steps=steps)),
+                   {}, model=model)
 
-    groups = [[job("evaluator", 1000)], *[[job(n, 500)] for n in ("ar", "mdlm", "eso1", "eso2")]]
+    # tiny's training wave: the evaluator (AR, 1.5 x the steps), Eso-LM (B) at alpha_0 = 0.25
+    # (cost 1.5 per step: half its rows run the 2L sequential term), three models at cost 1
+    groups = [[job("evaluator", "ar", 600)], [job("ar", "ar", 400)], [job("mdlm", "mdlm", 400)],
+              [job("eso1", "esolm-b", 400, alpha_0=1.0)], [job("eso.25", "esolm-b", 400, alpha_0=0.25)]]
+    assert [job_cost(g[0]) for g in groups] == [600, 400, 400, 400, 600]
+    assert job_cost(job("bd3", "bd3lm", 400, block_size=4)) == 800
     packed = lanes(groups, 2)
     assert len(packed) == 2 and sorted(j.name for lane in packed for j in lane) == sorted(g[0].name for g in groups)
-    assert sorted(sum(j.identity["train"]["steps"] for j in lane) for lane in packed) == [1500, 1500]
+    # largest first alone gives 1400 / 1000; the best split is 1200 / 1200
+    assert sorted(sum(job_cost(j) for j in lane) for lane in packed) == [1200, 1200]
+    assert {frozenset(j.name for j in lane) for lane in packed} == {frozenset({"evaluator", "eso.25"}),
+                                                                    frozenset({"ar", "mdlm", "eso1"})}
+    many = lanes([[job(f"t{i}", "ar", 100 * (i % 5 + 1))] for i in range(13)], 2)  # 2^13: largest first
+    loads = sorted(sum(job_cost(j) for j in lane) for lane in many)
+    assert sum(loads) == 3600 and loads[1] - loads[0] <= 500
     timing = lanes([[job("a"), job("b")], [job("c")]], 1)
     assert [[j.name for j in lane] for lane in timing] == [["a", "b", "c"]]  # one lane: one job at a time
 
@@ -268,6 +282,53 @@ def test_longctx_times_every_method_of_a_length_side_by_side_interleaved(tmp_pat
     df = aggregate.aggregate(preset, graph, tmp_path / "results", "code1")
     lcrows = df[df.stage == "longctx"]
     assert sorted(lcrows.name) == sorted(names) and set(lcrows.key) == {lc.key} and not lcrows.stale.any()
+
+
+def test_a_preset_can_time_one_clock_only_halving_the_timing_stages(tmp_path, monkeypatch):
+    """The CPU presets time the sweep's network passes only (the Pareto's clock) and Table 11's
+    whole calls only: each timed call is made once, the other clock's columns stay empty."""
+    import functools
+
+    from esolm import registry
+    from esolm.checkpoint import load_model
+    from experiments import jobs
+
+    preset = micro()
+    preset.long_context = dict(lengths=[16], trials=2, warmup=1, profile=False)
+    preset.timing = dict(batch_size=2, trials=2, warmup=1, wall=False)
+    graph = pipeline.build_graph(preset, tmp_path / "work", "code1")
+    (lc,) = [j for j in graph if j.stage == "longctx"]
+    assert lc.identity["profile"] is False
+    assert all(j.identity["wall"] is False for j in graph if j.stage == "time")
+    calls, build = [], registry.build
+
+    def logged(model, name):
+        sample = model.sample
+
+        @functools.wraps(sample)
+        def inner(*a, **k):
+            calls.append((name, k["profile"]))
+            return sample(*a, **k)
+
+        model.sample = inner
+        return model
+
+    monkeypatch.setattr(registry, "build", lambda name, **kw: logged(build(name, **kw), name))
+    record = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1, "code1"))
+    n = len(lc.config["entries"])
+    assert len(calls) == n * (1 + 2) and not any(p for _, p in calls)  # warmup + 2 whole calls each
+    assert all(r["time_mean_s"] > 0 and r["profile_mean_s"] is None for r in record["rows"])
+
+    # the sweep's timing job: network passes only, once per trial
+    model = build("ar", preset="smoke", **lc.config["fields"]).eval()  # lengths=[16] = the data's L
+    calls.clear()
+    import esolm.checkpoint as ck
+
+    monkeypatch.setattr(ck, "load_model", lambda path: (logged(model, "ar"), {}))
+    tj = next(j for j in graph if j.stage == "time" and j.model == "ar")
+    rec = jobs.job_time(tj.payload("micro", tmp_path / "results", tmp_path / "work", 1, "code1"))
+    assert calls == [("ar", True)] * (1 + 2)
+    assert rec["row"]["time_median_s"] > 0 and rec["row"]["wall_median_s"] is None
 
 
 def test_a_model_entry_can_give_a_multi_pass_likelihood_every_k_on_all_exact_sequences(tmp_path):

@@ -163,6 +163,11 @@ class EsoLM(LanguageModel, abc.ABC):
         return out
 
     # -- the contract -------------------------------------------------------------------
+    @classmethod
+    def train_step_cost(cls, config) -> float:
+        # kappa of the rows take one pass over L (diffusion term), the rest one over z0 (+) x (2L)
+        return config.batch_split + 2.0 * (1.0 - config.batch_split)
+
     def loss(self, tokens, valid=None, *, generator=None) -> LossOutput:
         """loss = R + D, each half normalized by its own valid tokens (7.3c); the low_var
         weight only while training. nll_sum = (R + D with ELBO weights) * num_tokens, where
