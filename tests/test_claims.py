@@ -115,6 +115,17 @@ def test_a_claim_whose_rows_are_missing_is_not_measured(cid, stage):
     assert status(rows, cid) == NOT_MEASURED
 
 
+def test_c3_names_the_part_that_fails_and_the_protocol_difference():
+    trend = claims(store(bd16_nelbo=55.0))["C3"]
+    assert trend.status == FAIL and any(d.startswith("fails: the NELBO PPL does not fall") for d in trend.details)
+    above = claims(store(mdlm_nelbo=62.0))["C3"]
+    assert above.status == FAIL and any(d.startswith("fails: not below MDLM's NELBO PPL 62") and "L'=16 65" in d
+                                        for d in above.details)
+    ok = claims(store())["C3"]
+    assert ok.status == PASS and not any(d.startswith("fails") for d in ok.details)
+    assert any(d.startswith("protocol:") for d in ok.details)
+
+
 def test_nothing_passes_by_default_on_a_store_with_only_an_ar():
     got = claims([_ev("ar", "AR", 50.0), *_pt("ar", "AR", dict(steps=127), 127, 60.0, 4.2, 0.5)])
     assert all(c.status == NOT_MEASURED for c in got.values()), {c.id: c.status for c in got.values()}
