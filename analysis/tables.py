@@ -67,8 +67,9 @@ def _stale_note(frame: pd.DataFrame) -> list[str]:
 def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
     """Test perplexity per model: exact (largest K we ran) with the NELBO on the same
     sequences and seed (the exact run's own nelbo_ppl), then the NELBO run (the first N test
-    sequences, the whole split unless the preset caps it); each with its sequence count. A NELBO from another run never fills the same-sequence
-    column; the paper's LM1B and OWT columns beside."""
+    sequences, the whole split unless the preset caps it); each with its sequence count. A
+    NELBO from another run never fills the same-sequence column; the paper's LM1B and OWT
+    columns beside."""
     ev = S.rows(df, "eval")
     out = []
     for label, g in ev.groupby("label", sort=False):

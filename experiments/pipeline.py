@@ -219,23 +219,26 @@ def lanes(groups: list[list[Job]], n: int) -> list[list[Job]]:
     n = max(1, min(n, len(groups)))
     sizes = [sum(job_cost(j) for j in g) for g in groups]
     order = sorted(range(len(groups)), key=lambda i: -sizes[i])  # largest first, stable
-    best = None
-    if n > 1 and n ** len(groups) <= 4096:
-        for assign in itertools.product(range(n), repeat=len(groups) - 1):
-            load = [0.0] * n
-            load[0] = sizes[order[0]]  # the largest group on lane 0: lanes are interchangeable
-            for i, lane in zip(order[1:], assign):
-                load[lane] += sizes[i]
-            if best is None or max(load) < best[0]:
-                best = (max(load), (0, *assign))
-    if best is None:  # largest first onto the least loaded lane
+
+    def peak(assign) -> float:  # the most loaded lane of an assignment (lane per group of `order`)
+        load = [0.0] * n
+        for i, lane in zip(order, assign):
+            load[lane] += sizes[i]
+        return max(load)
+
+    def largest_first() -> tuple:  # each group onto the least loaded lane
         load, chosen = [0.0] * n, []
         for i in order:
             chosen.append(load.index(min(load)))
             load[chosen[-1]] += sizes[i]
-        best = (max(load), tuple(chosen))
+        return tuple(chosen)
+
+    if n > 1 and n ** len(groups) <= 4096:  # the largest group on lane 0: lanes are interchangeable
+        best = min(((0, *a) for a in itertools.product(range(n), repeat=len(groups) - 1)), key=peak)
+    else:
+        best = largest_first()
     out: list[list[Job]] = [[] for _ in range(n)]
-    for i, lane in zip(order, best[1]):
+    for i, lane in zip(order, best):
         out[lane] += groups[i]
     return [lane for lane in out if lane]
 

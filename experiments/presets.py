@@ -77,8 +77,9 @@ def _ar(sweep_steps: int) -> ModelEntry:
     return ModelEntry("ar", "ar", "AR", {}, [dict(steps=sweep_steps)], nfe_equals_l=FIRST_HITTING["AR"])
 
 
-def _mdlm(steps: list[int]) -> ModelEntry:
-    return ModelEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in steps], nfe_equals_l=FIRST_HITTING["MDLM"])
+def _mdlm(steps: list[int], **entry) -> ModelEntry:
+    return ModelEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in steps], nfe_equals_l=FIRST_HITTING["MDLM"],
+                      **entry)
 
 
 def _bd3(block: int, steps: list[int]) -> ModelEntry:
@@ -155,25 +156,20 @@ MDLM_STEPS_CPU = [8, 16, 32, 64, 128]
 CPU_STEPS = 300  # training steps of every model (the evaluator: 1.5 times as many); docs/cpu_presets.md
 
 
-def _mdlm_no_exact(steps: list[int]) -> ModelEntry:
-    # MDLM's IW likelihood takes L passes per order (77 s of the quickstart's eval wave for
-    # K = 1 on 32 sequences); no claim reads it, Table 1's `cpu` run has it
-    m = _mdlm(steps)
-    m.eval = dict(exact_orders=[])
-    return m
-
-
 def tiny() -> Preset:
     """The embedded default (`make quickstart`): AR, MDLM and Eso-LM (B) at alpha_0 in {1, 0.25}
     on byte-level Shakespeare, L = 128, a 4 x 128 backbone, 300 steps x 32 sequences each;
     the sweeps of the paper scaled to L = 128 (MDLM up to T = 64 and without its exact
     likelihood; `cpu` adds T = 128, whose sampling and timing cost as much as T = 8 ... 64
-    together, and the exact likelihood); a separate AR evaluator trained
-    1.5 times as long; BD3-LM only in the NFE = L latency table. Its time on 2 CPU cores, setup
-    included, is in the README and docs/cpu_presets.md (with where it goes)."""
+    together, and the exact likelihood); a separate AR evaluator trained 1.5 times as long;
+    BD3-LM only in the NFE = L latency table. Its time on 2 CPU cores, setup included, is in
+    the README and docs/cpu_presets.md (with where it goes)."""
     return _cpu_preset(
         "tiny", f"byte-level shakespeare, L=128, 4x128 backbone, {CPU_STEPS} steps: AR, MDLM, Eso-LM (B) a0 in {{1, 0.25}}",
-        CPU_STEPS, [_ar(127), _mdlm_no_exact(MDLM_STEPS_CPU[:-1]), *_eso_models([1.0, 0.25], ESO_SWEEP_CPU)],
+        # MDLM without its IW likelihood (L passes per order: 77 s of the eval wave at K = 1 on 32
+        # sequences); no claim reads it, `cpu` has it
+        CPU_STEPS, [_ar(127), _mdlm(MDLM_STEPS_CPU[:-1], eval=dict(exact_orders=[])),
+                    *_eso_models([1.0, 0.25], ESO_SWEEP_CPU)],
         exact_orders=[1, 10, 100], lengths=[256, 512], cached_only=True,
         timing_only=[_bd3(4, []), _bd3(16, [])])
 
