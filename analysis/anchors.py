@@ -56,12 +56,12 @@ def source_label(table: str | list[str], dataset: str | None = "OWT") -> str:
 
 def paper_points(anchors: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's sampling configurations as rows shaped like our speed-quality points:
-    group, alpha_0, alpha_0_eval, block_size, steps, relative_steps (T / L), nfe, gen_ppl,
+    group, method, alpha_0, alpha_0_eval, block_size, steps, relative_steps (T / L), nfe, gen_ppl,
     entropy, mauve, time_s, table. Eso-LM's NFE and time (Table 13) depend only on
     (alpha_0_eval, T) and are copied to every alpha_0 of training."""
     a = load_anchors() if anchors is None else anchors
     sweep = a.loc[a["table"].isin(SWEEP_TABLES)]
-    keys = ["table", "group", "length", "alpha_0", "alpha_0_eval", "block_size", "steps", "steps_per_block"]
+    keys = ["table", "group", "method", "length", "alpha_0", "alpha_0_eval", "block_size", "steps", "steps_per_block"]
     wide = _pivot(sweep, keys)
     eso_time = wide.loc[wide["alpha_0"].isna() & wide["table"].eq("13"), ["alpha_0_eval", "steps", "nfe", "time_s"]]
     quality = wide.loc[~(wide["alpha_0"].isna() & wide["table"].eq("13"))]
@@ -69,7 +69,7 @@ def paper_points(anchors: pd.DataFrame | None = None) -> pd.DataFrame:
     merged = quality.loc[eso].drop(columns=["nfe", "time_s"]).merge(eso_time, on=["alpha_0_eval", "steps"], how="left")
     points = pd.concat([merged, quality.loc[~eso]], ignore_index=True)
     ar = _pivot(a.loc[a["table"].eq("3") & a["method"].eq("AR") & a["tries"].eq(1) & a["steps"].eq(1024)],
-                ["table", "group", "length"])  # AR does not take a step count: its one value
+                ["table", "group", "method", "length"])  # AR does not take a step count: its one value
     points = pd.concat([points, ar], ignore_index=True)
     points["relative_steps"] = points["steps"] / points["length"]
     return points
@@ -81,7 +81,7 @@ def _pivot(frame: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     out.columns.name = None
     for k in keys:
         out[k] = out[k].replace("-", np.nan)
-        if k not in ("table", "group"):
+        if k not in ("table", "group", "method"):
             out[k] = pd.to_numeric(out[k])
     return out
 

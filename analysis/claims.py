@@ -15,11 +15,18 @@ import numpy as np
 import pandas as pd
 
 from analysis import anchors as A
+from analysis import schema as X
 from analysis import store as S
 from analysis.pareto import COLLAPSE_RATIO, collapsed, pareto_front
 
 PASS, FAIL, NOT_MEASURED = "PASS", "FAIL", "NOT MEASURED"
-ESO_B = "Eso-LM (B)"
+# the methods the paper's statements name, as their models' Display.family (esolm/interface.py)
+FAMILY_AR = "AR"
+FAMILY_MDLM = "MDLM"
+FAMILY_BD3 = "BD3-LM"
+FAMILY_ESO_A = "Eso-LM (A)"
+FAMILY_ESO_B = "Eso-LM (B)"
+ESO_FAMILIES = (FAMILY_ESO_A, FAMILY_ESO_B)
 PAPER_AR_ENTROPY = 5.26  # v4 Table 3, AR tries = 1: the paper's collapse threshold is 0.95 x this
 
 
@@ -64,10 +71,15 @@ def _col(frame: pd.DataFrame, name: str) -> pd.Series:
     return frame[name] if name in frame.columns else pd.Series(np.nan, index=frame.index)
 
 
+def _fam(frame: pd.DataFrame) -> pd.Series:
+    """Each row's method family (display.family)."""
+    return _col(frame, "display.family").astype(object)
+
+
 def _rows(df: pd.DataFrame, stage: str) -> pd.DataFrame:
     """S.rows, but an empty result keeps every column (so that the checks can still select)."""
     out = S.rows(df, stage)
-    return df.iloc[:0] if out.empty else out
+    return X.view(X.ensure(df)).iloc[:0] if out.empty else out
 
 
 def _eval(df: pd.DataFrame, exact: bool) -> pd.DataFrame:
@@ -98,11 +110,11 @@ def c1(df, anch, rules) -> Claim:
     c = Claim("C1", "Eso-LM (B) test PPL (NELBO) falls as alpha_0 falls", "v4 Table 1 (NELBO)",
               rule="NELBO PPL strictly lower at each smaller alpha_0 of training; needs >= 2 alpha_0")
     nelbo = _eval(df, False)
-    nelbo = nelbo.loc[nelbo["group"].eq(ESO_B) & _col(nelbo, "alpha_0").notna()] if len(nelbo) else nelbo
+    nelbo = nelbo.loc[_fam(nelbo).eq(FAMILY_ESO_B) & _col(nelbo, "alpha_0").notna()] if len(nelbo) else nelbo
     by = nelbo.groupby("alpha_0")["ppl"].first().sort_index(ascending=False) if len(nelbo) else pd.Series(dtype=float)
     c.ours = ", ".join(f"a0={a:g}: {_g(p)}" for a, p in by.items()) or "no Eso-LM (B) NELBO rows"
     for ds in ("LM1B", "OWT"):
-        p = _anchor(anch, "1", dataset=ds, group=ESO_B, estimator="nelbo").sort_values("alpha_0", ascending=False)
+        p = _anchor(anch, "1", dataset=ds, group=FAMILY_ESO_B, estimator="nelbo").sort_values("alpha_0", ascending=False)
         c.paper += ("; " if c.paper else "") + f"{ds}: " + " > ".join(
             f"{v:g} (a0={a:g})" for a, v in zip(p["alpha_0"], p["value"]))
     if len(by) < 2:
@@ -121,7 +133,7 @@ def c2(df, anch, rules) -> tuple[Claim, Claim]:
     b = Claim("C2-K", "exact (IW) PPL does not increase with K", "v4 Tables 6-8",
               rule=f"for each model with >= 2 K, sorted by K: each PPL <= the previous x (1 + {rules.k_tol:g})")
     ex = _eval(df, True)
-    eso = ex.loc[ex["group"].str.startswith("Eso-LM")] if len(ex) else ex
+    eso = ex.loc[_fam(ex).isin(ESO_FAMILIES)] if len(ex) else ex
     parts, ours = [], []
     if eso.empty:
         a.details.append("no exact eval rows of an Eso-LM model")
@@ -143,7 +155,7 @@ def c2(df, anch, rules) -> tuple[Claim, Claim]:
     a.status = verdict(parts) if parts else NOT_MEASURED
     paper = []
     for ds in ("LM1B", "OWT"):
-        p = _anchor(anch, "1", dataset=ds, group=ESO_B)
+        p = _anchor(anch, "1", dataset=ds, group=FAMILY_ESO_B)
         pairs = [(al, g.loc[g["estimator"].eq("exact"), "value"], g.loc[g["estimator"].eq("nelbo"), "value"])
                  for al, g in p.groupby("alpha_0", sort=False)]
         paper.append(f"{ds}: " + ", ".join(f"a0={al:g} {e.iloc[0]:g} <= {n.iloc[0]:g}" for al, e, n in pairs
@@ -151,7 +163,7 @@ def c2(df, anch, rules) -> tuple[Claim, Claim]:
     a.paper = "; ".join(paper)
     # C2-K
     parts, ours = [], []
-    models = ex.loc[~ex["group"].str.startswith("AR")] if len(ex) else ex
+    models = ex.loc[_fam(ex).ne(FAMILY_AR)] if len(ex) else ex
     for label, g in models.groupby("label", sort=False):
         g = g.sort_values("num_orders")
         if g["num_orders"].nunique() < 2:
@@ -173,9 +185,9 @@ def c3(df, anch, rules) -> Claim:
     c = Claim("C3", "BD3-LM NELBO PPL falls as L' shrinks and is below MDLM's", "v4 Table 1 (NELBO)",
               rule="NELBO PPL strictly lower at each smaller L' (needs >= 2 L'); every BD3-LM below MDLM's NELBO")
     nelbo = _eval(df, False)
-    bd3 = nelbo.loc[nelbo["group"].str.startswith("BD3-LM")] if len(nelbo) else nelbo
+    bd3 = nelbo.loc[_fam(nelbo).eq(FAMILY_BD3)] if len(nelbo) else nelbo
     by = bd3.groupby("block_size")["ppl"].first().sort_index(ascending=False) if len(bd3) else pd.Series(dtype=float)
-    mdlm = nelbo.loc[nelbo["group"].eq("MDLM"), "ppl"] if len(nelbo) else pd.Series(dtype=float)
+    mdlm = nelbo.loc[_fam(nelbo).eq(FAMILY_MDLM), "ppl"] if len(nelbo) else pd.Series(dtype=float)
     c.ours = ", ".join(f"L'={int(b)}: {_g(p)}" for b, p in by.items()) + (
         f"; MDLM {_g(mdlm.iloc[0])}" if len(mdlm) else "; no MDLM NELBO row")
     trend = _falls(list(by.values)) if len(by) >= 2 else None
@@ -211,8 +223,8 @@ def c4(df, anch, rules) -> Claim:
     parts, ours = [], []
     nelbo = _eval(df, False)
     if len(nelbo):
-        ar = nelbo.loc[nelbo["group"].str.startswith("AR"), "ppl"]
-        other = nelbo.loc[~nelbo["group"].str.startswith("AR")]
+        ar = nelbo.loc[_fam(nelbo).eq(FAMILY_AR), "ppl"]
+        other = nelbo.loc[_fam(nelbo).ne(FAMILY_AR)]
         if len(ar) and len(other):
             best = other.loc[other["ppl"].idxmin()]
             parts.append(bool(ar.min() < best["ppl"]))
@@ -220,10 +232,10 @@ def c4(df, anch, rules) -> Claim:
     ex = _eval(df, True)
     if len(ex):
         ex = ex.assign(_bound=np.fmin(ex["ppl"], _col(ex, "nelbo_ppl")))
-        ar = ex.loc[ex["group"].str.startswith("AR")]
+        ar = ex.loc[_fam(ex).eq(FAMILY_AR)]
         if len(ar):
             n = ar["num_sequences"].iloc[0]
-            other = ex.loc[~ex["group"].str.startswith("AR") & ex["num_sequences"].eq(n)]
+            other = ex.loc[_fam(ex).ne(FAMILY_AR) & ex["num_sequences"].eq(n)]
             if len(other):
                 best = other.loc[other["_bound"].idxmin()]
                 parts.append(bool(ar["_bound"].min() < best["_bound"]))
@@ -258,12 +270,12 @@ def c5(df, anch, rules) -> Claim:
             sel = sel.loc[_bool(_col(sel, "kv_cache"))]
         return float(sel["time_mean_s"].max()) if len(sel) else np.nan  # several labels: the slowest
 
-    grp = lc["group"]
+    grp, fam = lc["group"], _fam(lc)
     lengths = sorted(lc["length"].unique())
     parts, ours, mdlm_ratios = [], [], []
     for L in lengths:
-        eso, ar = secs(grp.eq(ESO_B), L, True), secs(grp.str.startswith("AR"), L, True)
-        mdlm = secs(grp.eq("MDLM"), L, False)
+        eso, ar = secs(fam.eq(FAMILY_ESO_B), L, True), secs(fam.eq(FAMILY_AR), L, True)
+        mdlm = secs(fam.eq(FAMILY_MDLM), L, False)
         line = [f"L={int(L)}:"]
         if np.isnan(eso):
             parts.append(None)
@@ -281,7 +293,7 @@ def c5(df, anch, rules) -> Claim:
             line.append(f"MDLM/Eso {mdlm / eso:.2f}")
         else:
             parts.append(None)
-        bd3 = sorted(g for g in grp.unique() if str(g).startswith("BD3-LM"))
+        bd3 = sorted(grp.loc[fam.eq(FAMILY_BD3)].unique())
         for g in bd3:
             t = secs(grp.eq(g), L, True)
             if not np.isnan(t):
@@ -300,11 +312,11 @@ def c5(df, anch, rules) -> Claim:
     p = anch.loc[anch["table"].eq("11")]
     out = []
     for L, d in p.groupby("length"):
-        t = dict(zip(d["group"], d["value"]))
-        eso = t[ESO_B]
-        bd3 = " ".join(f"{g.replace('BD3-LM ', 'BD3 ')}/Eso {v / eso:.2f}" for g, v in t.items()
-                       if str(g).startswith("BD3-LM"))
-        out.append(f"L={L}: Eso/AR {eso / t['AR']:.2f} MDLM/Eso {t['MDLM'] / eso:.1f} {bd3}")
+        t = dict(zip(d["group"], d["value"]))  # the paper's numbers, keyed by its method names
+        eso = t[FAMILY_ESO_B]
+        bd3 = " ".join(f"{g.replace('BD3-LM ', 'BD3 ')}/Eso {v / eso:.2f}"
+                       for g, v, m in zip(d["group"], d["value"], d["method"]) if m == FAMILY_BD3)
+        out.append(f"L={L}: Eso/AR {eso / t[FAMILY_AR]:.2f} MDLM/Eso {t[FAMILY_MDLM] / eso:.1f} {bd3}")
     c.paper = "; ".join(out) + f" (the paper's own Eso/AR at 8192 is above {rules.eso_ar_max:g})"
     return c
 
@@ -338,8 +350,8 @@ def c6(points, paper, rules) -> Claim:
 
     def split(pts, x):
         pts = pts.loc[pts[x].notna() & pts["gen_ppl"].notna()] if len(pts) else pts
-        rivals = pts.loc[pts["group"].eq("MDLM") | pts["group"].astype(str).str.startswith("BD3-LM")]
-        return pts, pts.loc[pts["group"].eq(ESO_B)], rivals
+        rivals = pts.loc[_fam(pts).isin((FAMILY_MDLM, FAMILY_BD3))]
+        return pts, pts.loc[_fam(pts).eq(FAMILY_ESO_B)], rivals
 
     if not points.empty and "time_median_s" in points.columns:
         pts, eso, rivals = split(points, "time_median_s")
@@ -410,14 +422,14 @@ def c7(sample, length, rules) -> list[Claim]:
             c.ours = "no sample rows"
             continue
         low = collapsed(sample)
-        bd3 = sample.loc[sample["group"].astype(str).str.startswith("BD3-LM") & grids.eq(ref)]
+        bd3 = sample.loc[_fam(sample).eq(FAMILY_BD3) & grids.eq(ref)]
         bd3 = bd3.loc[np.isclose(_col(bd3, "steps").astype(float), length / _col(bd3, "block_size").astype(float))]
-        eso = sample.loc[sample["group"].eq(ESO_B) & sample["nfe"].notna()]
+        eso = sample.loc[_fam(sample).eq(FAMILY_ESO_B) & sample["nfe"].notna()]
         if bd3.empty or eso.empty:
             c.ours = ("no BD3-LM row at one step per block" if bd3.empty else "no Eso-LM (B) sample row") + \
                      (" with the reference grid" if ref else "")
             continue
-        has_ar = bool(sample["group"].eq("AR").any())
+        has_ar = bool(_fam(sample).eq(FAMILY_AR).any())
         parts, ours = [], []
 
         def state(r):
@@ -474,14 +486,14 @@ def c8(sample, paper, rules) -> Claim:
     c = Claim("C8", "lower alpha_0_eval gives lower gen PPL for Eso-LM (B) at a fixed T", "v4 Table 13",
               rule=f"for each trained model and T with >= 2 alpha_0_eval: gen PPL at the smallest alpha_0_eval below "
                    f"the largest's, and each smaller alpha_0_eval at most {rules.alpha_eval_tol:.0%} above the previous")
-    eso = sample.loc[sample["group"].eq(ESO_B)] if len(sample) else sample
+    eso = sample.loc[_fam(sample).eq(FAMILY_ESO_B)] if len(sample) else sample
     res, lines = (_trend_by(eso, ["label", "steps"], "alpha_0_eval", True, rules.alpha_eval_tol, True)
                   if len(eso) else ([], []))
     c.ours = f"holds in {sum(res)} of {len(res)} (model, T)" if res else "no model and T with >= 2 alpha_0_eval"
     c.details += lines
     c.status = verdict(res) if res else NOT_MEASURED
     if paper is not None:
-        pres, _ = _trend_by(paper.loc[paper["group"].eq(ESO_B)], ["alpha_0", "steps"], "alpha_0_eval", True, 0.0, False)
+        pres, _ = _trend_by(paper.loc[_fam(paper).eq(FAMILY_ESO_B)], ["alpha_0", "steps"], "alpha_0_eval", True, 0.0, False)
         c.paper = f"holds in {sum(pres)} of {len(pres)} (a0 of training, T) (e.g. a0=1, T=16: 25.36 < 51.11 < 72.16 " \
                   f"< 119.89 at a0_eval 0.0625, 0.25, 0.5, 1)"
     return c
@@ -491,12 +503,12 @@ def c9(sample, paper, rules) -> Claim:
     c = Claim("C9", "MDLM gen PPL falls as its step count grows", "v4 Table 14",
               rule=f"gen PPL at the largest T below the smallest T's, and each larger T at most {rules.mdlm_tol:.0%} "
                    f"above the previous")
-    mdlm = sample.loc[sample["group"].eq("MDLM")] if len(sample) else sample
+    mdlm = sample.loc[_fam(sample).eq(FAMILY_MDLM)] if len(sample) else sample
     res, lines = _trend_by(mdlm, ["label"], "steps", False, rules.mdlm_tol, True) if len(mdlm) else ([], [])
     c.ours = "; ".join(lines) or "no MDLM sample rows at >= 2 T"
     c.status = verdict(res) if res else NOT_MEASURED
     if paper is not None:
-        p = paper.loc[paper["group"].eq("MDLM")].sort_values("steps")
+        p = paper.loc[_fam(paper).eq(FAMILY_MDLM)].sort_values("steps")
         c.paper = ", ".join(f"T={t:g} {v:g}" for t, v in zip(p["steps"], p["gen_ppl"]))
     return c
 
@@ -507,11 +519,12 @@ def evaluate_claims(df: pd.DataFrame, *, length: int | None = None, rules: Rules
     """Every claim checked on one results frame; `length` is the preset's L (C7)."""
     rules = rules or Rules()
     anch = A.load_anchors() if anchors is None else anchors
-    paper = A.paper_points(anch)
+    df = X.ensure(df)
     if "stale" not in df.columns:  # a hand-made frame
         df = df.assign(stale=False)
     sample = _rows(df, "sample")
     points = S.speed_quality(df) if len(sample) else sample
+    paper = X.borrow_display(A.paper_points(anch), X.view(df))
     return [c1(df, anch, rules), *c2(df, anch, rules), c3(df, anch, rules), c4(df, anch, rules),
             c5(df, anch, rules), c6(points, paper, rules), *c7(sample, length, rules),
             c8(sample, paper, rules), c9(sample, paper, rules)]

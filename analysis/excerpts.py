@@ -48,7 +48,7 @@ def excerpts_markdown(df: pd.DataFrame, results: Path, chars: int = CHARS) -> st
     lines = [f"# Samples: {S.load_summary(results).get('preset', results.name)}", "",
              f"The first sample of two configurations per method, its lowest and its highest NFE, cut to "
              f"{chars} characters. Gen PPL is scored by {S.evaluator_name(sample) if len(sample) else '?'}.", ""]
-    for g in ordered_groups(sample["group"]) if len(sample) else []:
+    for g in ordered_groups(sample) if len(sample) else []:
         rows = sample.loc[sample["group"].eq(g) & sample["nfe"].notna()].sort_values(["nfe", "gen_ppl"])
         if rows.empty:
             continue

@@ -18,7 +18,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from analysis.pareto import method_colors, save, setup_style
+from analysis import store as S
+from analysis.pareto import group_styles, save, setup_style
+from esolm.config import ConfigError
 
 WINDOW = 25  # training steps per plotted point
 
@@ -46,6 +48,17 @@ def collect(results: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _displays(results: Path, frame: pd.DataFrame) -> pd.DataFrame:
+    """The curves' methods with the display.* columns of their train rows in results.csv
+    (a method not there keeps a neutral display)."""
+    try:
+        train = S.rows(S.load_results(results), "train")
+    except (ConfigError, OSError, KeyError):  # no or unreadable results.csv: neutral colours
+        return frame
+    cols = ["group", *[c for c in train.columns if c.startswith("display.")]]
+    return pd.concat([train[cols], frame[["group"]]], ignore_index=True)
+
+
 def draw_learning_curves(results: Path) -> list[Path]:
     """Write the CSV and the figure; returns their paths (none when no log is found)."""
     results = Path(results)
@@ -57,12 +70,12 @@ def draw_learning_curves(results: Path) -> list[Path]:
     frame.to_csv(tmp, index=False)
     tmp.replace(csv)
     setup_style()
-    colors = method_colors(frame["group"].unique())
+    styles = group_styles(_displays(results, frame))
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     seen: dict = {}  # models of one method share its colour; their line styles differ
     for label, part in frame.groupby("label", sort=False):
         group = part["group"].iloc[0]
-        color, i = colors.get(group), seen.setdefault(group, 0)
+        color, i = styles[group]["colour"], seen.setdefault(group, 0)
         seen[group] += 1
         style = ["-", "--", ":", "-."][i % 4]
         ax.plot(part["tokens"] / 1e6, part["train_nll"], style, color=color, lw=1.3, label=f"{label} (train)")

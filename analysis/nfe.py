@@ -5,6 +5,7 @@ so that collapsed (repetitive) samples stand out; ours beside the paper's (Table
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,25 +17,29 @@ import pandas as pd
 from matplotlib.lines import Line2D
 
 from analysis import anchors as A
+from analysis import schema as X
 from analysis import store as S
 from analysis.pareto import (
     COLLAPSE_RATIO,
     collapsed,
-    method_colors,
+    group_styles,
+    is_reference,
     ordered_groups,
     plain_log_ticks,
     point_style,
     save,
     setup_style,
+    shade,
 )
 
 _LINESTYLES = {1.0: "-", 0.5: "--", 0.25: "-.", 0.125: (0, (5, 1, 1, 1, 1, 1)), 0.0625: ":"}
 
 
 def model_name(row: pd.Series) -> str:
-    """A trained model as the legend names it: the method, and alpha_0 of training for Eso-LM."""
-    a0 = row.get("alpha_0")
-    return f"{row['group']}, trained at α0 = {float(a0):g}" if pd.notna(a0) else str(row["group"])
+    """A trained model as the legend names it: the method, and the value its display shades by
+    (Eso-LM: alpha_0 of training)."""
+    field, value = shade(row)
+    return f"{row['group']}, {X.shown(field, long=True)} = {value:g}" if field else str(row["group"])
 
 
 def curves(points: pd.DataFrame, length: int) -> pd.DataFrame:
@@ -47,17 +52,17 @@ def curves(points: pd.DataFrame, length: int) -> pd.DataFrame:
     return out
 
 
-def draw_column(ax_ppl, ax_ent, points: pd.DataFrame, level_lines: pd.DataFrame, colors: dict, length: int) -> None:
-    """Gen PPL (log) and entropy against NFE / L: a line per curve, AR as a star, collapsed
+def draw_column(ax_ppl, ax_ent, points: pd.DataFrame, level_lines: pd.DataFrame, styles: dict, length: int) -> None:
+    """Gen PPL (log) and entropy against NFE / L: a line per curve, the reference (AR) as a star, collapsed
     samples crossed out, and the collapse threshold on the entropy axis."""
     pts = curves(points, length)
     low = collapsed(pd.concat([pts, level_lines])).reindex(pts.index, fill_value=False)
     for _, g in pts.groupby("curve", sort=False):
         g = g.sort_values("nfe_per_token")
-        st = point_style(g.iloc[0], colors)
+        st = point_style(g.iloc[0])
         a_eval = g["alpha_0_eval"].iloc[0] if "alpha_0_eval" in g.columns else float("nan")
         ls = _LINESTYLES.get(float(a_eval), "-") if pd.notna(a_eval) else "-"
-        big = g["group"].iloc[0] == "AR"
+        big = styles[g["group"].iloc[0]]["reference"]
         for ax, y in ((ax_ppl, "gen_ppl"), (ax_ent, "entropy")):
             ax.plot(g["nfe_per_token"], g[y], color=st["color"], marker=st["marker"], ms=15 if big else 5.5,
                     ls="none" if big else ls, lw=1.5, zorder=4 if big else 3)
@@ -66,8 +71,8 @@ def draw_column(ax_ppl, ax_ent, points: pd.DataFrame, level_lines: pd.DataFrame,
     for _, row in level_lines.iterrows():
         for ax, y in ((ax_ppl, "gen_ppl"), (ax_ent, "entropy")):
             if pd.notna(row.get(y)):
-                ax.axhline(row[y], color=colors[row["group"]], ls="--", lw=1.1, zorder=2)
-    ar = pd.concat([pts, level_lines]).loc[lambda d: d["group"].eq("AR"), "entropy"].dropna()
+                ax.axhline(row[y], color=styles[row["group"]]["colour"], ls="--", lw=1.1, zorder=2)
+    ar = pd.concat([pts, level_lines]).loc[is_reference, "entropy"].dropna()
     if len(ar):
         ax_ent.axhline(COLLAPSE_RATIO * ar.iloc[0], color="#555555", ls=":", lw=1.2, zorder=2)
     ax_ppl.set_xscale("log")
@@ -85,23 +90,23 @@ def nfe_figure(points: pd.DataFrame, paper: pd.DataFrame | None, *, summary: dic
     setup_style()
     summary = summary or {}
     length = S.sequence_length(summary) or int(points["nfe"].max())
+    paper = X.borrow_display(paper, points) if paper is not None else None
     cols = [points] + ([paper] if paper is not None else [])
     fig, axes = plt.subplots(2, len(cols), figsize=(6.6 * len(cols), 7.6), squeeze=False, sharex="col",
                              gridspec_kw=dict(height_ratios=[3, 2]))
-    groups = ordered_groups([g for c in cols for g in c["group"]])
-    colors = method_colors(groups)
-    draw_column(axes[0, 0], axes[1, 0], points, points.iloc[:0], colors, length)
+    styles = group_styles(*cols)
+    draw_column(axes[0, 0], axes[1, 0], points, points.iloc[:0], styles, length)
     axes[0, 0].set_ylabel(f"gen PPL (log; {S.evaluator_name(points)})")
     axes[1, 0].set_ylabel("mean unigram entropy (nats)")
     axes[0, 0].set_title(f"ours: {summary.get('preset', '')} ({summary.get('corpus', '?')}, L = {length}, "
                          f"{summary.get('num_samples', '?')} samples per point)", fontsize=10)
     if paper is not None:
         untimed = paper["nfe"].isna()
-        draw_column(axes[0, 1], axes[1, 1], paper.loc[~untimed], paper.loc[untimed], colors, 1024)
+        draw_column(axes[0, 1], axes[1, 1], paper.loc[~untimed], paper.loc[untimed], styles, 1024)
         axes[0, 1].set_ylabel("gen PPL (log; GPT-2 Large)")
         axes[1, 1].set_ylabel("mean unigram entropy (nats)")
         axes[0, 1].set_title(f"{A.source_label(['13', '14', '15'])}: L = 1024, 5120 samples per point", fontsize=10)
-    fig.legend(handles=_legend(cols, colors, paper is not None), loc="upper center", bbox_to_anchor=(0.5, 0.0),
+    fig.legend(handles=_legend(cols, styles, paper is not None), loc="upper center", bbox_to_anchor=(0.5, 0.0),
                ncol=3, fontsize=8.5, frameon=False)
     fig.suptitle("Gen PPL and sample entropy against NFE, one line per trained model and α0 of sampling"
                  + ("\nours (left) and the paper's (right) on separate y axes: different data, models and evaluators"
@@ -111,26 +116,40 @@ def nfe_figure(points: pd.DataFrame, paper: pd.DataFrame | None, *, summary: dic
     return fig
 
 
-def _legend(cols, colors: dict, paper: bool) -> list:
+def _legend(cols, styles: dict, paper: bool) -> list:
     rows = pd.concat([c.assign(model_name=[model_name(r) for _, r in c.iterrows()]) for c in cols])
     rows = rows.drop_duplicates("model_name")
-    order = ordered_groups(rows["group"])
-    rows = rows.assign(_o=rows["group"].map(order.index), _a=-rows.get("alpha_0", 0).fillna(0))
+    order = ordered_groups(*cols)
+    shade_value = [shade(r)[1] for _, r in rows.iterrows()]
+    rows = rows.assign(_o=rows["group"].map(order.index), _a=[-(v or 0) for v in shade_value])
     h = []
     for _, r in rows.sort_values(["_o", "_a"]).iterrows():
-        st = point_style(r, colors)
-        h.append(Line2D([], [], color=st["color"], marker=st["marker"], ms=12 if r["group"] == "AR" else 6,
-                        lw=0 if r["group"] == "AR" else 1.5, label=r["model_name"]))
-    evals = sorted({float(a) for c in cols for a in c.get("alpha_0_eval", pd.Series(dtype=float)).dropna()},
-                   reverse=True)
-    h += [Line2D([], [], color="#555555", ls=_LINESTYLES.get(a, "-"), lw=1.5, label=f"Eso-LM, α0 of sampling = {a:g}")
-          for a in evals]
+        st = point_style(r)
+        ref = styles[r["group"]]["reference"]
+        h.append(Line2D([], [], color=st["color"], marker=st["marker"], ms=12 if ref else 6,
+                        lw=0 if ref else 1.5, label=r["model_name"]))
+    h += _eval_handles(cols)
     h += [Line2D([], [], color="#555555", marker="x", lw=0, ms=8, label="collapsed samples (entropy below the line)"),
           Line2D([], [], color="#555555", ls=":", lw=1.2, label=f"collapse threshold: {COLLAPSE_RATIO:.0%} of AR's entropy")]
-    if paper:
-        h.append(Line2D([], [], color=colors.get("AR", "#222222"), ls="--", lw=1.1,
-                        label="paper's AR (1M steps, v4 Table 3; NFE not given)"))
+    refs = [g for g in order if styles[g]["reference"]]
+    if paper and refs:
+        h.append(Line2D([], [], color=styles[refs[0]]["colour"], ls="--", lw=1.1,
+                        label=f"paper's {refs[0]} (1M steps, v4 Table 3; NFE not given)"))
     return h
+
+
+def _eval_handles(cols) -> list:
+    """A line style per alpha_0 of sampling, named by the families that sample at it."""
+    evals: dict = {}
+    for c in cols:
+        if "alpha_0_eval" in c.columns:
+            for fam, a in zip(c.get("display.family", c["group"]), c["alpha_0_eval"]):
+                if pd.notna(a):
+                    evals.setdefault(float(a), set()).add(str(fam))
+    return [Line2D([], [], color="#555555", ls=_LINESTYLES.get(a, "-"), lw=1.5,
+                   label=f"{os.path.commonprefix(sorted(evals[a])).rstrip(' (') or ' / '.join(sorted(evals[a]))}, "
+                         f"{X.shown('alpha_0_eval', long=True)} = {a:g}")
+            for a in sorted(evals, reverse=True)]
 
 
 def draw_nfe(results_dir) -> list[Path]:

@@ -5,6 +5,7 @@ time, a point per configuration, each method's frontier as a line; ours beside t
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,13 +20,13 @@ import seaborn as sns
 from matplotlib.lines import Line2D
 
 from analysis import anchors as A
+from analysis import schema as X
 from analysis import store as S
 
-COLLAPSE_RATIO = 0.95  # entropy below 95% of AR's: the paper's "below 5" at AR's 5.26 (spec 8.3)
-METRICS = {"gen_ppl": ("gen PPL", False), "mauve": ("MAUVE", True)}  # name, higher is better
-_BASE = {"AR": "#222222", "AR + AdaLN": "#666666", "MDLM": 0, "BD3-LM L'=4": 1, "BD3-LM L'=8": 4,
-         "BD3-LM L'=16": 3, "Eso-LM (B)": 2, "Eso-LM (A)": 9}
-_MARKERS = {1.0: "o", 0.5: "s", 0.25: "D", 0.125: "^", 0.0625: "v", 0.0: "P"}
+COLLAPSE_RATIO = 0.95  # entropy below 95% of the reference's (AR): the paper's "below 5" at AR's 5.26 (spec 8.3)
+# a shaded method (Display.shade_by, Eso-LM: alpha_0 of training): marker and shading level by the value
+SHADE_MARKERS = {1.0: "o", 0.5: "s", 0.25: "D", 0.125: "^", 0.0625: "v", 0.0: "P"}
+REFERENCE = "display.reference"
 
 
 # ------------------------------------------------------------------------- the frontier
@@ -51,40 +52,85 @@ def frontier(points: pd.DataFrame, x: str, y: str, *, by: str = "group", maximiz
     return on
 
 
+def is_reference(frame: pd.DataFrame) -> pd.Series:
+    """Rows of the quality reference (Display.reference: AR)."""
+    if REFERENCE not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return frame[REFERENCE].astype(str).str.lower().isin(("true", "1", "1.0"))
+
+
 def collapsed(points: pd.DataFrame) -> pd.Series:
-    """Samples whose mean entropy is below COLLAPSE_RATIO of the AR samples' (no AR: none)."""
-    ar = points.loc[points["group"].eq("AR"), "entropy"].dropna() if "entropy" in points.columns else []
-    if len(ar) == 0:
+    """Samples whose mean entropy is below COLLAPSE_RATIO of the reference samples' (none: none)."""
+    ref = points.loc[is_reference(points), "entropy"].dropna() if "entropy" in points.columns else []
+    if len(ref) == 0:
         return pd.Series(False, index=points.index)
-    return points["entropy"] < COLLAPSE_RATIO * float(ar.iloc[0])
+    return points["entropy"] < COLLAPSE_RATIO * float(ref.iloc[0])
 
 
 # ----------------------------------------------------------------------------- styling
-def method_colors(groups) -> dict:
-    """A fixed color per method, the same in every figure."""
-    pal = sns.color_palette("colorblind", 10)
-    spare = iter(pal[6:] + pal)
-    return {g: (pal[_BASE[g]] if isinstance(_BASE.get(g), int) else _BASE.get(g) or next(spare)) for g in groups}
+def group_styles(*frames: pd.DataFrame) -> dict:
+    """Per method (`group`): its display (family, colour, marker, order, reference, shade_by)
+    from the display.* columns of its first row (schema.borrow_display gives paper rows ours)."""
+    out: dict = {}
+    for f in frames:
+        if f is None or "group" not in f.columns:
+            continue
+        for g, part in f.groupby("group", sort=False):
+            if g not in out:
+                first = part.iloc[0]
+                d = {k: first.get(f"display.{k}") for k in X.DISPLAY}
+                out[g] = {**X.neutral_display(str(g), len(out)), **{k: v for k, v in d.items() if _given(v)}}
+                out[g]["reference"] = str(out[g]["reference"]).lower() in ("true", "1", "1.0")
+    return out
 
 
-def ordered_groups(groups) -> list:
-    """Methods in the paper's order (AR, MDLM, BD3-LM by L', Eso-LM), others after."""
-    known = list(_BASE)
-    return sorted(dict.fromkeys(groups), key=lambda g: (known.index(g) if g in known else len(known), str(g)))
+def _given(v) -> bool:
+    return v is not None and not (isinstance(v, float) and np.isnan(v))
 
 
-def point_style(row: pd.Series, colors: dict) -> dict:
-    """Color by method (Eso-LM shaded by alpha_0 of training), marker by alpha_0 of training."""
-    a0 = row.get("alpha_0")
-    color = colors[row["group"]]
-    marker = "o"
-    if pd.notna(a0) and str(row["group"]).startswith("Eso-LM"):
-        marker = _MARKERS.get(float(a0), "X")
-        level = list(_MARKERS).index(float(a0)) if float(a0) in _MARKERS else len(_MARKERS)
+def ordered_groups(*frames: pd.DataFrame) -> list:
+    """Methods in the paper's order (Display.order, then the name), those without a display after."""
+    styles = group_styles(*frames)
+    return sorted(styles, key=lambda g: (float(styles[g]["order"]), str(g)))
+
+
+def shade(row: pd.Series):
+    """The field a row's method shades by and its value there, or (None, None)."""
+    field = row.get("display.shade_by")
+    if not _given(field) or not _given(row.get(field)):
+        return None, None
+    return str(field), float(row[field])
+
+
+def point_style(row: pd.Series) -> dict:
+    """Colour and marker of the row's method; a shaded method (Eso-LM by alpha_0 of training)
+    darkened and marked by its value."""
+    color, marker = row.get("display.colour"), row.get("display.marker")
+    color = color if _given(color) else X.NEUTRAL[0]
+    marker = marker if _given(marker) else "o"
+    _, value = shade(row)
+    if value is not None:
+        marker = SHADE_MARKERS.get(value, "X")
+        level = list(SHADE_MARKERS).index(value) if value in SHADE_MARKERS else len(SHADE_MARKERS)
         color = tuple(np.array(matplotlib.colors.to_rgb(color)) * (1 - 0.13 * level))
-    if row["group"] == "AR":
-        marker = "*"
     return dict(color=color, marker=marker)
+
+
+def shaded_name(shaded: dict, field: str) -> str:
+    """What the families shaded by `field` have in common ("Eso-LM" for Eso-LM (A) and (B))."""
+    families = sorted({f for (fd, _), fams in shaded.items() if fd == field for f in fams})
+    return os.path.commonprefix(families).rstrip(" (") or " / ".join(families)
+
+
+def shades(*frames: pd.DataFrame) -> dict:
+    """(shade field, value) -> the families shaded by it, over the rows of these frames."""
+    out: dict = {}
+    for f in frames:
+        for _, row in f.iterrows() if f is not None and "display.shade_by" in f.columns else []:
+            field, value = shade(row)
+            if field is not None:
+                out.setdefault((field, value), set()).add(str(row.get("display.family")))
+    return out
 
 
 def setup_style() -> None:
@@ -110,50 +156,57 @@ def save(fig, path_stem: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------ drawing
-def draw_panel(ax, points: pd.DataFrame, x: str, y: str, colors: dict, *, maximize_y: bool, by: str = "group"):
-    """Points (faded off the frontier), each method's frontier line, AR as a star, an x on
-    collapsed samples; a method with no time at all (the paper's AR) as a dashed level line;
-    other untimed configurations are left out."""
+def draw_panel(ax, points: pd.DataFrame, x: str, y: str, styles: dict, *, metric: X.Metric, by: str = "group"):
+    """Points (faded off the frontier), each method's frontier line, the reference (AR) as a
+    star, an x on collapsed samples; a method with no time at all (the paper's AR) as a dashed
+    level line; other untimed configurations are left out."""
+    maximize = bool(metric.higher_is_better)
     pts = points.loc[points[y].notna()].copy()
     timed = pts.loc[pts[x].notna()].copy()
-    timed["_front"] = frontier(timed, x, y, by=by, maximize_y=maximize_y)
+    timed["_front"] = frontier(timed, x, y, by=by, maximize_y=maximize)
     for _, row in timed.iterrows():
-        st = point_style(row, colors)
-        big = row["group"] == "AR"
+        st = point_style(row)
+        big = styles[row["group"]]["reference"]
         ax.scatter(row[x], row[y], s=260 if big else 46, color=st["color"], marker=st["marker"], zorder=4,
                    alpha=1.0 if row["_front"] else 0.35, edgecolor="black" if row["_front"] else "none",
                    linewidth=0.6)
     for _, g in timed.loc[timed["_front"]].groupby(by, sort=False):
         g = g.sort_values(x)
         if len(g) > 1:
-            color = colors[g["group"].iloc[0]] if by == "group" else point_style(g.iloc[0], colors)["color"]
+            color = styles[g["group"].iloc[0]]["colour"] if by == "group" else point_style(g.iloc[0])["color"]
             ax.plot(g[x], g[y], color=color, lw=1.8, zorder=3)
     low = timed.loc[collapsed(pts).reindex(timed.index, fill_value=False)]
     ax.scatter(low[x], low[y], s=70, marker="x", color="#555555", linewidth=1.2, zorder=5)
     for _, row in pts.loc[~pts["group"].isin(timed["group"])].iterrows():  # a method with no times: a level
-        ax.axhline(row[y], color=colors[row["group"]], ls="--", lw=1.2, zorder=2)
+        ax.axhline(row[y], color=styles[row["group"]]["colour"], ls="--", lw=1.2, zorder=2)
     ax.set_xscale("log")
     plain_log_ticks(ax.xaxis)
-    if not maximize_y:
+    if metric.bounds is not None:
+        lo, hi = metric.bounds
+        ax.set_ylim(lo - 0.02 * (hi - lo), hi + 0.02 * (hi - lo))
+    elif not maximize:
         ax.set_yscale("log")
         plain_log_ticks(ax.yaxis)
-    else:
-        ax.set_ylim(-0.02, 1.02)
 
 
-def legend_handles(groups, colors: dict, alphas, *, paper_ar: bool, collapse: bool) -> list:
-    h = [Line2D([], [], color=colors[g], marker="*" if g == "AR" else "o", ms=12 if g == "AR" else 7,
-                lw=0 if g == "AR" else 1.8, label=f"{g}" + ("" if g == "AR" else " (frontier line)"))
-         for g in groups]
-    h += [Line2D([], [], color="#777777", marker=_MARKERS.get(a, "X"), lw=0, ms=7,
-                 label=f"Eso-LM, α0 of training = {a:g}") for a in alphas]
+def legend_handles(groups, styles: dict, shaded: dict, *, paper_ref: str | None, collapse: bool) -> list:
+    """One entry per method (the reference as a star), per shade value, off the frontier,
+    collapsed samples and the paper's untimed reference line."""
+    h = []
+    for g in groups:
+        ref = styles[g]["reference"]
+        h.append(Line2D([], [], color=styles[g]["colour"], marker=styles[g]["marker"] if ref else "o",
+                        ms=12 if ref else 7, lw=0 if ref else 1.8, label=f"{g}" + ("" if ref else " (frontier line)")))
+    for (field, value) in sorted(shaded, key=lambda fv: (fv[0], -fv[1])):
+        h.append(Line2D([], [], color="#777777", marker=SHADE_MARKERS.get(value, "X"), lw=0, ms=7,
+                        label=f"{shaded_name(shaded, field)}, {X.shown(field, long=True)} = {value:g}"))
     h += [Line2D([], [], color="#999999", marker="o", lw=0, ms=7, alpha=0.35, label="off the frontier")]
     if collapse:
         h += [Line2D([], [], color="#555555", marker="x", lw=0, ms=8,
                      label=f"low entropy (< {COLLAPSE_RATIO:.0%} of AR's): collapsed samples")]
-    if paper_ar:
-        h += [Line2D([], [], color=colors.get("AR", "#222222"), ls="--", lw=1.2,
-                     label="paper's AR (1M steps, v4 Table 3; no time given)")]
+    if paper_ref is not None:
+        h += [Line2D([], [], color=styles[paper_ref]["colour"], ls="--", lw=1.2,
+                     label=f"paper's {paper_ref} (1M steps, v4 Table 3; no time given)")]
     return h
 
 
@@ -161,36 +214,39 @@ def pareto_figure(points: pd.DataFrame, paper: pd.DataFrame | None, *, metric: s
                   summary: dict | None = None, by: str = "group"):
     """Our frontier and, in a separate panel (axes not comparable), the paper's."""
     setup_style()
-    name, maximize = METRICS[metric]
+    m = X.metric(metric)
+    name, maximize = m.shown, bool(m.higher_is_better)
     summary = summary or {}
     L = S.sequence_length(summary)
+    paper = X.borrow_display(paper, points) if paper is not None and metric in paper.columns else None
     panels = [points] + ([paper] if paper is not None and paper[metric].notna().any() else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(6.6 * len(panels), 5.0), squeeze=False)
-    groups = ordered_groups([*points["group"], *(paper["group"] if len(panels) > 1 else [])])
-    colors = method_colors(groups)
-    draw_panel(axes[0, 0], points, "time_median_s", metric, colors, maximize_y=maximize, by=by)
+    styles = group_styles(*panels)
+    groups = ordered_groups(*panels)
+    draw_panel(axes[0, 0], points, "time_median_s", metric, styles, metric=m, by=by)
     batch = points.get("batch_size", pd.Series(dtype=float)).dropna()
     env = summary.get("environment") or {}
     device = env.get("device") or f"{env.get('cpu', 'CPU')} CPU, {env.get('torch_threads', '?')} thread(s)"
     axes[0, 0].set_xlabel(f"median sampling time per batch of {int(batch.iloc[0]) if len(batch) else '?'} (s, "
                           f"network passes; {device})")
     unit = "log scale" if not maximize else "higher is better"
-    axes[0, 0].set_ylabel(f"{name} ({unit}; {S.evaluator_name(points)})" if metric == "gen_ppl" else f"{name} ({unit})")
+    axes[0, 0].set_ylabel(f"{name} ({unit}; {S.evaluator_name(points)})" if m.evaluator else f"{name} ({unit})")
     axes[0, 0].set_title(f"ours: {summary.get('preset', '')} ({summary.get('corpus', '?')}, L = {L}, "
                          f"{summary.get('num_samples', '?')} samples per point)", fontsize=10)
     if len(panels) > 1:
         ax = axes[0, 1]
-        draw_panel(ax, paper, "time_s", metric, colors, maximize_y=maximize)
+        draw_panel(ax, paper, "time_s", metric, styles, metric=m)
         ax.set_xlabel("mean sampling time per batch of 512 (s, H200)")
-        ax.set_ylabel(f"{name} ({unit}; GPT-2 Large)" if metric == "gen_ppl" else f"{name} ({unit})")
+        ax.set_ylabel(f"{name} ({unit}; GPT-2 Large)" if m.evaluator else f"{name} ({unit})")
         ax.set_title(f"{A.source_label(['13', '14', '15'])}: L = 1024, 5120 samples per point", fontsize=10)
-    alphas = sorted({float(a) for a in pd.concat([p.loc[p["group"].str.startswith("Eso-LM"), "alpha_0"]
-                                                  for p in panels]).dropna()}, reverse=True)
-    paper_ar = len(panels) > 1 and paper.loc[paper["group"].eq("AR"), metric].notna().any()
-    handles = legend_handles(groups, colors, alphas, paper_ar=bool(paper_ar),
+    paper_ref = None
+    if len(panels) > 1:
+        refs = paper.loc[is_reference(paper) & paper[metric].notna(), "group"]
+        paper_ref = refs.iloc[0] if len(refs) else None
+    handles = legend_handles(groups, styles, shades(*panels), paper_ref=paper_ref,
                              collapse=any(collapsed(p).any() for p in panels))
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=8.5, frameon=False)
-    what = "gen PPL (lower is better)" if not maximize else "MAUVE (higher is better)"
+    what = f"{name} ({'higher' if maximize else 'lower'} is better)"
     per = "each method's frontier" if by == "group" else f"one frontier per {by}"
     beside = ("\nours (left) and the paper's (right) on separate axes: different data, models and devices"
               if len(panels) > 1 else "")
@@ -199,8 +255,14 @@ def pareto_figure(points: pd.DataFrame, paper: pd.DataFrame | None, *, metric: s
     return fig
 
 
+def pareto_metrics(points: pd.DataFrame) -> list[str]:
+    """The declared quality metrics (schema.METRICS, pareto=True) these points have values of."""
+    return [m.name for m in X.METRICS if m.pareto and m.name in points.columns and points[m.name].notna().any()]
+
+
 def draw_pareto(results_dir) -> list[Path]:
-    """figures/pareto_gen_ppl.* and, where MAUVE was scored, figures/pareto_mauve.*."""
+    """figures/pareto_<metric>.* for every declared quality metric the store scored (gen PPL;
+    MAUVE where it was scored)."""
     results = Path(results_dir)
     df = S.load_results(results)
     summary = S.load_summary(results)
@@ -210,10 +272,9 @@ def draw_pareto(results_dir) -> list[Path]:
         return []
     paper = A.paper_points()
     out = []
-    for metric in METRICS:
-        if metric in points.columns and points[metric].notna().any():
-            fig = pareto_figure(points, paper, metric=metric, summary=summary)
-            out += save(fig, S.output_dir(results, "figures") / f"pareto_{metric}")
+    for metric in pareto_metrics(points):
+        fig = pareto_figure(points, paper, metric=metric, summary=summary)
+        out += save(fig, S.output_dir(results, "figures") / f"pareto_{metric}")
     return out
 
 

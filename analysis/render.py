@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from esolm.checkpoint import atomic_write_bytes
+from esolm.io import atomic_write_bytes
 
 BLANK = "–"
 

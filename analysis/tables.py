@@ -15,8 +15,10 @@ import numpy as np
 import pandas as pd
 
 from analysis import anchors as A
+from analysis import schema as X
 from analysis import store as S
-from analysis.pareto import COLLAPSE_RATIO, collapsed, ordered_groups
+from analysis.claims import FAMILY_AR, FAMILY_ESO_B
+from analysis.pareto import COLLAPSE_RATIO, collapsed, group_styles, ordered_groups
 from analysis.render import Col, Table
 from analysis.table5 import table5
 
@@ -24,9 +26,11 @@ NOT_SAME = ("Ours and the paper's are not the same quantity (corpus, sequence le
             "evaluator and device all differ): read them side by side, never as a difference.")
 
 
-def _order(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows in the paper's method order, then block size, then alpha_0 of training (high first)."""
-    order = ordered_groups(frame["group"])
+def _order(frame: pd.DataFrame, *styled: pd.DataFrame) -> pd.DataFrame:
+    """Rows in the paper's method order (the display of the `styled` rows, by default the
+    frame's own), then block size, then alpha_0 of training (high first)."""
+    order = ordered_groups(*(styled or (frame,)))
+    order += sorted(set(frame["group"]) - set(order), key=str)
     keys = frame.assign(_g=frame["group"].map(order.index),
                         _b=frame.get("block_size", pd.Series(np.nan, index=frame.index)).fillna(0),
                         _a=-frame.get("alpha_0", pd.Series(np.nan, index=frame.index)).fillna(0))
@@ -74,7 +78,8 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
     out = []
     for label, g in ev.groupby("label", sort=False):
         first = g.iloc[0]
-        exact = g.loc[g["exact"].astype(str).eq("True")].sort_values("num_orders") if "exact" in g else g.iloc[:0]
+        exact = g.loc[g["exact"].astype(str).eq("True")] if "exact" in g else g.iloc[:0]
+        exact = exact.sort_values("num_orders") if len(exact) else exact  # no exact run: no num_orders column
         nelbo = g.loc[g["exact"].astype(str).ne("True")] if "exact" in g else g
         top = exact.iloc[-1] if len(exact) else None
         same = top.get("nelbo_ppl", np.nan) if top is not None else np.nan  # same run: same sequences, same seed
@@ -95,7 +100,7 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
                 row[f"paper_{ds.lower()}_{est}"] = anc["value"] if anc is not None else np.nan
                 row[f"paper_{ds.lower()}_{est}_notes"] = _marks(anc)
         out.append(row)
-    data = _order(pd.DataFrame(out)).rename(columns={"group": "method"})
+    data = _order(pd.DataFrame(out), ev).rename(columns={"group": "method"})
     paper = A.source_label("1", None)
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"),
             Col("exact_ppl", "exact PPL", ".2f", marks="exact_mark"), Col("exact_K", "K", "g"),
@@ -147,7 +152,7 @@ def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | 
                 anc = [a for a in anc if a is not None]
                 row[f"paper_{ds}_K{k}"] = anc[0]["value"] if anc else np.nan
         out.append(row)
-    data = _order(pd.DataFrame(out)).rename(columns={"group": "method"})
+    data = _order(pd.DataFrame(out), ex).rename(columns={"group": "method"})
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"), Col("sequences", "seqs", "g")]
     for k in ks:
         cols += [Col(f"K{k}", f"K = {k}", ".2f", group="ours"),
@@ -172,9 +177,9 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
     if lc.empty:
         return []
     lengths = sorted(int(v) for v in lc["length"].unique())
-    paper = anchors.loc[anchors["table"].eq("11")]
+    paper = X.borrow_display(anchors.loc[anchors["table"].eq("11")], lc)
     p_lengths = sorted(int(v) for v in paper["length"].unique())
-    groups = ordered_groups([*lc["group"], *paper["group"]])
+    groups = ordered_groups(lc, paper)
     rows, main = [], {}
     for g in groups:
         row = dict(method=g)
@@ -213,24 +218,35 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
              NOT_SAME, *_stale_note(lc)]
     seconds = Table("table11_longctx_seconds", "Table 11: sampling time at NFE = L, batch 1 (seconds)", data, cols,
                     notes)
-    eso = next((g for g in groups if g.startswith("Eso-LM (B)")), None)
-    pairs = [(g, eso) for g in groups if eso and g not in (eso, "AR")] + ([(eso, "AR")] if eso else [])
-    ratios = []
-    for num, den in pairs:
-        r = dict(ratio=f"{num} / {den}")
-        for L in lengths:
-            r[f"L{L}"] = main.get((num, L), np.nan) / main.get((den, L), np.nan)
-        for L in p_lengths:
-            r[f"paper_L{L}"] = main.get(("paper", num, L), np.nan) / main.get(("paper", den, L), np.nan)
-        ratios.append(r)
-    rdata = pd.DataFrame(ratios)
+    speedups = _speedups(groups, group_styles(lc, paper), main, lengths, p_lengths, src)
+    return [seconds, speedups]
+
+
+def _ratio(num: str, den: str, main: dict, lengths: list, p_lengths: list) -> dict:
+    """One row of Table 11's speedups: ours and the paper's mean seconds of `num` over `den`."""
+    r = dict(ratio=f"{num} / {den}")
+    for L in lengths:
+        r[f"L{L}"] = main.get((num, L), np.nan) / main.get((den, L), np.nan)
+    for L in p_lengths:
+        r[f"paper_L{L}"] = main.get(("paper", num, L), np.nan) / main.get(("paper", den, L), np.nan)
+    return r
+
+
+def _speedups(groups: list, styles: dict, main: dict, lengths: list, p_lengths: list, src: str) -> Table:
+    """Table 11's time ratios: every other method over Eso-LM (B), Eso-LM (B) over AR."""
+    family = {g: st["family"] for g, st in styles.items()}
+    eso = next((g for g in groups if family[g] == FAMILY_ESO_B), None)  # the paper's speedups are Eso-LM (B)'s
+    refs = [g for g in groups if family[g] == FAMILY_AR]
+    pairs = [(g, eso) for g in groups if eso and g != eso and g not in refs] + [(eso, r) for r in refs if eso]
+    rdata = pd.DataFrame([_ratio(num, den, main, lengths, p_lengths) for num, den in pairs])
     rcols = [Col("ratio", "time ratio", "s"), *[Col(f"L{L}", f"L = {L}", ".2f", group="ours") for L in lengths],
              *[Col(f"paper_L{L}", f"L = {L}", ".1f", group=src) for L in p_lengths]]
     rnotes = [("Ratios of the mean seconds of Table 11 (above 1: the first method is slower). The paper reports "
                "Eso-LM (B) 14–65× faster than MDLM and 3–4× faster than BD3-LM at these lengths."),
               "Matching rule: same pair of methods; lengths differ (ours: the preset's, paper: 2048 and 8192).",
               NOT_SAME]
-    return [seconds, Table("table11_longctx_speedups", "Table 11: speedups at NFE = L", rdata, rcols, rnotes)]
+    return Table("table11_longctx_speedups", "Table 11: speedups at NFE = L", rdata, rcols, rnotes)
+
 
 
 # ------------------------------------------------------------------------- Tables 13-15
@@ -252,30 +268,34 @@ def sweep_tables(df: pd.DataFrame, paper: pd.DataFrame, summary: dict) -> list[T
         found = [m for m in matches if m is not None]
         table = found[0]["table"] if found else None
         ident = [c for c in ("alpha_0", "block_size", "alpha_0_eval", "steps") if c in pts and pts[c].notna().any()]
-        data = pts[["group", "label", *ident, "relative_steps", "nfe", "gen_ppl", "entropy", "collapsed",
-                    *[c for c in ("mauve", "self_bleu", "time_median_s", "time_std_s", "nfe_timed", "num_samples",
-                                  "stale") if c in pts]]].copy()
-        data["entropy_mark"] = np.where(data["collapsed"], "↓", "")
+        shown = [m for m in X.METRICS if m.stage in ("sample", "time") and m.name in pts]
+        names = [m.name for m in shown]
+        at = names.index("entropy") + 1 if "entropy" in names else len(names)  # the collapse flag: beside entropy
+        data = pts[["group", "label", *ident, "relative_steps", *names[:at], "collapsed", *names[at:],
+                    *[c for c in ("stale",) if c in pts]]].copy()
+        data["entropy_mark"] = np.where(data["collapsed"], "↓", "")  # entropy's footnote mark (Col marks)
         for c in ("steps", "nfe", "gen_ppl", "entropy", "mauve", "time_s"):
             data[f"paper_{c}"] = [m[c] if m is not None and c in m and pd.notna(m[c]) else np.nan for m in matches]
-        src = A.source_label(table) if table else "paper"
-        names = dict(alpha_0=("α0 (train)", "g"), block_size=("L′", "g"), alpha_0_eval=("α0 (eval)", "g"),
-                     steps=("T", "g"))
-        cols = [Col("group", "method", "s"), *[Col(c, *names[c]) for c in ident], Col("relative_steps", "T / L", "g"),
-                Col("nfe", "NFE", ".1f"), Col("gen_ppl", "gen PPL", ".2f"),
-                Col("entropy", "entropy", ".3f", marks="entropy_mark"), Col("mauve", "MAUVE", ".4f"),
-                Col("time_median_s", "time (s)", ".4g"), Col("nfe_timed", "NFE (timed run)", ".1f"),
-                Col("num_samples", "samples", "g")]
-        cols += [Col(f"paper_{c}", h, f, group=src) for c, h, f in (
-            ("steps", "T", ".0f"), ("nfe", "NFE", ".0f"), ("gen_ppl", "gen PPL", ".2f"), ("entropy", "entropy", "g"),
-            ("mauve", "MAUVE", ".4f"), ("time_s", "time (s)", ".2f"))]
-        cols = [c for c in cols if c.key in data.columns and data[c.key].notna().any()]
+        cols = _sweep_columns(data, ident, shown, A.source_label(table) if table else "paper")
         notes = _sweep_notes(summary, length, S.evaluator_name(pts), table) + _stale_note(data)
         name = f"table{table}_{_slug(model)}" if table in A.SWEEP_TABLES else f"sweep_{_slug(model)}"
         title = (f"Table {table}: " if table in A.SWEEP_TABLES else "") + \
             f"{', '.join(dict.fromkeys(pts['group']))}: gen PPL, entropy, MAUVE and time per configuration"
         tables.append(Table(name, title, data, cols, notes))
     return tables
+
+
+def _sweep_columns(data: pd.DataFrame, ident: list[str], shown: list, src: str) -> list[Col]:
+    """The shown columns of a sweep table: identity, T / L, each declared metric (schema.METRICS,
+    table=True), the paper's; those without a value left out."""
+    cols = [Col("group", "method", "s"), *[Col(c, X.shown(c), "g") for c in ident],
+            Col("relative_steps", "T / L", "g"),
+            *[Col(m.name, m.shown, m.fmt, marks=f"{m.name}_mark" if f"{m.name}_mark" in data else None)
+              for m in shown if m.table]]
+    cols += [Col(f"paper_{c}", h, f, group=src) for c, h, f in (
+        ("steps", "T", ".0f"), ("nfe", "NFE", ".0f"), ("gen_ppl", "gen PPL", ".2f"), ("entropy", "entropy", "g"),
+        ("mauve", "MAUVE", ".4f"), ("time_s", "time (s)", ".2f"))]
+    return [c for c in cols if c.key in data.columns and data[c.key].notna().any()]
 
 
 def _sweep_notes(summary: dict, length, evaluator: str, table: str | None) -> list[str]:

@@ -6,10 +6,10 @@ from dataclasses import dataclass
 
 import torch
 
-from esolm.backbone import Backbone
+from esolm.backbone import Backbone, in_inference_mode
 from esolm.config import ModelConfig
 from esolm.diffusion import ones_like_valid, target_logprob
-from esolm.interface import NLL, Capabilities, Clock, LanguageModel, LossOutput, SampleOutput
+from esolm.interface import NLL, Capabilities, Clock, Display, LanguageModel, LossOutput, SampleOutput
 from esolm.sampling import sample_categorical
 
 
@@ -22,22 +22,33 @@ class ARConfig(ModelConfig):
 
 class AR(LanguageModel):
     config_class = ARConfig
-    capabilities = Capabilities(parallel_generation=False, kv_cache=True,
-                                exact_likelihood=True, single_pass_likelihood=True)
+    capabilities = Capabilities(kv_cache=True, exact_likelihood=True, single_pass_likelihood=True,
+                                next_token_scoring=True, nfe_equals_l=dict(steps=1))  # L - 1 calls whatever steps says
+
+    @classmethod
+    def display(cls, config: ARConfig) -> Display:
+        if config.adaln:
+            return Display("AR", "AR + AdaLN", "#666666", marker="*", order=1, reference=True)
+        return Display("AR", "AR", "#222222", marker="*", order=0, reference=True)
 
     def __init__(self, config: ARConfig):
         super().__init__(config)
         self.backbone = Backbone(config)
 
-    def next_token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """log p(x_{i+1} | x_{<=i}) [B, n - 1] for any n <= config.length (evaluator use)."""
+    def _next_token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """log p(x_{i+1} | x_{<=i}) [B, n - 1] for any n <= config.length (spec 4.2)."""
         n = tokens.shape[1]
         logits = self.backbone(tokens[:, :-1], torch.arange(n - 1, device=tokens.device), "causal")
         return target_logprob(logits, tokens[:, 1:])
 
+    @in_inference_mode
+    def next_token_logprobs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """The same without autograd, for scoring text (a gen-PPL evaluator)."""
+        return self._next_token_logprobs(tokens)
+
     def _token_nll(self, tokens):
         """-log p(x_{i+1} | x_{<=i}) for the L - 1 next-token predictions (spec 4.2)."""
-        return -self.next_token_logprobs(tokens)
+        return -self._next_token_logprobs(tokens)
 
     def loss(self, tokens, valid=None) -> LossOutput:
         self.check_tokens(tokens)
@@ -46,7 +57,7 @@ class AR(LanguageModel):
         n = valid.sum()
         return LossOutput(loss=nll.sum() / n, nll_sum=nll.sum().detach(), num_tokens=n)
 
-    @torch.no_grad()
+    @in_inference_mode
     def nll(self, tokens, *, exact=False, valid=None, **opts) -> NLL:
         """Exact NLL (the AR likelihood is exact whatever ``exact`` says)."""
         self.check_tokens(tokens)
@@ -54,7 +65,7 @@ class AR(LanguageModel):
         nll = (self._token_nll(tokens) * valid).double().sum(1)
         return NLL(per_sequence=nll, num_tokens=valid.sum(1))
 
-    @torch.no_grad()
+    @in_inference_mode
     def sample(self, num_samples, *, length=None, steps=None, top_p=1.0, kv_cache=True,
                generator=None, profile=False, **opts) -> SampleOutput:
         """Left to right from BOS: L - 1 network calls (``steps`` is ignored: NFE = L - 1)."""
@@ -69,7 +80,7 @@ class AR(LanguageModel):
                 with clock.region(profile):
                     if cache is not None:
                         logits = self.backbone(x[:, i:i + 1], positions[i:i + 1], None, cache=cache)
-                        cache.advance(1)
+                        cache.commit(1)
                     else:
                         logits = self.backbone(x[:, :i + 1], positions[:i + 1], "causal", last=1)
                 if not profile:

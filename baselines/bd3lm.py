@@ -9,15 +9,17 @@ so a masked token's NELBO weight is 1/t (3.1).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
 from baselines.bd3lm_sampler import sample_blocks
 from esolm import masks
-from esolm.backbone import Backbone, KVCache
+from esolm.backbone import Backbone, in_inference_mode
 from esolm.config import ConfigError, ModelConfig
 from esolm.diffusion import ones_like_valid, target_logprob
-from esolm.interface import NLL, Capabilities, Clock, LanguageModel, LossOutput, SampleOutput
+from esolm.interface import NLL, Capabilities, Clock, Display, LanguageModel, LossOutput, SampleOptions, SampleOutput
+from esolm.kv_cache import KVCache
 from esolm.schedules import SAMPLING_EPS, stratified_times
 
 FULL_INTERVAL = (SAMPLING_EPS, 1.0)  # [1e-3, 1]: every evaluation and the search's baseline (6.3)
@@ -67,10 +69,25 @@ class ClipSearch:
     variances: dict[tuple[float, float], float]
 
 
+@dataclass
+class BD3SampleOptions(SampleOptions):
+    steps_per_block: int | None = None  # T' per block; None: T / (L / L')
+    sampler: Literal["ancestral", "first_hitting"] = "ancestral"  # 5.5 per block, or one mask per step
+    nucleus: Literal["bd3", "eso"] = "bd3"  # BD3-LM's own top-p filter, or spec 5.6's
+    reference_grid: bool = False  # the authors' per-block grid linspace(1, 0, T') (docs/reference_switches.md)
+
+
 class BD3LM(LanguageModel):
     config_class = BD3Config
-    capabilities = Capabilities(parallel_generation=True, kv_cache=True,
-                                exact_likelihood=False, single_pass_likelihood=False)
+    sample_options_class = BD3SampleOptions
+    # one token per step: T' = 5000 per block, T = 1 so that steps_per_block decides
+    capabilities = Capabilities(kv_cache=True, exact_likelihood=False, single_pass_likelihood=False,
+                                nfe_equals_l=dict(steps=1, steps_per_block=5000))
+
+    @classmethod
+    def display(cls, config: BD3Config) -> Display:
+        colour = {4: "#de8f05", 8: "#cc78bc", 16: "#d55e00"}.get(config.block_size, "#ca9161")
+        return Display("BD3-LM", f"BD3-LM L'={config.block_size}", colour, order=100 + config.block_size)
 
     def __init__(self, config: BD3Config):
         super().__init__(config)
@@ -115,7 +132,7 @@ class BD3LM(LanguageModel):
                               f"store the blocks in order, each right after the one before it")
         none = torch.empty(block.shape[0], 0, dtype=torch.long, device=block.device)
         self.backbone(block, self.positions[start:start + block.shape[1]], None, cache=cache, at=none)
-        cache.advance(block.shape[1])
+        cache.commit(block.shape[1])
 
     def prefix_logits(self, prefix: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, L', V] of the last block of ``prefix`` [B, e] (clean blocks, then the
@@ -207,7 +224,7 @@ class BD3LM(LanguageModel):
         n = valid.sum()
         return LossOutput(loss=terms.sum() / n, nll_sum=terms.sum().detach(), num_tokens=n)
 
-    @torch.no_grad()
+    @in_inference_mode
     def nll(self, tokens, *, exact=False, valid=None, generator=None, **opts) -> NLL:
         """NELBO per sequence (one t per block, t in [1e-3, 1], 8.1), normalized by L - 1
         scored tokens with ignore_bos."""
@@ -232,7 +249,7 @@ class BD3LM(LanguageModel):
                 k += 1
         return list(dict.fromkeys(cands))
 
-    @torch.no_grad()
+    @in_inference_mode
     def search_clip_interval(self, batches, *, seed: int = 0) -> ClipSearch:
         """Pick the interval whose per-block NELBO estimates have the lowest variance over the
         first clip_search_batches batches (6.3), and train with it from now on.
@@ -268,7 +285,7 @@ class BD3LM(LanguageModel):
         return self.search_clip_interval(batches) if self.config.clip else None
 
     # -- sampling (6.4) ---------------------------------------------------------------------------
-    @torch.no_grad()
+    @in_inference_mode
     def sample(self, num_samples, *, length=None, steps=None, top_p=1.0, kv_cache=True, generator=None,
                profile=False, steps_per_block: int | None = None, sampler: str = "ancestral",
                nucleus: str = "bd3", on_step=None, reference_grid: bool = False, **opts) -> SampleOutput:

@@ -7,10 +7,10 @@ from typing import Literal
 
 import torch
 
-from esolm.backbone import Backbone
+from esolm.backbone import Backbone, in_inference_mode
 from esolm.config import ConfigError, ModelConfig
 from esolm.diffusion import forward_mask, local_times, ones_like_valid, target_logprob
-from esolm.interface import NLL, Capabilities, Clock, LanguageModel, LossOutput, SampleOutput
+from esolm.interface import NLL, Capabilities, Clock, Display, LanguageModel, LossOutput, SampleOptions, SampleOutput
 from esolm.likelihood import iw_nll, proposal_order
 from esolm.sampling import fill_slots, nucleus_filter, sample_categorical, sample_from_probs
 from esolm.schedules import LogLinear, binomial_schedule, stratified_times
@@ -25,10 +25,21 @@ class MDLMConfig(ModelConfig):
     schedule_eps: float = 1e-3
 
 
+@dataclass
+class MDLMSampleOptions(SampleOptions):
+    sampler: Literal["schedule", "ancestral"] = "schedule"  # the schedule's equivalent order, or 5.5 step by step
+    reuse_px0: bool = True  # ancestral: reuse p(x0) while nothing changes
+
+
 class MDLM(LanguageModel):
     config_class = MDLMConfig
-    capabilities = Capabilities(parallel_generation=True, kv_cache=False,
-                                exact_likelihood=True, single_pass_likelihood=False)
+    sample_options_class = MDLMSampleOptions
+    capabilities = Capabilities(kv_cache=False, exact_likelihood=True, single_pass_likelihood=False,
+                                nfe_equals_l=dict(steps=10**6))  # first hitting: about one token per step
+
+    @classmethod
+    def display(cls, config: MDLMConfig) -> Display:
+        return Display("MDLM", "MDLM", "#0173b2", order=10)
 
     def __init__(self, config: MDLMConfig):
         super().__init__(config)
@@ -57,7 +68,7 @@ class MDLM(LanguageModel):
         n = valid.sum()
         return LossOutput(loss=objective.sum() / n, nll_sum=weighted.sum().detach(), num_tokens=n)
 
-    @torch.no_grad()
+    @in_inference_mode
     def nll(self, tokens, *, exact=False, valid=None, num_orders: int = 1, generator=None,
             pass_batch: int = 256, **opts) -> NLL:
         """NELBO (one stratified t per sequence) or, with ``exact=True``, the any-order IW
@@ -90,7 +101,7 @@ class MDLM(LanguageModel):
             out[i:j] = target_logprob(logits, targets[i:j])[:, 0].double()
         return out.view(B, L).sum(1)
 
-    @torch.no_grad()
+    @in_inference_mode
     def sample(self, num_samples, *, length=None, steps, top_p=1.0, kv_cache=True, generator=None,
                profile=False, sampler: str = "schedule", reuse_px0: bool = True, **opts) -> SampleOutput:
         """Ancestral sampling over ``steps`` steps (spec 5.5), float64 nucleus and draw.

@@ -1,82 +1,259 @@
-"""Atomic checkpoints and JSON records, and loading a trained model back.
+"""Checkpoints: safetensors weights beside a JSON of metadata, and loading a model back.
 
-A checkpoint is one ``torch.save`` dict:
-    model_name, model_config (dict), model (state_dict), ema (state_dict or None),
-    optimizer, step, rng, data_position, corpus (the kwargs of ``load_corpus``),
-    train_config (dict), metrics (dict)
+A checkpoint ``X.safetensors`` (``run_dir/checkpoint.safetensors`` for a training run) is
+three files, none of which is unpickled as code:
+
+    X.safetensors   tensors ``model/<name>`` (the weights) and ``ema/<name>`` (the EMA weights)
+    X.json          model_name, model_config, identity, step, data_position, corpus,
+                    train_config, metrics, ema_state (decay, updates), imported, and the
+                    sha256 of the other two files
+    X.state.pt      training state for resumption: optimizer, lr scheduler, RNG states
+                    (plain tensors and numbers, read with ``torch.load(weights_only=True)``);
+                    absent for an imported checkpoint
+
+All three are written to temporary files first and renamed together (the weights last), and
+the JSON's sha256s catch a set torn by an interruption between the renames. A checkpoint dict
+(``read_checkpoint``, ``save_checkpoint``) has the keys of the JSON plus ``model``, ``ema``,
+``optimizer``, ``scheduler`` and ``rng``.
+
+Checkpoints of earlier versions (one ``checkpoint.pt`` torch pickle) still load, with
+``torch.load(weights_only=True)``; one that holds anything else is refused with the command
+that converts it (``python -m esolm.checkpoint OLD.pt``, through the restricted unpickler of
+esolm/importers/safe_pickle.py).
 """
 from __future__ import annotations
 
+import io
 import json
-import os
-import tempfile
+import pickle
+import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from esolm.config import ConfigError
+from esolm.io import atomic_write_files, content_hash, json_bytes
+
+NAME = "checkpoint.safetensors"  # a training run's checkpoint inside its run folder
+LEGACY_NAME = "checkpoint.pt"  # the one-file torch pickle of earlier versions
+FORMAT = "esolm-checkpoint-2"
+TENSORS = ("model", "ema")  # the state_dicts stored in the safetensors file, by prefix
+TRAINING = ("optimizer", "scheduler", "rng")  # stored in X.state.pt
 
 
-def atomic_write_bytes(path: str | Path, write) -> Path:
-    """Write through a temporary file in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+def companions(path: str | Path) -> tuple[Path, Path, Path]:
+    """(weights, metadata JSON, training state) of the checkpoint at ``path`` (any of the three)."""
+    p = Path(path)
+    stem = p.name
+    for suffix in (".safetensors", ".state.pt", ".json", ".pt"):
+        stem = stem.removesuffix(suffix)
+    return p.with_name(stem + ".safetensors"), p.with_name(stem + ".json"), p.with_name(stem + ".state.pt")
 
 
-def atomic_write_json(path: str | Path, obj) -> Path:
-    data = json.dumps(obj, indent=2, sort_keys=True, default=_json_default).encode()
-    return atomic_write_bytes(path, lambda f: f.write(data + b"\n"))
+def checkpoint_in(folder: str | Path) -> Path | None:
+    """The checkpoint in a run folder (the current format first, then a legacy one), or None."""
+    for name in (NAME, LEGACY_NAME):
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
 
 
-def _json_default(o):
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    if hasattr(o, "item"):
-        return o.item()
-    raise TypeError(f"cannot serialize {type(o).__name__}")
+# -------------------------------------------------------------------------- writing
+def _flat(prefix: str, state_dict: dict) -> dict[str, torch.Tensor]:
+    """``prefix/name`` -> a contiguous CPU tensor; a storage shared by two names is copied
+    (safetensors stores each tensor once)."""
+    out, seen = {}, set()
+    for k, v in state_dict.items():
+        t = v.detach().cpu().contiguous()
+        if t.untyped_storage().data_ptr() in seen:
+            t = t.clone()
+        seen.add(t.untyped_storage().data_ptr())
+        out[f"{prefix}/{k}"] = t
+    return out
+
+
+def _torch_bytes(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
 
 
 def save_checkpoint(path: str | Path, state: dict) -> Path:
-    return atomic_write_bytes(path, lambda f: torch.save(state, f))
+    """Write ``state`` (a checkpoint dict) as ``path`` (``X.safetensors``) and its companions."""
+    from safetensors.torch import save
+
+    weights, meta_path, state_path = companions(path)
+    tensors = {}
+    for key in TENSORS:
+        if state.get(key) is not None:
+            tensors.update(_flat(key, state[key]))
+    blob = save(tensors, metadata={"format": FORMAT, "model_name": str(state["model_name"])})
+    meta = {k: v for k, v in state.items() if k not in TENSORS + TRAINING}
+    if meta.get("ema_state"):
+        meta["ema_state"] = {k: v for k, v in meta["ema_state"].items() if k != "shadow"}
+    meta.update(format=FORMAT, files={"weights": {"name": weights.name, "sha256": content_hash(blob)}})
+    items = []
+    training = {k: state[k] for k in TRAINING if state.get(k) is not None}
+    if training:
+        extra = _torch_bytes(training)
+        meta["files"]["state"] = {"name": state_path.name, "sha256": content_hash(extra)}
+        items.append((state_path, extra))
+    atomic_write_files(items + [(meta_path, json_bytes(meta)), (weights, blob)])
+    return weights
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """Load a checkpoint dict; a missing or corrupt file is a ConfigError naming the fix."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"checkpoint {path} does not exist; train one with "
-                          f"`python experiments/run.py train ...` or pass the right --checkpoint")
+# -------------------------------------------------------------------------- reading
+def _missing(path: Path) -> ConfigError:
+    return ConfigError(f"checkpoint {path} does not exist; train one with "
+                       f"`python experiments/run.py train ...` or pass the right --checkpoint")
+
+
+def _resolve(path: str | Path) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        found = checkpoint_in(p)
+        if found is None:
+            raise _missing(p / NAME)
+        return found
+    if p.name.endswith((".json", ".state.pt")) or (p.suffix == ".pt" and not p.exists()):
+        return companions(p)[0]  # a legacy path whose run was retrained keeps working
+    return p
+
+
+def _verified(path: Path, entry: dict | None, role: str) -> bytes:
+    """The bytes of ``path``, checked against the sha256 the JSON recorded for them."""
+    if entry is None or not path.is_file():
+        raise ConfigError(f"checkpoint {path.name} ({role}) is missing beside its JSON; the checkpoint is "
+                          f"incomplete: delete it and retrain, or copy the whole set of files")
+    data = path.read_bytes()
+    if content_hash(data) != entry["sha256"]:
+        raise ConfigError(f"checkpoint file {path} ({role}) is corrupt or from another save than its JSON (sha256 "
+                          f"differs; a save interrupted between renames, or a partial copy); delete the checkpoint "
+                          f"and retrain, or resume from an earlier copy")
+    return data
+
+
+def _read_meta(weights: Path, meta_path: Path) -> dict:
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # truncated zip, pickle garbage, wrong file type ...
-        raise ConfigError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {e}); "
-                          f"delete it and retrain, or resume from an earlier checkpoint") from None
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"checkpoint {weights} is corrupt or incomplete: its metadata {meta_path.name} cannot be "
+                          f"read ({type(e).__name__}: {e}); delete it and retrain, or pass a file written by "
+                          f"`run.py train`") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ConfigError(f"{meta_path} is not the metadata of an esolm checkpoint (format {FORMAT}); "
+                          f"pass a checkpoint written by `run.py train` or `run.py import`")
+    return meta
+
+
+def _unflatten(tensors: dict[str, torch.Tensor]) -> dict:
+    out: dict = {key: None for key in TENSORS}
+    for name, t in tensors.items():
+        prefix, _, k = name.partition("/")
+        if out.get(prefix) is None:
+            out[prefix] = {}
+        out[prefix][k] = t
+    return out
+
+
+def read_checkpoint(path: str | Path, *, training_state: bool = False) -> dict:
+    """The checkpoint dict at ``path`` (``X.safetensors``, its JSON, a run folder, or a legacy
+    ``.pt``); the optimizer, scheduler and RNG states only with ``training_state``. A missing,
+    incomplete or corrupt checkpoint is a ConfigError naming the fix."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    weights = _resolve(path)
+    if not weights.is_file():
+        raise _missing(weights)
+    if weights.suffix != ".safetensors":
+        return read_legacy(weights)
+    _, meta_path, state_path = companions(weights)
+    meta = _read_meta(weights, meta_path)
+    try:
+        state = {**meta, **_unflatten(load(_verified(weights, meta["files"].get("weights"), "weights")))}
+    except SafetensorError as e:
+        raise ConfigError(f"checkpoint {weights} is corrupt ({e}); delete it and retrain") from None
+    if state.get("ema_state") and state.get("ema") is not None:
+        state["ema_state"] = {**state["ema_state"], "shadow": state["ema"]}
+    if training_state and "state" in meta["files"]:
+        data = _verified(state_path, meta["files"]["state"], "training state")
+        state.update(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    return state
+
+
+# ------------------------------------------------------------------ earlier versions
+def _numpy_globals() -> list:
+    """What an RNG state pickled by numpy needs under weights_only (plain arrays and dtypes:
+    an array of Python objects would still need globals that stay refused)."""
+    core = getattr(np, "_core", None) or np.core
+    rebuild = core.multiarray._reconstruct
+    return [(rebuild, "numpy.core.multiarray._reconstruct"), (rebuild, "numpy._core.multiarray._reconstruct"),
+            np.ndarray, np.dtype, *(getattr(np.dtypes, n) for n in ("UInt32DType", "Int64DType", "Float64DType"))]
+
+
+def read_legacy(path: Path) -> dict:
+    """A ``checkpoint.pt`` of an earlier version, read with ``torch.load(weights_only=True)``."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" not in str(e):  # pickle garbage rather than a refused class
+            raise _corrupt(path, e) from None
+        raise ConfigError(f"checkpoint {path} (an earlier version's torch pickle) holds objects that "
+                          f"torch.load(weights_only=True) refuses; convert it once with `python -m esolm.checkpoint "
+                          f"{path}` (reads it with the restricted unpickler, writes "
+                          f"{companions(path)[0].name} and its JSON beside it) and pass the new file") from None
+    except Exception as e:  # truncated zip, not a torch file
+        raise _corrupt(path, e) from None
     if not isinstance(state, dict) or not {"model_name", "model_config", "model"} <= set(state):
         raise ConfigError(f"checkpoint {path} is not an esolm checkpoint (missing model_name / "
                           f"model_config / model); pass a file written by `run.py train`")
     return state
 
 
+def _corrupt(path: Path, e: Exception) -> ConfigError:
+    reason = str(e).split("WeightsUnpickler error:")[-1].strip().splitlines()[0] if str(e).strip() else ""
+    return ConfigError(f"checkpoint {path} is corrupt or not a checkpoint ({type(e).__name__}: {reason}); "
+                       f"delete it and retrain, or resume from an earlier checkpoint")
+
+
+def _plain_only(obj):
+    """``obj`` with every value the restricted unpickler stubbed replaced by None."""
+    from esolm.importers.safe_pickle import Stub
+
+    if isinstance(obj, Stub):
+        return None
+    if isinstance(obj, dict):
+        return {k: _plain_only(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain_only(v) for v in obj)
+    return obj
+
+
+def convert_legacy(path: str | Path, out: str | Path | None = None) -> Path:
+    """Rewrite an earlier version's ``checkpoint.pt`` in the current format (``out``, default
+    ``X.safetensors`` beside it), reading it with the restricted unpickler (no code runs); a
+    value it cannot rebuild (foreign classes) becomes None, and the RNG states are dropped (a
+    resumed run draws fresh random streams). Returns the new checkpoint's path."""
+    from esolm.importers.safe_pickle import load_lightning
+
+    path = Path(path)
+    state = _plain_only(load_lightning(path))
+    if not {"model_name", "model_config", "model"} <= set(state):
+        raise ConfigError(f"{path} is not an esolm checkpoint (missing model_name / model_config / model)")
+    state["rng"] = None
+    return save_checkpoint(out or companions(path)[0], state)
+
+
+# -------------------------------------------------------------------------- models
 def load_model(path: str | Path, *, device="cpu", use_ema: bool = True):
     """(model in eval mode with EMA weights where present, checkpoint dict).
 
-    ``path`` may also be an authors' release (a Lightning ``.ckpt``, a Hugging Face folder or
-    ``hf:ORG/NAME``): it is imported in memory (esolm.importers), EMA weights unless ``use_ema``
-    is False."""
+    ``path`` is a checkpoint (``X.safetensors``, its JSON, a run folder, a legacy ``.pt``) or an
+    authors' release (a Lightning ``.ckpt``, a Hugging Face folder or ``hf:ORG/NAME``), imported
+    in memory (esolm.importers), EMA weights unless ``use_ema`` is False."""
     from esolm import registry
     from esolm.importers import import_checkpoint, is_external
 
@@ -91,3 +268,20 @@ def load_model(path: str | Path, *, device="cpu", use_ema: bool = True):
     except RuntimeError as e:
         raise ConfigError(f"checkpoint {path} does not match model {state['model_name']}: {e}") from None
     return model.to(device).eval(), state
+
+
+def main(argv: list[str]) -> int:
+    """``python -m esolm.checkpoint OLD.pt [NEW.safetensors]``: convert an earlier checkpoint."""
+    if len(argv) not in (1, 2):
+        print("usage: python -m esolm.checkpoint OLD.pt [NEW.safetensors]", file=sys.stderr)
+        return 2
+    try:
+        print(convert_legacy(*argv))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

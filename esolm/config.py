@@ -1,8 +1,9 @@
-"""Typed configs, backbone presets and ``key=value`` overrides.
+"""Typed configs and the one way in for ``key=value``.
 
-Every model has a config dataclass (a subclass of :class:`ModelConfig`); presets are
-plain dicts of field values selected by name; the CLI and ``registry.build`` accept
-any field as ``key=value`` and convert it to the field's type.
+Every model has a config dataclass (a subclass of :class:`ModelConfig`); a run name's
+configuration is in esolm/runs.py. ``parse_keys`` routes ``key=value`` pairs to the
+dataclass ("section") that owns each key, ``make_config`` types and checks them, and
+``keys_help`` writes the same fields, with their meanings, for ``--help``.
 """
 from __future__ import annotations
 
@@ -14,19 +15,6 @@ from dataclasses import dataclass
 
 class ConfigError(ValueError):
     """Bad user input: the message names the problem and the fix."""
-
-
-# Backbone presets (spec 2.1). Only architecture lives here; data-dependent fields
-# (vocab_size, length, ids) come from the corpus, training budgets from experiments.
-BACKBONE_PRESETS: dict[str, dict] = {
-    # seconds on a 2-core CPU: for CI and unit tests
-    "smoke": dict(d_model=64, n_layers=2, n_heads=4, cond_dim=32, dropout=0.0),
-    # the spec's "tiny": 256 wide, 8 layers, 8 heads (d_h = 32), cond 128
-    "tiny": dict(d_model=256, n_layers=8, n_heads=8, cond_dim=128, dropout=0.1),
-    # every model of the paper: 768 wide, 12 layers, 12 heads (d_h = 64)
-    "small": dict(d_model=768, n_layers=12, n_heads=12, cond_dim=128, dropout=0.1),
-    "medium": dict(d_model=1024, n_layers=24, n_heads=16, cond_dim=128, dropout=0.1),
-}
 
 
 @dataclass
@@ -86,25 +74,21 @@ def field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
-def _resolve_type(cls, name: str):
+def field_types(cls) -> dict:
+    """Field name -> resolved annotation of dataclass ``cls``."""
     hints = typing.get_type_hints(cls)
-    return hints[name]
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _resolve_type(cls, name: str):
+    return field_types(cls)[name]
 
 
 def coerce(value, typ, key: str = "value"):
     """Convert ``value`` (often a CLI string) to the annotated type ``typ``."""
     origin = typing.get_origin(typ)
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        errors = []
-        for a in args:
-            try:
-                return coerce(value, a, key)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0])
+        return _coerce_union(value, typ, key)
     if origin is typing.Literal:
         allowed = typing.get_args(typ)
         if value not in allowed:
@@ -115,27 +99,47 @@ def coerce(value, typ, key: str = "value"):
         if isinstance(value, str):
             value = [v for v in value.strip("[]()").split(",") if v.strip()]
         return origin(coerce(v.strip() if isinstance(v, str) else v, inner, key) for v in value)
+    convert = _SCALARS.get(typ)
+    if convert is None:
+        return value
     try:
-        if typ is bool:
-            if isinstance(value, bool):
-                return value
-            s = str(value).lower()
-            if s in ("1", "true", "yes", "on"):
-                return True
-            if s in ("0", "false", "no", "off"):
-                return False
-            raise ValueError
-        if typ is int:
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-        if typ is float:
-            return float(value)
-        if typ is str:
-            return str(value)
+        return convert(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{key} must be of type {typ.__name__}; got {value!r}") from None
-    return value
+
+
+def _coerce_union(value, typ, key: str):
+    """``X | None``: none / null is None, else the first member type that takes the value."""
+    args = [a for a in typing.get_args(typ) if a is not type(None)]
+    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+        return None
+    errors = []
+    for a in args:
+        try:
+            return coerce(value, a, key)
+        except ConfigError as e:
+            errors.append(str(e))
+    raise ConfigError(errors[0])
+
+
+def _to_bool(value) -> bool:
+    if isinstance(value, bool):
+        return value
+    s = str(value).lower()
+    if s in ("1", "true", "yes", "on"):
+        return True
+    if s in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(value)
+
+
+def _to_int(value) -> int:
+    if isinstance(value, float) and not value.is_integer():
+        raise ValueError(value)
+    return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
+
+
+_SCALARS = {bool: _to_bool, int: _to_int, float: float, str: str}
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:
@@ -162,3 +166,63 @@ def make_config(cls, base: dict | None = None, **overrides):
         values[k] = coerce(v, _resolve_type(cls, k), k)
     values = {k: v for k, v in values.items() if k in valid}
     return cls(**values)
+
+
+def parse_keys(pairs: dict[str, str], sections: dict) -> dict[str, dict]:
+    """Route ``{"section.key" or "key": value}`` to the sections (name -> dataclass, or the
+    collection of key names it owns) that own the
+    keys: a dotted key names its section, a bare key goes to the first section that has the
+    field. Returns section -> {field: value}; an unknown key is one error listing the valid ones."""
+    owners = {name: set(field_names(cls)) if isinstance(cls, type) else set(cls) for name, cls in sections.items()}
+    out: dict[str, dict] = {name: {} for name in sections}
+    for key, value in pairs.items():
+        section, _, name = key.rpartition(".")
+        if section:
+            ok = name in owners.get(section, ())
+        else:
+            section = next((s for s, names in owners.items() if key in names), "")
+            ok = bool(section)
+        if not ok:
+            valid = [f"{s}.{n}" for s, names in owners.items() for n in sorted(names)]
+            raise ConfigError(f"unknown key {key!r}; valid keys (a bare key goes to the first section "
+                              f"that has it, in this order): {', '.join(valid)}")
+        out[section][name] = value
+    return out
+
+
+def field_help(cls) -> dict[str, str]:
+    """Field name -> its one-line meaning: the comment on the field's line in the class source."""
+    import inspect
+    import io
+    import tokenize
+
+    try:
+        source = inspect.getsource(cls)
+    except (OSError, TypeError):
+        return {}
+    names, out = set(field_names(cls)), {}
+    line_field: dict[int, str] = {}
+    for line_no, line in enumerate(source.splitlines(), 1):
+        head = line.strip().split(":", 1)[0]
+        if head in names and line.startswith("    ") and not line.startswith("     "):
+            line_field[line_no] = head
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type == tokenize.COMMENT and tok.start[0] in line_field:
+            out[line_field[tok.start[0]]] = tok.string.lstrip("# ").strip()
+    return out
+
+
+def keys_help(sections: dict[str, type], defaults: dict[str, object] | None = None) -> str:
+    """The ``key=value`` keys of these sections for ``--help``: section.key (type, default) meaning."""
+    lines = []
+    for section, cls in sections.items():
+        meanings, types_ = field_help(cls), field_types(cls)
+        instance = (defaults or {}).get(section)
+        lines.append(f"  {section}:")
+        for f in dataclasses.fields(cls):
+            default = getattr(instance, f.name) if instance is not None else (
+                f.default if f.default is not dataclasses.MISSING else
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else "required")
+            typ = getattr(types_[f.name], "__name__", None) or str(types_[f.name]).replace("typing.", "")
+            lines.append(f"    {section}.{f.name}={default}  ({typ}) {meanings.get(f.name, '')}".rstrip())
+    return "\n".join(lines)

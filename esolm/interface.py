@@ -24,13 +24,39 @@ from esolm.config import ConfigError, ModelConfig
 class Capabilities:
     """What a model can do; the harness asks these instead of model names."""
 
-    parallel_generation: bool  # can fill several tokens per network call
     kv_cache: bool  # sample(kv_cache=True) reuses keys/values exactly
     exact_likelihood: bool  # nll(exact=True) is available
     single_pass_likelihood: bool  # exact NLL costs one forward pass (per order)
+    next_token_scoring: bool = False  # next_token_logprobs(tokens) scores text left to right (a gen-PPL evaluator)
+    # the sample options of the NFE = L regime (spec 8.6: about one token per network call); None: not defined
+    nfe_equals_l: dict | None = None
 
-    def as_dict(self) -> dict[str, bool]:
+    def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True)
+class Display:
+    """How tables and figures show a model: its method as the paper names it and a fixed style."""
+
+    family: str  # the method family ("AR", "MDLM", "BD3-LM", "Eso-LM (B)", ...)
+    label: str  # the method with what tells its variants apart ("BD3-LM L'=4", "AR + AdaLN")
+    colour: str  # matplotlib colour of its points and lines, the same in every figure
+    marker: str = "o"  # matplotlib marker of its points
+    order: int = 100  # position in the paper's order of methods (tables, legends); ties by label
+    reference: bool = False  # the quality reference: a star, its sample entropy a dashed line (AR)
+    shade_by: str | None = None  # a config field whose value shades the colour and picks the marker
+
+
+@dataclass
+class SampleOptions:
+    """The options of one sampling call that every model takes; a model's own options
+    extend this dataclass in the model's file (``LanguageModel.sample_options_class``)."""
+
+    steps: int | None = None  # T: denoising steps in all (AR: ignored, NFE = L - 1)
+    length: int | None = None  # sampled length; None: the model's L
+    top_p: float = 1.0  # nucleus mass (spec 5.6); 1 keeps the whole distribution
+    kv_cache: bool = True  # reuse keys and values (exact) where the model has a KV cache
 
 
 @dataclass
@@ -103,45 +129,30 @@ class Clock:
 
 
 def sample_options(model, options: dict, from_strings: bool = False) -> dict:
-    """Check ``options`` against ``model.sample``'s keyword arguments (typed from strings
-    when they come from the command line); an unknown one is an error listing the valid ones."""
-    import inspect
-    import typing
+    """Check ``options`` against the model's ``SampleOptions`` dataclass (typed from strings
+    when they come from the command line); an unknown one is an error listing the valid ones.
+    Returns the given options only, typed (the model's defaults fill in the rest)."""
+    from esolm.config import coerce, field_names, field_types
 
-    from esolm.config import coerce
-
-    params = inspect.signature(model.sample).parameters
-    allowed = {k: p for k, p in params.items() if p.kind == p.KEYWORD_ONLY}
-    hints = {}  # the base class's annotations (steps: int, ...), then each override's own
-    for cls in reversed(type(model).__mro__):
-        if "sample" in cls.__dict__:
-            try:
-                hints.update(typing.get_type_hints(cls.__dict__["sample"]))
-            except Exception:  # an annotation that does not resolve: the defaults' types serve
-                pass
-    out = {}
-    for k, v in options.items():
-        if k not in allowed:
-            raise ConfigError(f"unknown sample option {k!r} for {model.name}; valid: {', '.join(sorted(allowed))}")
-        if from_strings:
-            p = allowed[k]
-            typ = hints.get(k)
-            if typ is None:
-                typ = type(p.default) if p.default not in (None, inspect.Parameter.empty) else str
-            v = coerce(v, typ, k)
-        out[k] = v
-    return out
+    cls = model.sample_options_class
+    types_ = field_types(cls)
+    unknown = sorted(set(options) - set(types_))
+    if unknown:
+        raise ConfigError(f"unknown sample option {unknown[0]!r} for {model.name}; valid: {', '.join(sorted(field_names(cls)))}")
+    return {k: coerce(v, types_[k], k) if from_strings else v for k, v in options.items()}
 
 
 class LanguageModel(nn.Module, abc.ABC):
     """Base class: holds the config; subclasses implement loss / nll / sample.
 
-    Subclasses set ``config_class`` (a ModelConfig subclass) and ``capabilities``.
+    Subclasses set ``config_class`` (a ModelConfig subclass), ``sample_options_class`` (a
+    SampleOptions subclass), ``capabilities`` and ``display``.
     The dataloader hands ``tokens`` of shape [B, config.length]; ``valid`` marks
     real tokens (all ones for packed data).
     """
 
     config_class: type[ModelConfig] = ModelConfig
+    sample_options_class: type[SampleOptions] = SampleOptions
     capabilities: Capabilities
 
     def __init__(self, config: ModelConfig):
@@ -180,6 +191,11 @@ class LanguageModel(nn.Module, abc.ABC):
         The local cluster balances its lanes of training jobs by steps x this (a structural
         count, not a timing; docs/cpu_presets.md gives the measured seconds per step)."""
         return 1.0
+
+    @classmethod
+    def display(cls, config: ModelConfig) -> Display:
+        """How tables and figures show this model with this config (a model overrides it)."""
+        return Display(family=cls.__name__, label=cls.__name__, colour="#949494")
 
     def after_validation(self, batches: list[torch.Tensor]) -> dict | None:
         """Hook the trainer calls after each validation pass (BD3-LM's clipped-schedule

@@ -13,11 +13,6 @@ def causal(n: int, device=None) -> torch.Tensor:
     return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
-def bidirectional(n: int, device=None) -> torch.Tensor:
-    """[n, n] all True (MDLM, 7.5.7)."""
-    return torch.ones(n, n, dtype=torch.bool, device=device)
-
-
 def prefix_lm(n: int, num_clean: torch.Tensor) -> torch.Tensor:
     """[B, n, n] Eso-LM (A) diffusion mask (7.5.2): causal, plus the first c slots bidirectional.
 

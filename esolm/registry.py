@@ -1,7 +1,7 @@
 """The model registry: names -> model classes, built with presets and overrides.
 
     from esolm import registry
-    model = registry.build("esolm-b", preset="tiny", vocab_size=4097, alpha_0=0.25)
+    model = registry.build("esolm-b", preset="tiny", vocab_size=258, alpha_0=0.25)
 
 Adding a model is one new file with a :class:`~esolm.interface.LanguageModel`
 subclass and one line in ``_BUILTIN`` (or a call to :func:`register`).
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from esolm.config import BACKBONE_PRESETS, ConfigError, make_config
+from esolm.config import ConfigError, make_config
 from esolm.interface import LanguageModel
 
 # name -> "module:Class" (imported lazily, so the registry has no import cycles)
@@ -60,19 +60,17 @@ def model_class(name: str) -> type[LanguageModel]:
 
 
 def build_config(name: str, preset: str | None = None, **overrides):
-    """The typed config that :func:`build` would use."""
+    """The typed config that :func:`build` would use: the backbone of run name ``preset``
+    (esolm/runs.py), then ``overrides``."""
+    from esolm import runs
+
     cls = model_class(name)
-    base = {}
-    if preset is not None:
-        if preset not in BACKBONE_PRESETS:
-            raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(BACKBONE_PRESETS)}")
-        base = dict(BACKBONE_PRESETS[preset])
-    base.update(getattr(cls, "defaults", {}))
+    base = runs.get(preset).backbone_fields() if preset is not None else {}
     return make_config(cls.config_class, base, **overrides)
 
 
 def build(name: str, preset: str | None = None, **overrides) -> LanguageModel:
-    """Build model ``name`` from an optional backbone preset and field overrides."""
+    """Build model ``name`` from the backbone of an optional run name and field overrides."""
     config = build_config(name, preset, **overrides)
     model = model_class(name)(config)
     return model

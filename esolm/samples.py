@@ -4,12 +4,11 @@ the corpus that rebuilds it."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from esolm.checkpoint import atomic_write_bytes
+from esolm.io import atomic_write_bytes
 
 
 def draw_samples(model, corpus, *, num_samples: int, batch_size: int, seed: int, options: dict,
@@ -41,7 +40,3 @@ def draw_samples(model, corpus, *, num_samples: int, batch_size: int, seed: int,
 def write_jsonl(path: str | Path, records: list[dict]) -> Path:
     data = "".join(json.dumps(r) + "\n" for r in records).encode()
     return atomic_write_bytes(path, lambda f: f.write(data))
-
-
-def stderr(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)

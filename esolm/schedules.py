@@ -26,10 +26,6 @@ class LogLinear:
         rate = -self.alpha_0 * (1 - self.eps)
         return torch.full_like(t, rate) if torch.is_tensor(t) else rate
 
-    def __call__(self, t):
-        """(alpha'_t, alpha_t), as the reference returns them."""
-        return self.dalpha(t), self.alpha(t)
-
     def elbo_weight(self, t):
         """-alpha'_t / (1 - alpha_t): the positive weight of each masked token's -log p."""
         return -self.dalpha(t) / (1 - self.alpha(t))

@@ -7,62 +7,49 @@ atomic resumable checkpoints, data-parallel over several processes.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
+import os
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
 
-from esolm.checkpoint import atomic_write_json, read_checkpoint, save_checkpoint
+from esolm.checkpoint import NAME as CHECKPOINT
+from esolm.checkpoint import checkpoint_in, read_checkpoint, save_checkpoint
+from esolm.io import atomic_write_json, content_hash, hasher, json_default
 from esolm.config import ConfigError, make_config
 from esolm.distributed import setup_distributed
-
-# Training budgets per preset. The paper's numbers (small) are spec 9; the CPU presets are
-# scaled so a run fits in seconds (smoke) or minutes (tiny) on 2 cores, with a shorter EMA
-# horizon and a higher learning rate to match the short budget.
-TRAIN_PRESETS: dict[str, dict] = {
-    # 40 steps x 16 x L: seconds on a 2-core CPU
-    "smoke": dict(steps=40, batch_size=16, lr=1e-3, warmup=5, ema=0.0, eval_every=0, log_every=10),
-    # 300 steps x 16 x 128 = 0.6M tokens (~8 min on 2 cores for the 9M-parameter tiny backbone);
-    # lr 2e-3 after 30 warmup steps; EMA 0.98 (a ~50-step horizon)
-    "tiny": dict(steps=300, batch_size=16, lr=2e-3, warmup=30, ema=0.98, eval_every=100, log_every=25,
-                 checkpoint_every=100),
-    # spec 9 (OWT): 250K steps x 512 x 1024, lr 3e-4, 2500 warmup, EMA 0.9999
-    "small": dict(steps=250_000, batch_size=512, lr=3e-4, warmup=2500, ema=0.9999, eval_every=10_000,
-                  log_every=100, micro_batch=64),
-}
-
 
 @dataclass
 class TrainConfig:
     """Optimization and bookkeeping (spec 9). batch_size is the global batch in sequences."""
 
-    steps: int = 1000
-    batch_size: int = 16
+    steps: int = 1000  # optimizer steps
+    batch_size: int = 16  # global batch in sequences (over every process)
     micro_batch: int = 0  # at most this many sequences per forward pass and process (gradient accumulation); 0 = no cap
-    lr: float = 1e-3
+    lr: float = 1e-3  # peak learning rate (AdamW)
     warmup: int = 100  # linear warmup from 0, then the decay rule
     decay: str = "constant"  # after warmup: "constant", or "cosine" down to min_lr_ratio * lr at the last step
     min_lr_ratio: float = 0.1  # the cosine schedule's final lr as a fraction of lr
-    beta1: float = 0.9
-    beta2: float = 0.999
-    adam_eps: float = 1e-8
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
+    beta1: float = 0.9  # AdamW beta1
+    beta2: float = 0.999  # AdamW beta2
+    adam_eps: float = 1e-8  # AdamW epsilon
+    weight_decay: float = 0.0  # AdamW decoupled weight decay
+    grad_clip: float = 1.0  # clip the global gradient norm to this
     ema: float = 0.99  # target EMA decay; effective min(ema, (1+n)/(10+n)); 0 disables
-    seed: int = 1
+    seed: int = 1  # seed of the initial weights, the batches and the diffusion noise
     eval_every: int = 250  # steps between validation passes; 0 = never
-    eval_batches: int = 8
-    log_every: int = 25
-    checkpoint_every: int = 250
+    eval_batches: int = 8  # validation batches per validation pass
+    log_every: int = 25  # steps between lines of train_log.jsonl
+    checkpoint_every: int = 250  # steps between checkpoints (the last step always writes one)
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32" / "bf16"
-    device: str = "auto"
+    device: str = "auto"  # auto: CUDA when there is one, else CPU; or a torch device
 
     def __post_init__(self):
         for k in ("steps", "batch_size"):
@@ -81,19 +68,51 @@ class TrainConfig:
 
 
 def train_config(preset: str | None = None, **overrides) -> TrainConfig:
-    if preset is not None and preset not in TRAIN_PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; presets: {', '.join(TRAIN_PRESETS)}")
-    return make_config(TrainConfig, TRAIN_PRESETS.get(preset, {}), **overrides)
+    """The training config of run name ``preset`` (esolm/runs.py; none: the defaults below) with
+    ``overrides`` (field values, typed and checked)."""
+    from esolm import runs
+
+    base = asdict(runs.get(preset).train) if preset is not None else {}
+    return make_config(TrainConfig, base, **overrides)
+
+
+# ---------------------------------------------------------------- lr schedule
+def lr_factor(cfg: TrainConfig, step: int) -> float:
+    """The lr of (0-based) ``step`` as a fraction of ``lr``: linear warmup over ``warmup`` steps,
+    then constant or a half-cosine from 1 at the end of warmup to ``min_lr_ratio`` at the last step."""
+    if step + 1 < cfg.warmup or cfg.decay == "constant":
+        return min(1.0, (step + 1) / max(1, cfg.warmup))
+    progress = (step + 1 - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    low = cfg.min_lr_ratio
+    return low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """The lr of (0-based) ``step``: linear warmup over ``warmup`` steps, then constant or a
-    half-cosine from ``lr`` at the end of warmup to ``min_lr_ratio * lr`` at the last step."""
-    if step + 1 < cfg.warmup or cfg.decay == "constant":
-        return cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
-    progress = (step + 1 - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
-    low = cfg.min_lr_ratio
-    return cfg.lr * (low + (1 - low) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+    """The lr of (0-based) ``step``: ``lr * lr_factor(cfg, step)``."""
+    return cfg.lr * lr_factor(cfg, step)
+
+
+def lr_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, step: int = 0) -> LambdaLR:
+    """The schedule as a ``LambdaLR`` on ``opt``: its lr at (0-based) step s is ``learning_rate(cfg, s)``;
+    ``step``: the steps already taken (a resumed run), so the next one gets ``learning_rate(cfg, step)``."""
+    for group in opt.param_groups:
+        group.setdefault("initial_lr", cfg.lr)
+    return LambdaLR(opt, lambda s: lr_factor(cfg, s), last_epoch=step - 1)
+
+
+def check_train_config(cfg: TrainConfig) -> None:
+    """The bookkeeping counts are >= 0 (0: eval_every never, checkpoint_every only the last step,
+    log_every no progress lines, micro_batch no cap)."""
+    for k in ("warmup", "micro_batch", "eval_every", "eval_batches", "log_every", "checkpoint_every"):
+        if getattr(cfg, k) < 0:
+            raise ConfigError(f"{k} must be >= 0; got {getattr(cfg, k)}")
+    if cfg.eval_every and cfg.eval_batches < 1:
+        raise ConfigError(f"eval_batches must be >= 1 when eval_every={cfg.eval_every}; got {cfg.eval_batches}")
+
+
+def due(every: int, step: int, last: int) -> bool:
+    """Is ``step`` a multiple of ``every`` (0: none) or the last step?"""
+    return step == last or (every > 0 and step % every == 0)
 
 
 # ------------------------------------------------------------------ distributed
@@ -123,11 +142,8 @@ def batch_split(batch_size: int, world: int, micro_batch: int = 0) -> tuple[int,
 
 
 def parameter_checksum(model: torch.nn.Module) -> str:
-    """sha256 of every parameter's bytes: equal iff the ranks hold identical weights."""
-    h = hashlib.sha256()
-    for p in model.parameters():
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    """Content hash of every parameter's bytes: equal iff the ranks hold identical weights."""
+    return content_hash(p.detach().cpu().contiguous().numpy().tobytes() for p in model.parameters())[:16]
 
 
 # ------------------------------------------------------------------------- EMA
@@ -158,7 +174,10 @@ class EMA:
 
 # ----------------------------------------------------------------- RNG state
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+    """Every RNG's state as plain tensors, tuples and numbers (``torch.load(weights_only=True)`` reads it)."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached)}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -167,7 +186,10 @@ def rng_state() -> dict:
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    name, keys, *rest = state["numpy"]
+    if isinstance(keys, torch.Tensor):
+        keys = keys.numpy().astype(np.uint32)
+    np.random.set_state((name, keys, *rest))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
@@ -198,7 +220,7 @@ class BatchStream:
         return self.data[order[offset:offset + self.batch_size]]
 
 
-# ---------------------------------------------------------------------- loop
+# ---------------------------------------------------------------------- device
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -229,12 +251,276 @@ class ema_weights:
             self.model.load_state_dict(self.backup)
 
 
+# ------------------------------------------------------------------ the run
 def _identity(model_name: str, model, corpus, cfg: TrainConfig) -> dict:
-    """What must match for a checkpoint to be resumed by this run."""
+    """What must match for a checkpoint to be resumed by this run (as JSON stores it)."""
     skip = {"eval_every", "eval_batches", "log_every", "checkpoint_every", "device", "steps"}
-    return {"model_name": model_name, "model_config": model.config.to_dict(),
-            "corpus_fingerprint": corpus.fingerprint,
-            "train_config": {k: v for k, v in asdict(cfg).items() if k not in skip}}
+    identity = {"model_name": model_name, "model_config": model.config.to_dict(),
+                "corpus_fingerprint": corpus.fingerprint,
+                "train_config": {k: v for k, v in asdict(cfg).items() if k not in skip}}
+    return json.loads(json.dumps(identity, default=json_default))
+
+
+@dataclass
+class _Run:
+    """What one call of ``fit`` holds: the model and its optimizer, schedule, EMA and data
+    stream, this process's place, the step reached, the log and the metrics so far."""
+
+    name: str
+    model: torch.nn.Module
+    corpus: object
+    cfg: TrainConfig
+    out: Path
+    log: object  # the progress printer
+    rank: int
+    world: int
+    device: torch.device
+    local: int  # sequences per step and process
+    micro: int  # sequences per forward pass
+    accum: int  # forward passes per step
+    opt: torch.optim.Optimizer
+    ema: EMA | None
+    stream: BatchStream
+    identity: dict
+    sched: LambdaLR | None = None
+    ddp: torch.nn.Module | None = None
+    step: int = 0
+    history: list = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+    log_file: object = None  # train_log.jsonl, open for appending (rank 0)
+    bar: object = None
+    data_digest: object = field(default_factory=hasher)  # of the rows this rank trained on in this call
+    t_start: float = field(default_factory=time.perf_counter)
+    tokens_seen: int = 0
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / CHECKPOINT
+
+    @property
+    def log_path(self) -> Path:
+        return self.out / "train_log.jsonl"
+
+
+def _setup(model_name: str, model, corpus, cfg: TrainConfig, out: Path, log) -> _Run:
+    """This process's place, per-rank seeds (spec 9), the model on its device, AdamW, the EMA
+    and the data stream of a fresh run."""
+    check_train_config(cfg)
+    rank, world, _ = setup_distributed()
+    device = resolve_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (setup_distributed chose it)
+    local, micro, accum = batch_split(cfg.batch_size, world, cfg.micro_batch)
+    seed_everything(cfg.seed + rank)  # per-rank seeds, spec 9
+    model.to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
+                            weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
+    stream = BatchStream(corpus.splits["train"], cfg.batch_size, cfg.seed)
+    return _Run(model_name, model, corpus, cfg, out, log, rank, world, device, local, micro, accum, opt, ema,
+                stream, _identity(model_name, model, corpus, cfg))
+
+
+def _resume(run: _Run) -> None:
+    """Continue from the checkpoint in ``run.out`` when there is one (the same run's, else a
+    ConfigError), else start the folder; either way the log keeps only the lines up to the step
+    reached (cut once) and is opened for appending."""
+    found = checkpoint_in(run.out)
+    if found is None:
+        if run.rank == 0:
+            run.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(run.out / "config.json",
+                              {**run.identity, "corpus": run.corpus.spec(), "steps": run.cfg.steps})
+        run.sched = lr_scheduler(run.opt, run.cfg)
+    else:
+        _restore(run, found, read_checkpoint(found, training_state=True))
+    run.history = _kept_log(run.log_path, run.step, cut=run.rank == 0)
+    if run.rank == 0:
+        run.log_file = open(run.log_path, "a")
+
+
+def _restore(run: _Run, path: Path, state: dict) -> None:
+    """Weights, optimizer, schedule, EMA, data position and RNG streams from a checkpoint."""
+    if json.loads(json.dumps(state.get("identity"), default=json_default)) != run.identity:
+        raise ConfigError(f"{run.out} holds a checkpoint of a different run (model, data or optimizer settings "
+                          f"differ); pass another --out, or delete {path} (and the files beside it of the "
+                          f"same name) to start over")
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.step, run.stream.position = state["step"], state["data_position"]
+    run.sched = lr_scheduler(run.opt, run.cfg, run.step)
+    if state.get("scheduler"):  # a checkpoint of an earlier version has none: the step fixes it
+        run.sched.load_state_dict(state["scheduler"])
+    if run.ema is not None:
+        run.ema.load_state_dict(state["ema_state"])
+    rngs = state.get("rng") or []
+    if len(rngs) == run.world:
+        set_rng_state(rngs[run.rank])
+    else:  # resumed on another number of processes: the data order holds, the noise draws differ
+        seed_everything(run.cfg.seed + run.rank + 7919 * run.step)
+        if run.rank == 0:
+            run.log(f"the checkpoint holds the RNG states of {len(rngs)} processes, resumed on {run.world}: "
+                    f"the run continues with fresh per-rank random streams (not bit-identical to an uninterrupted run)")
+    if run.rank == 0:
+        run.log(f"resuming {run.name} from {path} at step {run.step}/{run.cfg.steps}")
+
+
+def _kept_log(path: Path, step: int, *, cut: bool) -> list[dict]:
+    """The lines of the training log up to ``step`` (a line cut by an interruption ends them);
+    with ``cut`` the file is truncated after them."""
+    kept, end = [], 0
+    if path.exists():
+        with open(path, "rb") as f:
+            for line in f:
+                row = _parsed(line)
+                if row is None or row["step"] > step:
+                    break
+                kept.append(row)
+                end += len(line)
+        if cut:
+            os.truncate(path, end)
+    return kept
+
+
+def _parsed(line: bytes) -> dict | None:
+    if not line.endswith(b"\n"):
+        return None
+    try:
+        return json.loads(line)
+    except ValueError:
+        return None
+
+
+def _micro_step(run: _Run, batch: torch.Tensor, i: int):
+    """Forward and backward of the ``i``-th micro-batch (its loss scaled by 1 / accum)."""
+    model, accum = run.model, run.accum
+    model.rank, model.world_size = run.rank * accum + i, run.world * accum  # this micro-batch's t-strata
+    rows = batch[i * run.micro:(i + 1) * run.micro].to(run.device)
+    if run.ddp is None:
+        with autocast(run.device, run.cfg.precision):
+            out = model.loss(rows)
+        (out.loss / accum).backward()
+        return out
+    with contextlib.nullcontext() if i == accum - 1 else run.ddp.no_sync():  # average gradients on the last only
+        with autocast(run.device, run.cfg.precision):
+            out = run.ddp(rows)
+        (out.loss / accum).backward()
+    return out
+
+
+def _train_step(run: _Run) -> dict:
+    """One optimizer step on this rank's shard of the next global batch; its log line."""
+    batch = run.stream.next()[run.rank * run.local:(run.rank + 1) * run.local]
+    if run.world > 1:
+        run.data_digest.update(batch.numpy().tobytes())
+    loss_sum, nll_sum, n_tok = 0.0, 0.0, 0
+    for i in range(run.accum):
+        out = _micro_step(run, batch, i)
+        loss_sum += float(out.loss.detach()) / run.accum
+        nll_sum += float(out.nll_sum)
+        n_tok += int(out.num_tokens)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    lr = run.opt.param_groups[0]["lr"]
+    run.sched.step()
+    if run.ema is not None:
+        run.ema.update(run.model)
+    run.step += 1
+    run.tokens_seen += batch.numel() * run.world
+    tok_s = run.tokens_seen / (time.perf_counter() - run.t_start)
+    return {"step": run.step, "loss": loss_sum, "nll_per_token": nll_sum / max(n_tok, 1),
+            "grad_norm": float(grad_norm), "lr": lr, "tokens_per_s": tok_s}
+
+
+def _report(run: _Run, row: dict) -> None:
+    """The progress bar, or a progress line every ``log_every`` steps (rank 0)."""
+    cfg = run.cfg
+    if run.bar is not None:
+        run.bar.update(1)
+        run.bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:,.0f}")
+    elif run.rank == 0 and cfg.log_every and due(cfg.log_every, run.step, cfg.steps):
+        run.log(f"step {run.step}/{cfg.steps}: loss {row['loss']:.4f}, {row['tokens_per_s']:,.0f} tokens/s, "
+                f"lr {row['lr']:.2e}")
+
+
+def _validate(run: _Run, row: dict) -> None:
+    """Validation NLL with the EMA weights (the caller's RNG untouched), the model's
+    ``after_validation`` hook; both recorded in ``row`` and the metrics."""
+    from esolm.evaluate import evaluate
+
+    model, cfg, micro = run.model, run.cfg, run.micro
+    with ema_weights(model, run.ema), torch.random.fork_rng(devices=[]):
+        model.eval()
+        val = evaluate(model, run.corpus, "valid", batch_size=micro, max_batches=cfg.eval_batches,
+                       seed=cfg.seed, progress=False)
+        valid_rows = run.corpus.splits["valid"][: cfg.eval_batches * micro].to(run.device)
+        changed = model.after_validation(list(torch.split(valid_rows, micro)))
+        model.train()
+    if changed:
+        row["after_validation"] = str(changed.interval if hasattr(changed, "interval") else changed)
+    row["valid_nll_per_token"] = val["nll_per_token"]
+    run.metrics["valid"] = val
+    if run.rank == 0:
+        msg = f"step {run.step}: valid NLL {val['nll_per_token']:.4f} nats/token (PPL {val['ppl']:.2f})"
+        if val.get("true_nll_per_token") is not None:
+            msg += f"; true NLL of the source {val['true_nll_per_token']:.4f}"
+        (run.bar.write if run.bar is not None else run.log)(msg)
+
+
+def _gather(run: _Run) -> tuple[list, list, list]:
+    """(RNG states, parameter checksums, data digests) of every rank; ranks whose weights
+    differ are a RuntimeError."""
+    mine = (rng_state(), parameter_checksum(run.model), run.data_digest.hexdigest()[:16])
+    if run.world == 1:
+        return [mine[0]], [mine[1]], [mine[2]]
+    every = tuple([None] * run.world for _ in mine)
+    for gathered, value in zip(every, mine):
+        dist.all_gather_object(gathered, value)
+    if len(set(every[1])) != 1:
+        raise RuntimeError(f"data-parallel ranks diverged at step {run.step}: parameter checksums {every[1]}")
+    return every
+
+
+def _checkpoint(run: _Run, row: dict) -> None:
+    """Record the step's metrics and write the checkpoint (rank 0, after every rank's RNG
+    state and checksum are gathered); the log is flushed to disk with it."""
+    run.metrics.update(step=run.step, train_loss=row["loss"], tokens_per_s=row["tokens_per_s"])
+    rngs, sums, digests = _gather(run)
+    run.metrics.update(world_size=run.world, rank_parameter_checksums=sums)
+    if run.world > 1:
+        run.metrics["rank_data_digests"] = digests
+    if run.rank != 0:
+        return
+    run.log_file.flush()
+    os.fsync(run.log_file.fileno())
+    ema = run.ema
+    save_checkpoint(run.ckpt_path, {
+        "model_name": run.name, "model_config": run.model.config.to_dict(), "identity": run.identity,
+        "model": run.model.state_dict(), "ema": ema.shadow if ema else None,
+        "ema_state": ema.state_dict() if ema else None, "optimizer": run.opt.state_dict(),
+        "scheduler": run.sched.state_dict(), "step": run.step, "rng": rngs, "data_position": run.stream.position,
+        "corpus": run.corpus.spec(), "train_config": asdict(run.cfg), "metrics": run.metrics})
+
+
+def _append(run: _Run, row: dict) -> None:
+    """One line of train_log.jsonl, appended once (rank 0)."""
+    run.history.append(row)
+    if run.log_file is not None:
+        run.log_file.write(json.dumps(row) + "\n")
+        run.log_file.flush()
+
+
+def _finish(run: _Run) -> dict:
+    """The run's metrics (train_metrics.json once the last step is done) and fit's result."""
+    run.metrics.update(step=run.step, train_loss=run.history[-1]["loss"] if run.history else None,
+                       wall_seconds=time.perf_counter() - run.t_start)
+    finished = run.step == run.cfg.steps
+    if finished and run.rank == 0:
+        atomic_write_json(run.out / "train_metrics.json", run.metrics)
+    if run.world > 1:
+        dist.barrier()  # no rank leaves (and tears down) while rank 0 still writes
+    return {"metrics": run.metrics, "history": run.history, "checkpoint": str(run.ckpt_path), "finished": finished}
 
 
 def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *,
@@ -244,159 +530,29 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
 
     stop_after: return after that many steps of this call (to simulate an interruption).
     """
-    from esolm.evaluate import evaluate
+    run = _setup(model_name, model, corpus, cfg, Path(out_dir), log)
+    _resume(run)
+    try:
+        # DDP after the resume: every rank holds the same weights by now; DDP broadcasts rank 0's
+        # anyway, and averages the gradients in buckets during backward
+        run.ddp = torch.nn.parallel.DistributedDataParallel(_LossOf(model)) if run.world > 1 else None
+        if progress and run.rank == 0:
+            from tqdm import tqdm
 
-    out = Path(out_dir)
-    rank, world, _ = setup_distributed()
-    device = resolve_device(cfg.device)
-    if world > 1 and device.type == "cuda":
-        device = torch.device("cuda", torch.cuda.current_device())  # this rank's GPU (setup_distributed chose it)
-    local, micro, accum = batch_split(cfg.batch_size, world, cfg.micro_batch)
-
-    seed_everything(cfg.seed + rank)  # per-rank seeds, spec 9
-    model.to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.adam_eps,
-                            weight_decay=cfg.weight_decay)
-    ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
-    stream = BatchStream(corpus.splits["train"], cfg.batch_size, cfg.seed)
-    identity = _identity(model_name, model, corpus, cfg)
-    ckpt_path, log_path = out / "checkpoint.pt", out / "train_log.jsonl"
-    step, history = 0, []
-    if ckpt_path.exists():
-        state = read_checkpoint(ckpt_path)
-        if state.get("identity") != identity:
-            raise ConfigError(f"{out} holds a checkpoint of a different run (model, data or optimizer settings "
-                              f"differ); pass another --out, or delete {ckpt_path} to start over")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        if ema is not None:
-            ema.load_state_dict(state["ema_state"])
-        step, stream.position = state["step"], state["data_position"]
-        if len(state["rng"]) == world:
-            set_rng_state(state["rng"][rank])
-        else:  # resumed on another number of processes: the data order holds, the noise draws differ
-            seed_everything(cfg.seed + rank + 7919 * step)
-            if rank == 0:
-                log(f"the checkpoint was written by {len(state['rng'])} processes, resumed on {world}: "
-                    f"the run continues with fresh per-rank random streams (not bit-identical to an uninterrupted run)")
-        history = [h for h in _read_log(log_path) if h["step"] <= step]
-        if rank == 0:
-            log(f"resuming {model_name} from {ckpt_path} at step {step}/{cfg.steps}")
-    elif rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(out / "config.json", {**identity, "corpus": corpus.spec(), "steps": cfg.steps})
-
-    # DDP after the resume: every rank holds the same weights by now; DDP broadcasts rank 0's
-    # anyway, and averages the gradients in buckets during backward
-    ddp = torch.nn.parallel.DistributedDataParallel(_LossOf(model)) if world > 1 else None
-    data_digest = hashlib.sha256()  # of the rows this rank trained on in this call (tests: shards differ)
-
-    def save():
-        if world > 1:
-            rngs, sums, digests = [None] * world, [None] * world, [None] * world
-            dist.all_gather_object(rngs, rng_state())
-            dist.all_gather_object(sums, parameter_checksum(model))
-            dist.all_gather_object(digests, data_digest.hexdigest()[:16])
-            if len(set(sums)) != 1:
-                raise RuntimeError(f"data-parallel ranks diverged at step {step}: parameter checksums {sums}")
-        else:
-            rngs, sums = [rng_state()], [parameter_checksum(model)]
-        metrics.update(world_size=world, rank_parameter_checksums=sums)
-        if world > 1:
-            metrics["rank_data_digests"] = digests
-        if rank == 0:
-            save_checkpoint(ckpt_path, {
-                "model_name": model_name, "model_config": model.config.to_dict(), "identity": identity,
-                "model": model.state_dict(), "ema": ema.shadow if ema else None,
-                "ema_state": ema.state_dict() if ema else None, "optimizer": opt.state_dict(),
-                "step": step, "rng": rngs, "data_position": stream.position, "corpus": corpus.spec(),
-                "train_config": asdict(cfg), "metrics": metrics})
-            _write_log(log_path, history)
-
-    metrics: dict = {}
-    bar = None
-    if progress and rank == 0:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.steps, initial=step, desc=f"train {model_name}", unit="step", dynamic_ncols=True)
-    t_start, tokens_seen, steps_this_call = time.perf_counter(), 0, 0
-    while step < cfg.steps and (stop_after is None or steps_this_call < stop_after):
-        batch = stream.next()[rank * local:(rank + 1) * local]  # this rank's shard of the global batch
-        if world > 1:
-            data_digest.update(batch.numpy().tobytes())
-        for group in opt.param_groups:
-            group["lr"] = learning_rate(cfg, step)
-        loss_sum, nll_sum, n_tok = 0.0, 0.0, 0
-        for i in range(accum):
-            model.rank, model.world_size = rank * accum + i, world * accum  # this micro-batch's t-strata
-            rows = batch[i * micro:(i + 1) * micro].to(device)
-            if ddp is None:
-                with autocast(device, cfg.precision):
-                    out_ = model.loss(rows)
-                (out_.loss / accum).backward()
-            else:  # gradients are averaged over ranks on the last micro-batch only
-                with contextlib.nullcontext() if i == accum - 1 else ddp.no_sync():
-                    with autocast(device, cfg.precision):
-                        out_ = ddp(rows)
-                    (out_.loss / accum).backward()
-            loss_sum += float(out_.loss.detach()) / accum
-            nll_sum += float(out_.nll_sum)
-            n_tok += int(out_.num_tokens)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if ema is not None:
-            ema.update(model)
-        step += 1
-        steps_this_call += 1
-        tokens_seen += batch.numel() * world
-        tok_s = tokens_seen / (time.perf_counter() - t_start)
-        history.append({"step": step, "loss": loss_sum, "nll_per_token": nll_sum / max(n_tok, 1),
-                        "grad_norm": float(grad_norm), "lr": opt.param_groups[0]["lr"], "tokens_per_s": tok_s})
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_sum:.3f}", tok_s=f"{tok_s:,.0f}")
-        elif rank == 0 and cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
-            log(f"step {step}/{cfg.steps}: loss {loss_sum:.4f}, {tok_s:,.0f} tokens/s, lr {opt.param_groups[0]['lr']:.2e}")
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
-            with ema_weights(model, ema), torch.random.fork_rng(devices=[]):
-                model.eval()
-                val = evaluate(model, corpus, "valid", batch_size=micro, max_batches=cfg.eval_batches,
-                               seed=cfg.seed, progress=False)
-                valid_rows = corpus.splits["valid"][: cfg.eval_batches * micro].to(device)
-                changed = model.after_validation(list(torch.split(valid_rows, micro)))
-                model.train()
-            if changed:
-                history[-1]["after_validation"] = str(changed.interval if hasattr(changed, "interval") else changed)
-            history[-1]["valid_nll_per_token"] = val["nll_per_token"]
-            metrics["valid"] = val
-            if rank == 0:
-                msg = f"step {step}: valid NLL {val['nll_per_token']:.4f} nats/token (PPL {val['ppl']:.2f})"
-                if val.get("true_nll_per_token") is not None:
-                    msg += f"; true NLL of the source {val['true_nll_per_token']:.4f}"
-                (bar.write if bar is not None else log)(msg)
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            metrics.update(step=step, train_loss=loss_sum, tokens_per_s=tok_s)
-            save()
-    if bar is not None:
-        bar.close()
-    metrics.update(step=step, train_loss=history[-1]["loss"] if history else None,
-                   wall_seconds=time.perf_counter() - t_start)
-    if step == cfg.steps and rank == 0:
-        atomic_write_json(out / "train_metrics.json", metrics)
-    if world > 1:
-        dist.barrier()  # no rank leaves (and tears down) while rank 0 still writes
-    return {"metrics": metrics, "history": history, "checkpoint": str(ckpt_path), "finished": step == cfg.steps}
-
-
-def _read_log(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _write_log(path: Path, history: list[dict]) -> None:
-    from esolm.checkpoint import atomic_write_bytes
-
-    data = "".join(json.dumps(h) + "\n" for h in history).encode()
-    atomic_write_bytes(path, lambda f: f.write(data))
+            run.bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {model_name}", unit="step",
+                           dynamic_ncols=True)
+        run.t_start, steps_this_call = time.perf_counter(), 0
+        while run.step < cfg.steps and (stop_after is None or steps_this_call < stop_after):
+            row = _train_step(run)
+            steps_this_call += 1
+            _report(run, row)
+            if cfg.eval_every and due(cfg.eval_every, run.step, cfg.steps):
+                _validate(run, row)
+            _append(run, row)
+            if due(cfg.checkpoint_every, run.step, cfg.steps):
+                _checkpoint(run, row)
+    finally:
+        for handle in (run.bar, run.log_file):
+            if handle is not None:
+                handle.close()
+    return _finish(run)

@@ -1,12 +1,15 @@
-"""Records -> results/<preset>/results.csv (one row per job; schema in docs/results_store.md)."""
+"""Records -> results/<preset>/results.csv (one row per job; the schema of analysis/schema.py,
+described in docs/results_store.md)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pandas as pd
 
-from esolm.checkpoint import atomic_write_bytes, atomic_write_json
+from analysis import schema as X
+from esolm.io import atomic_write_bytes, atomic_write_json
 
 
 def read_records(results: Path) -> list[dict]:
@@ -19,10 +22,25 @@ def read_records(results: Path) -> list[dict]:
     return out
 
 
+def record_rows(record: dict, name: str, displays: dict) -> list[dict]:
+    """A record's rows as {name, config, options, metrics, display}: a record of several rows
+    (longctx: every method at one length, timed side by side) gives one per method, named by
+    the row. A row of the old flat format is nested by its documented columns (schema.nest_old_row),
+    its display the graph's for its label (else its model's, when results.csv is read)."""
+    rows = record["rows"] if "rows" in record else [dict(name=name, **record["row"])]
+    out = []
+    for row in rows:
+        if not any(isinstance(row.get(g), dict) for g in X.GROUPS):
+            row = X.nest_old_row(row, displays.get(row.get("label")))
+        out.append(dict(row, name=row.get("name", name)))
+    return out
+
+
 def aggregate(preset, graph, results: Path, code: str) -> pd.DataFrame:
     """The newest record of every job of the graph (by name); ``stale`` marks records of an
     older code version, kept so that tables still have a number while a rerun is pending."""
     names = {j.name: j for j in graph}
+    displays = {j.label: j.display for j in graph if getattr(j, "display", None) and j.label}
     latest: dict[str, dict] = {}
     for r in read_records(results):
         if r.get("name") in names and (r["name"] not in latest or r["finished"] > latest[r["name"]]["finished"]):
@@ -31,18 +49,16 @@ def aggregate(preset, graph, results: Path, code: str) -> pd.DataFrame:
     for name, r in sorted(latest.items()):
         meta = dict(key=r["key"], stale=r["key"] != names[name].key, code_version=r["code_version"],
                     git_sha=r.get("git_sha"), finished=r["finished"], seconds=r.get("seconds"))
-        # a record of several rows (longctx: every method at one length, timed side by side)
-        # gives one results.csv row per method, named by the row
-        for row in r["rows"] if "rows" in r else [dict(name=name, **r["row"])]:
-            rows.append(dict(name=row["name"], **meta, **{k: v for k, v in row.items() if k != "name"}))
-    df = pd.DataFrame(rows)
+        rows += [dict(X.flatten(row), **meta) for row in record_rows(r, name, displays)]
+    df = X.frame(rows)
     csv = df.to_csv(index=False).encode()
     atomic_write_bytes(results / "results.csv", lambda f: f.write(csv))
     missing = sorted(set(names) - set(latest))
     atomic_write_json(results / "summary.json", dict(
-        preset=preset.name, description=preset.description, corpus=preset.corpus, data=preset.data,
-        backbone=preset.backbone, backbone_overrides=preset.backbone_overrides, train=preset.train,
-        num_samples=preset.num_samples, top_p=preset.top_p, timing=preset.timing, code_version=code,
+        preset=preset.name, description=preset.description, corpus=preset.corpus,
+        data=dataclasses.asdict(preset.run.data), backbone=preset.run.backbone_fields(),
+        train=dataclasses.asdict(preset.run.train), num_samples=preset.run.sampling.num_samples,
+        top_p=preset.run.sampling.top_p, timing=dataclasses.asdict(preset.run.timing), code_version=code,
         jobs=len(graph), records=len(latest), rows=len(rows), stale=int(df["stale"].sum()) if len(df) else 0, missing=missing,
         environment=_environment(latest)))
     return df

@@ -199,37 +199,50 @@ def explain_submit_error(text: str, sbatch: Mapping[str, Any]) -> str:
     partition = sbatch.get("partition")
     where = f"partition {partition!r}" if partition else "the default partition"
     low = text.lower()
-    if "contact slurm controller" in low or "connection refused" in low:
-        return ("the Slurm controller does not answer; start the local cluster with "
-                "`sudo bash scripts/local-slurm/start.sh` or check `sinfo`")
-    if "invalid partition" in low:
-        parts = slurm_partitions()
-        listed = ", ".join(p.rstrip("*") + (" (default)" if p.endswith("*") else "") for p in parts)
-        return (f"unknown partition {partition!r}; the cluster's partitions are: {listed or 'none reported'}; "
-                f"set partition=<one of them> or leave it unset for the default")
-    if "gres" in low or "gpu" in low:
-        gpus = sbatch.get("gpus_per_node")
-        return (f"the cluster has no GPUs (gres) in {where}; drop gpus_per_node={gpus} or submit to a "
-                f"GPU partition (sbatch said: {said})")
-    if "memory specification" in low:
-        return (f"mem_gb asks for more memory ({sbatch.get('mem')}) than a node of {where} has; lower mem_gb "
-                f"(`sinfo -o '%P %m'` shows MB per node) (sbatch said: {said})")
-    if "more processors" in low or "cpu count" in low:
-        return (f"cpus_per_task={sbatch.get('cpus_per_task')} x tasks_per_node={sbatch.get('ntasks_per_node')} "
-                f"is more CPUs than a node of {where} has; lower them (`sinfo -o '%P %c'`) (sbatch said: {said})")
-    if "feature" in low:
-        return (f"constraint={sbatch.get('constraint')!r} names a feature no node of {where} has; drop or fix "
-                f"constraint (`sinfo -o '%P %f'` lists features) (sbatch said: {said})")
-    if "account" in low:
-        return f"account={sbatch.get('account')!r} is not valid here; fix or drop account (sbatch said: {said})"
-    if "qos" in low:
-        return f"qos={sbatch.get('qos')!r} is not valid here; fix or drop qos (sbatch said: {said})"
-    if "time limit" in low:
-        return (f"time_min={sbatch.get('time')} exceeds the time limit of {where}; lower time_min "
-                f"(`sinfo -o '%P %l'`) (sbatch said: {said})")
-    if "node count" in low:
-        return f"nodes={sbatch.get('nodes')} is more than {where} has; lower nodes (sbatch said: {said})"
+    for needles, explain in _SUBMIT_ERRORS:
+        if any(n in low for n in needles):
+            return explain(sbatch, where, said)
     return f"the job could not be submitted: {said}; check the Slurm parameters ({dict(sbatch)})"
+
+
+def _unknown_partition(sbatch: Mapping[str, Any], where: str, said: str) -> str:
+    parts = slurm_partitions()
+    listed = ", ".join(p.rstrip("*") + (" (default)" if p.endswith("*") else "") for p in parts)
+    return (f"unknown partition {sbatch.get('partition')!r}; the cluster's partitions are: "
+            f"{listed or 'none reported'}; set partition=<one of them> or leave it unset for the default")
+
+
+# (words in sbatch's stderr, lower case; the message from (sbatch parameters, where, what sbatch said)),
+# tried in order: the first whose words appear explains the refusal
+_SUBMIT_ERRORS: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any], str, str], str]]] = [
+    (("contact slurm controller", "connection refused"),
+     lambda sb, where, said: "the Slurm controller does not answer; start the local cluster with "
+                             "`sudo bash scripts/local-slurm/start.sh` or check `sinfo`"),
+    (("invalid partition",), _unknown_partition),
+    (("gres", "gpu"),
+     lambda sb, where, said: f"the cluster has no GPUs (gres) in {where}; drop gpus_per_node="
+                             f"{sb.get('gpus_per_node')} or submit to a GPU partition (sbatch said: {said})"),
+    (("memory specification",),
+     lambda sb, where, said: f"mem_gb asks for more memory ({sb.get('mem')}) than a node of {where} has; lower "
+                             f"mem_gb (`sinfo -o '%P %m'` shows MB per node) (sbatch said: {said})"),
+    (("more processors", "cpu count"),
+     lambda sb, where, said: f"cpus_per_task={sb.get('cpus_per_task')} x tasks_per_node="
+                             f"{sb.get('ntasks_per_node')} is more CPUs than a node of {where} has; lower them "
+                             f"(`sinfo -o '%P %c'`) (sbatch said: {said})"),
+    (("feature",),
+     lambda sb, where, said: f"constraint={sb.get('constraint')!r} names a feature no node of {where} has; drop "
+                             f"or fix constraint (`sinfo -o '%P %f'` lists features) (sbatch said: {said})"),
+    (("account",),
+     lambda sb, where, said: f"account={sb.get('account')!r} is not valid here; fix or drop account "
+                             f"(sbatch said: {said})"),
+    (("qos",),
+     lambda sb, where, said: f"qos={sb.get('qos')!r} is not valid here; fix or drop qos (sbatch said: {said})"),
+    (("time limit",),
+     lambda sb, where, said: f"time_min={sb.get('time')} exceeds the time limit of {where}; lower time_min "
+                             f"(`sinfo -o '%P %l'`) (sbatch said: {said})"),
+    (("node count",),
+     lambda sb, where, said: f"nodes={sb.get('nodes')} is more than {where} has; lower nodes (sbatch said: {said})"),
+]
 
 
 # ----------------------------------------------------------------------------- requeue

@@ -6,32 +6,37 @@ exit status 2.
 """
 from __future__ import annotations
 
-import inspect
 import json
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from esolm import registry
-from esolm.checkpoint import atomic_write_json, load_model
+from esolm.log import printer
+from esolm.checkpoint import load_model
+from esolm.io import atomic_write_json
 from esolm.samples import draw_samples, write_jsonl
-from esolm.config import ConfigError, coerce
+from esolm.config import ConfigError, coerce, field_names, parse_keys
 from esolm.interface import sample_options
 from experiments.runspec import RunSpec
 
 
-def say(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
+say = printer()  # progress and outputs' paths on stderr (esolm/log.py)
 
 
 # ------------------------------------------------------------------------ models
 def cmd_models(args) -> int:
+    """The registry: each model's capabilities (yes / no), its NFE = L options and its sample options."""
     names = registry.available()
-    caps = [registry.model_class(n).capabilities.as_dict() for n in names]
-    cols = list(caps[0])
-    print("model".ljust(10) + "".join(c.ljust(24) for c in cols))
-    for n, c in zip(names, caps):
-        print(n.ljust(10) + "".join(("yes" if c[k] else "no").ljust(24) for k in cols))
+    classes = [registry.model_class(n) for n in names]
+    flags = [k for k, v in classes[0].capabilities.as_dict().items() if isinstance(v, bool)]
+    print("model".ljust(10) + "".join(c.ljust(24) for c in flags) + "NFE = L options")
+    for n, cls in zip(names, classes):
+        caps = cls.capabilities.as_dict()
+        print(n.ljust(10) + "".join(("yes" if caps[k] else "no").ljust(24) for k in flags) + str(caps["nfe_equals_l"]))
+    print("\nsample options (key=value):")
+    for n, cls in zip(names, classes):
+        print(f"  {n.ljust(8)} " + ", ".join(field_names(cls.sample_options_class)))
     return 0
 
 
@@ -42,7 +47,7 @@ def cmd_train(args) -> int:
     spec, _ = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.overrides)
     cfg = spec.train_config()
     out = Path(args.out) if args.out else spec.run_dir()
-    say(f"loading corpus {args.corpus} ...")
+    say(f"loading corpus {spec.corpus_name} ...")
     corpus = spec.load_corpus()
     seed_everything(cfg.seed)  # the initial weights are a function of the seed
     model = spec.build_model(corpus)
@@ -73,12 +78,12 @@ def resolve_checkpoint(args) -> Path:
     if not getattr(args, "model", None):
         raise ConfigError("pass --checkpoint PATH, or --model NAME (with the --preset/--corpus/overrides "
                           "used for training) to use that run's checkpoint")
-    spec, _ = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.train_pairs)
-    path = spec.run_dir() / "checkpoint.pt"
+    spec = args.run_spec
+    path = spec.run_dir() / "checkpoint.safetensors"
     if not path.exists():
-        runs = sorted(str(p) for p in spec.run_dir().parent.glob(f"{args.model}-*/checkpoint.pt"))
+        runs = sorted(str(p) for p in spec.run_dir().parent.glob(f"{args.model}-*/checkpoint.safetensors"))
         raise ConfigError(f"no checkpoint at {path} (the run of --model {args.model} --preset {args.preset} --corpus "
-                          f"{args.corpus} with overrides {args.train_pairs or 'none'}); train it first, or pass "
+                          f"{spec.corpus_name} with overrides {spec.overrides or 'none'}); train it first, or pass "
                           f"--checkpoint" + (f"; existing runs: {', '.join(runs)}" if runs else ""))
     return path
 
@@ -98,34 +103,50 @@ def positive(value, name: str) -> int:
     return n
 
 
-def split_model_pairs(args, extra: set[str]) -> dict:
-    """Separate sample/eval keys from the training-run keys that locate the checkpoint."""
-    if not getattr(args, "model", None) or getattr(args, "checkpoint", None):
-        args.train_pairs = {}
-        return dict(args.overrides)
-    spec_keys = {k for k in args.overrides if k not in extra}
-    args.train_pairs = {k: args.overrides[k] for k in spec_keys}
-    return {k: v for k, v in args.overrides.items() if k in extra}
+def command_keys(args, own: dict) -> dict:
+    """Route the command's ``key=value`` pairs through the one parser: the command's ``own``
+    sections first (name -> dataclass), then, with --model and no --checkpoint, the sections of
+    the training run that locate the checkpoint (``args.run_spec``). Returns section -> {key: value}."""
+    if getattr(args, "model", None) and not getattr(args, "checkpoint", None):
+        args.run_spec, routed = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.overrides, first=own)
+        return routed
+    args.run_spec = None
+    return parse_keys(args.overrides, own)
+
+
+@dataclass
+class EvalKeys:
+    """The ``key=value`` settings of ``run.py eval``."""
+
+    num_orders: int = 1  # K of the IW exact likelihood (with --exact)
+    batch_size: int = 32  # sequences per batch
+    max_batches: int | None = None  # the first this many batches; none: the whole split
+    seed: int = 1  # seed of the diffusion times and orders
+    pass_batch: int | None = None  # rows per network call of a likelihood that takes a pass per token (Eso-LM (A))
+
+
+@dataclass
+class SampleKeys:
+    """The ``key=value`` settings of ``run.py sample`` besides the model's sample options."""
+
+    seed: int = 0  # seed of the sampling generator
+    num_samples: int | None = None  # as --num-samples
+    batch_size: int | None = None  # samples per call; none: min(num_samples, 64)
 
 
 # -------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    from esolm.data import load_corpus
+    from esolm.data import corpus_from_spec
     from esolm.evaluate import evaluate, format_result
 
-    keys = {"num_orders", "batch_size", "max_batches", "seed", "pass_batch"}
-    opts = split_model_pairs(args, keys)
-    unknown = set(opts) - keys
-    if unknown:
-        raise ConfigError(f"unknown eval key(s) {sorted(unknown)}; valid: {', '.join(sorted(keys))}")
-    typed = {k: positive(v, k) for k, v in opts.items() if k != "seed"}
-    if "seed" in opts:
-        typed["seed"] = coerce(opts["seed"], int, "seed")
+    given = command_keys(args, {"eval": EvalKeys})["eval"]
+    typed = {k: positive(v, k) for k, v in given.items() if k != "seed"}
+    if "seed" in given:
+        typed["seed"] = coerce(given["seed"], int, "seed")
     ckpt = resolve_checkpoint(args)
     model, state = load_model(ckpt, device=args.device)
     check_model_matches(args, state, ckpt)
-    corpus_kw = dict(state["corpus"])
-    corpus = load_corpus(corpus_kw.pop("name"), **corpus_kw)
+    corpus = corpus_from_spec(state["corpus"])
     extra = {"pass_batch": typed.pop("pass_batch")} if "pass_batch" in typed else {}
     result = evaluate(model, corpus, args.split, exact=args.exact, progress=not args.no_progress,
                       batch_size=typed.get("batch_size", 32), max_batches=typed.get("max_batches"),
@@ -186,25 +207,23 @@ def cmd_import(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from esolm.data import load_corpus
+    from esolm.data import corpus_from_spec
 
-    # with --model, keys of the model's sample() are sample options; the rest locate the run
-    if getattr(args, "model", None) and not args.checkpoint:
-        cls = registry.model_class(args.model)
-        sig = inspect.signature(cls.sample).parameters
-        extra = {k for k, p in sig.items() if p.kind == p.KEYWORD_ONLY} | {"seed", "num_samples", "batch_size"}
-        opts = split_model_pairs(args, extra)
-    else:
-        opts = split_model_pairs(args, set())
-    num_samples = positive(opts.pop("num_samples", args.num_samples), "--num-samples")
-    batch_size = positive(opts.pop("batch_size", min(num_samples, 64)), "batch_size")
+    # the model's sample options (its SampleOptions) and the command's keys first; with --model,
+    # the rest locate the training run
+    options = registry.model_class(args.model).sample_options_class if args.model else None
+    if options is None or args.checkpoint:
+        options = _sample_option_names()
+    routed = command_keys(args, {"options": options, "call": SampleKeys})
+    call = routed["call"]
+    num_samples = positive(call.get("num_samples", args.num_samples), "--num-samples")
+    batch_size = positive(call.get("batch_size", min(num_samples, 64)), "batch_size")
     ckpt = resolve_checkpoint(args)
     model, state = load_model(ckpt, device=args.device)
     check_model_matches(args, state, ckpt)
-    corpus_kw = dict(state["corpus"])
-    corpus = load_corpus(corpus_kw.pop("name"), **corpus_kw)
-    seed = int(opts.pop("seed", 0))
-    sample_opts = sample_options(model, opts, from_strings=True)
+    corpus = corpus_from_spec(state["corpus"])
+    seed = coerce(call.get("seed", 0), int, "seed")
+    sample_opts = sample_options(model, routed["options"], from_strings=True)
     sample_opts.setdefault("steps", model.config.length)
     out = Path(args.out) if args.out else ckpt.parent / "samples" / (
         "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}.jsonl")
@@ -220,6 +239,12 @@ def cmd_sample(args) -> int:
     if args.score:
         return _score(out, args, corpus)
     return 0
+
+
+def _sample_option_names() -> set[str]:
+    """Every sample option of every registered model (with --checkpoint the model is known only
+    once the file is read; sample_options then checks the pairs against that model's own)."""
+    return {n for name in registry.available() for n in field_names(registry.model_class(name).sample_options_class)}
 
 
 # ------------------------------------------------------------------------- score

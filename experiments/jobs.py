@@ -11,9 +11,7 @@ work, writes one JSON record atomically and returns it.
 """
 from __future__ import annotations
 
-import ast
 import datetime
-import hashlib
 import os
 import socket
 import subprocess
@@ -25,26 +23,11 @@ CODE_DIRS = ("esolm", "baselines")
 
 
 def code_version() -> str:
-    """Hash of the library's code (esolm/, baselines/), which results are keyed by. Each file
-    enters as its syntax tree with docstrings dropped (comments are not in the tree), so a
-    documentation or comment edit keeps every record valid while any code change invalidates."""
-    h = hashlib.sha256()
-    for d in CODE_DIRS:
-        for p in sorted((ROOT / d).rglob("*.py")):
-            h.update(str(p.relative_to(ROOT)).encode())
-            h.update(_code_of(p.read_text()).encode())
-    return h.hexdigest()[:12]
+    """One hash of the whole library's code (summary.json); records are keyed per job by the
+    code they run (experiments/versions.py)."""
+    from experiments.versions import library_version
 
-
-def _code_of(source: str) -> str:
-    """The syntax tree of ``source`` without docstrings, as text."""
-    tree = ast.parse(source)
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
-                node.body = node.body[1:] or [ast.Pass()]
-    return ast.dump(tree, include_attributes=False)
+    return library_version()
 
 
 def git_sha() -> str | None:
@@ -91,19 +74,18 @@ def recorded(fn):
 
 def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dict:
     """The job's record; written by rank 0 only (every rank of a DDP job returns it)."""
-    from esolm.checkpoint import atomic_write_json
+    from esolm.io import atomic_write_json
     from esolm.distributed import dist_info
     from esolm.metrics import environment_fingerprint
 
     # a job that measures several methods side by side (longctx) returns one row per method,
-    # each naming its own label, group and model (and its name in results.csv)
-    shaped = (dict(rows=[dict(stage=job["stage"], **r) for r in row]) if isinstance(row, list) else
-              dict(row=dict(stage=job["stage"], label=job.get("label"), group=job.get("group"),
-                            model=job.get("model"), **row)))
+    # each naming its own label, group, model and display (and its name in results.csv)
+    shaped = (dict(rows=[_schema_row(job, r, r) for r in row]) if isinstance(row, list) else
+              dict(row=_schema_row(job, job, row)))
     record = dict(key=job["key"], stage=job["stage"], name=job["name"], preset=job["preset"],
                   label=job.get("label"), group=job.get("group"), model=job.get("model"),
                   config=job["config"], **shaped,
-                  metrics=metrics, code_version=job["code_version"], git_sha=git_sha(),
+                  metrics=metrics, code_version=job["code_version"], code_files=job.get("code_files"), git_sha=git_sha(),
                   environment=environment_fingerprint(), host=socket.gethostname(),
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=job.get("_started_iso"),
                   finished=_now(), seconds=time.perf_counter() - started, **extra)
@@ -112,18 +94,36 @@ def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dic
     return record
 
 
-def _corpus(spec: dict):
-    from esolm.data import load_corpus
+def _schema_row(job: dict, who: dict, row: dict) -> dict:
+    """A results row in the schema of analysis/schema.py: ``config`` (what the job was: stage,
+    method, model overrides and the job's own settings), ``options`` (the sample options of the
+    call), ``metrics`` (what it measured) and ``display`` (the model's own style)."""
+    config = dict(stage=job["stage"], label=who.get("label"), group=who.get("group"), model=who.get("model"),
+                  **who.get("model_overrides", job["config"].get("model_overrides", {})), **row.get("config", {}))
+    out = dict(config=config, options=dict(row.get("options", {})), metrics=dict(row["metrics"]),
+               display=row.get("display", {}))
+    return dict(out, name=row["name"]) if "name" in row else out
 
-    kw = dict(spec)
-    return load_corpus(kw.pop("name"), **kw)
+
+def _display(model) -> dict:
+    """The model's own Display (esolm/interface.py) as a dict: how tables and figures show it."""
+    import dataclasses
+
+    return dataclasses.asdict(type(model).display(model.config))
+
+
+def _corpus(spec: dict):
+    from esolm.data import corpus_from_spec
+
+    return corpus_from_spec(spec)
 
 
 # ------------------------------------------------------------------------------ train
 @recorded
 def job_train(job: dict) -> tuple:
     from esolm import registry
-    from esolm.train import fit, seed_everything, train_config
+    from esolm.config import make_config
+    from esolm.train import TrainConfig, fit, seed_everything
 
     from esolm.distributed import setup_distributed
 
@@ -132,16 +132,16 @@ def job_train(job: dict) -> tuple:
         return _import_release(job)
     rank, world, _ = setup_distributed()  # several tasks of one job: one process group (fit joins it)
     corpus = _corpus(c["corpus"])
-    cfg = train_config(c["train_preset"], **c["train"])
+    cfg = make_config(TrainConfig, c["train"])
     seed_everything(cfg.seed)
-    model = registry.build(c["model"], preset=c["backbone"], **corpus.model_fields(), **c["model_overrides"])
+    model = registry.build(c["model"], **corpus.model_fields(), **c["model_overrides"])
     _inject_fault(model, rank)
     result = fit(c["model"], model, corpus, cfg, job["work"], progress=False)
     m = result["metrics"]
     valid = m.get("valid", {})
-    row = dict(params=model.num_parameters(), steps_trained=m.get("step"), train_loss=m.get("train_loss"),
-               valid_nll=valid.get("nll_per_token"), valid_ppl=valid.get("ppl"), tokens_per_s=m.get("tokens_per_s"),
-               **{k: v for k, v in c["model_overrides"].items()})
+    row = dict(display=_display(model), metrics=dict(params=model.num_parameters(), steps_trained=m.get("step"), train_loss=m.get("train_loss"),
+                            valid_nll=valid.get("nll_per_token"), valid_ppl=valid.get("ppl"),
+                            tokens_per_s=m.get("tokens_per_s")))
     return row, m, dict(checkpoint=result["checkpoint"], world_size=world)
 
 
@@ -185,9 +185,9 @@ def _import_release(job: dict) -> tuple:
     check = load_check(model, state["corpus"])
     state["corpus"] = check.pop("spec", state["corpus"])
     path = save_imported(state, dict(info, load_check=check), job["work"])
-    row = dict(params=model.num_parameters(), imported_from=c["source"], weights=info["weights"],
-               parity=info["parity"], load_check_ppl=check.get("ppl"), load_check_warning=check.get("warning"),
-               **c["model_overrides"])
+    row = dict(config=dict(imported_from=c["source"], weights=info["weights"]), display=_display(model),
+               metrics=dict(params=model.num_parameters(), parity=info["parity"], load_check_ppl=check.get("ppl"),
+                            load_check_warning=check.get("warning")))
     return row, dict(imported=info, load_check=check), dict(checkpoint=str(path))
 
 
@@ -202,14 +202,14 @@ def job_eval(job: dict) -> tuple:
     corpus = _corpus(state["corpus"])
     r = evaluate(model, corpus, "test", batch_size=c["batch_size"], max_batches=c["max_batches"],
                  exact=c["exact"], num_orders=c["num_orders"], seed=c["seed"], progress=False)
-    row = dict(exact=c["exact"], num_orders=c["num_orders"] if c["exact"] else None, ppl=r["ppl"],
-               nll_per_token=r["nll_per_token"], num_sequences=r["num_sequences"],
-               true_ppl=r.get("true_ppl"), **c["model_overrides"])
+    row = dict(config=dict(exact=c["exact"], num_orders=c["num_orders"] if c["exact"] else None), display=_display(model),
+               metrics=dict(ppl=r["ppl"], nll_per_token=r["nll_per_token"], num_sequences=r["num_sequences"],
+                            true_ppl=r.get("true_ppl")))
     if c["exact"]:  # the NELBO on exactly these sequences with the same seed: like with like (Table 1)
         nb = evaluate(model, corpus, "test", batch_size=c["batch_size"], max_batches=c["max_batches"],
                       exact=False, seed=c["seed"], progress=False)
         assert nb["num_sequences"] == r["num_sequences"]
-        row.update(nelbo_ppl=nb["ppl"], nelbo_nll_per_token=nb["nll_per_token"])
+        row["metrics"].update(nelbo_ppl=nb["ppl"], nelbo_nll_per_token=nb["nll_per_token"])
         r = dict(r, nelbo=nb)
     return row, r, {}
 
@@ -225,8 +225,8 @@ def job_zeroshot(job: dict) -> tuple:
     corpus = _corpus(dict(c["corpus"], length=model.config.length))
     r = evaluate(model, corpus, "test", batch_size=c["batch_size"], max_batches=c["max_batches"], seed=c["seed"],
                  progress=False)
-    row = dict(zero_shot=c["column"], corpus=corpus.name, ppl=r["ppl"], nll_per_token=r["nll_per_token"],
-               num_sequences=r["num_sequences"], **c["model_overrides"])
+    row = dict(config=dict(zero_shot=c["column"], corpus=corpus.name), display=_display(model),
+               metrics=dict(ppl=r["ppl"], nll_per_token=r["nll_per_token"], num_sequences=r["num_sequences"]))
     return row, r, {}
 
 
@@ -250,12 +250,13 @@ def job_sample(job: dict) -> tuple:
                            featurizer=c["mauve"]["featurizer"], max_text_length=c["mauve"]["max_text_length"],
                            overwrite=True, gen_ppl_ref_pad=bool(c.get("gen_ppl_ref_pad", False)))
     nfes = [r["nfe"] for r in records]
-    row = dict(**c["options"], nfe=sum(nfes) / len(nfes), gen_ppl=scores["gen_ppl"]["gen_ppl"],
-               gen_ppl_ref_pad=scores["gen_ppl"].get("gen_ppl_ref_pad"),
-               entropy=scores["entropy"]["mean"],
-               self_bleu=(scores.get("self_bleu") or {}).get("self_bleu"),
-               mauve=(scores.get("mauve") or {}).get("mauve"), num_samples=len(records),
-               evaluator=scores["gen_ppl"]["evaluator"].get("name"), **c["model_overrides"])
+    row = dict(config=dict(top_p=c["top_p"], evaluator=scores["gen_ppl"]["evaluator"].get("name")),
+               options=c["options"], display=_display(model),
+               metrics=dict(nfe=sum(nfes) / len(nfes), gen_ppl=scores["gen_ppl"]["gen_ppl"],
+                            gen_ppl_ref_pad=scores["gen_ppl"].get("gen_ppl_ref_pad"),
+                            entropy=scores["entropy"]["mean"],
+                            self_bleu=(scores.get("self_bleu") or {}).get("self_bleu"),
+                            mauve=(scores.get("mauve") or {}).get("mauve"), num_samples=len(records)))
     examples = [r["text"] for r in records[:3]]
     return row, scores, dict(samples=str(out), examples=examples)
 
@@ -289,10 +290,11 @@ def job_time(job: dict) -> tuple:
     opts = dict(c["options"], top_p=c["top_p"], kv_cache=c.get("kv_cache", True))
     t = _time_model(model, job, opts)
     wall = t["wall"] or {}
-    row = dict(**c["options"], kv_cache=opts["kv_cache"], batch_size=c["batch_size"], nfe=t["profile"]["nfe"],
-               time_median_s=t["profile"]["median"], time_mean_s=t["profile"]["mean"], time_std_s=t["profile"]["std"],
-               wall_median_s=wall.get("median"), wall_mean_s=wall.get("mean"), wall_std_s=wall.get("std"),
-               **c["model_overrides"])
+    row = dict(config=dict(top_p=c["top_p"], kv_cache=opts["kv_cache"], batch_size=c["batch_size"]),
+               options=c["options"], display=_display(model),
+               metrics=dict(nfe=t["profile"]["nfe"], time_median_s=t["profile"]["median"],
+                            time_mean_s=t["profile"]["mean"], time_std_s=t["profile"]["std"],
+                            wall_median_s=wall.get("median"), wall_mean_s=wall.get("mean"), wall_std_s=wall.get("std")))
     return row, t, {}
 
 
@@ -315,7 +317,7 @@ def job_longctx(job: dict) -> tuple:
     entries = c["entries"]
     runs = []
     for e in entries:
-        model = registry.build(e["model"], preset=c["backbone"], **c["fields"], **e["model_overrides"]).eval()
+        model = registry.build(e["model"], **c["fields"], **e["model_overrides"]).eval()
         runs.append((e, model, sample_options(model, dict(e["options"], top_p=c["top_p"], kv_cache=e["kv_cache"]))))
     gen = torch.Generator().manual_seed(c["seed"])
 
@@ -341,13 +343,14 @@ def job_longctx(job: dict) -> tuple:
                 into[e["name"]].append(float(out.seconds) if profile else seconds)
                 nfe[e["name"]] = out.nfe
     rows, metrics = [], {}
-    for e in entries:
+    for e, model, _opts in runs:
         w = summarize(wall[e["name"]])
         p = summarize(prof[e["name"]]) if prof[e["name"]] else None  # None: the preset skips network passes
         metrics[e["name"]] = dict(wall=w, profile=p)
-        rows.append(dict(name=e["name"], label=e["label"], group=e["group"], model=e["model"], length=c["fields"]["length"], kv_cache=e["kv_cache"], nfe=nfe[e["name"]],
-                         time_mean_s=w["mean"], time_std_s=w["std"], time_median_s=w["median"],
-                         profile_mean_s=p and p["mean"], **{k: v for k, v in e["model_overrides"].items()}))
+        rows.append(dict(e, config=dict(length=c["fields"]["length"], kv_cache=e["kv_cache"], batch_size=c["batch_size"]),
+                         options=e["options"], display=_display(model),
+                         metrics=dict(nfe=nfe[e["name"]], time_mean_s=w["mean"], time_std_s=w["std"],
+                                      time_median_s=w["median"], profile_mean_s=p and p["mean"])))
     order = [e["name"] for e in entries]
     return rows, dict(methods=metrics, interleaved=True, order_rotated=True, trials=c["trials"]), dict(order=order)
 

@@ -9,26 +9,28 @@ jobs of this graph.
 """
 from __future__ import annotations
 
-import hashlib
+import dataclasses
+import functools
 import json
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from esolm import registry
+from esolm.log import printer
 from esolm.config import ConfigError, parse_overrides
+from esolm.io import content_hash
 from experiments import jobs as J
 from experiments import presets as P
+from experiments import versions as V
 
 WAVES = [["train"], ["eval", "zeroshot", "sample"], ["time"], ["longctx"]]
 # jobs of one model share a process in these stages (one model load, sequential timings)
 GROUP_BY_MODEL = {"sample", "time", "eval", "zeroshot"}
 
 
-def say(*args) -> None:
-    print(*args, file=sys.stderr, flush=True)
+say = printer()  # progress and outputs' paths on stderr (esolm/log.py)
 
 
 @dataclass
@@ -42,10 +44,14 @@ class Job:
     model: str | None = None
     deps: list["Job"] = field(default_factory=list)
     key: str = ""
+    code_version: str = ""  # the hash of the code this job runs (experiments/versions.py)
+    code_files: dict = field(default_factory=dict)  # that code, file by file
+    uses: tuple = ()  # models it builds or loads besides its own (the evaluator, longctx's methods)
 
-    def payload(self, preset: str, results: Path, work: Path, threads: int, code: str) -> dict:
+    def payload(self, preset: str, results: Path, work: Path, threads: int) -> dict:
         return dict(stage=self.stage, name=self.name, key=self.key, preset=preset, label=self.label, group=self.group,
-                    model=self.model, config=self.config, threads=threads, code_version=code,
+                    model=self.model, config=self.config, threads=threads, code_version=self.code_version,
+                    code_files=self.code_files,
                     record=str(record_path(results, self)), work=str(work / self.stage / self.key))
 
 
@@ -55,105 +61,140 @@ def record_path(results: Path, job: Job) -> Path:
 
 def _key(stage: str, identity: dict, code: str) -> str:
     blob = json.dumps({"stage": stage, "identity": identity, "code": code}, sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return content_hash(blob)[:16]
 
 
 # ------------------------------------------------------------------------------ the graph
-def build_graph(preset: P.Preset, work: Path, code: str) -> list[Job]:
-    """All jobs of a preset, dependencies first."""
-    data = preset.data
-    corpus = {"name": preset.corpus, "length": data["length"]}
-    if data.get("vocab_size"):
-        corpus["vocab_size"] = data["vocab_size"]
-    corpus = getattr(preset, "corpus_spec", None) or corpus  # released presets: the exact test data
-    graph: list[Job] = []
+class Graph:
+    """The jobs of one preset as they are added, each keyed by its identity and its code."""
 
-    def add(job: Job) -> Job:
-        job.key = _key(job.stage, job.identity, code)
-        graph.append(job)
+    def __init__(self, preset: P.Preset, work: Path):
+        self.preset, self.run, self.work = preset, preset.run, work
+        # released presets name their exact test data; the others, the run's corpus
+        self.corpus = getattr(preset, "corpus_spec", None) or self.run.data.corpus_kwargs()
+        self.jobs: list[Job] = []
+
+    def add(self, job: Job) -> Job:
+        models = [m for m in (job.model, *job.uses) if m]
+        job.code_version, job.code_files = V.job_version(job.stage, models)
+        job.key = _key(job.stage, job.identity, job.code_version)
+        self.jobs.append(job)
         return job
 
-    def checkpoint(train: Job) -> str:
-        return str(work / "train" / train.key / "checkpoint.pt")
+    def checkpoint(self, train: Job) -> str:
+        return str(self.work / "train" / train.key / "checkpoint.safetensors")
 
-    def train_job(label, group, model, overrides, extra_train, source=None, ema=None) -> Job:
-        identity = dict(model=model, model_overrides={**preset.backbone_overrides, **overrides},
-                        backbone=preset.backbone, corpus=corpus, train_preset=preset.train_preset,
-                        train={**preset.train, **extra_train})
+    def train(self, m: P.ModelEntry) -> Job:
+        """Train ``m`` on the run's data, backbone and budget (a released entry: import its file)."""
+        source = getattr(m, "source", None)
         if source:  # a released checkpoint: the job imports it instead of training (jobs.job_train)
-            identity = dict(model=model, model_overrides=dict(overrides), corpus=corpus, source=source, ema=ema)
-        return add(Job("train", f"train/{label}", identity, identity, label, group, model))
+            identity = dict(model=m.model, model_overrides=dict(m.overrides), corpus=self.corpus, source=source,
+                            ema=getattr(m, "ema", None))
+        else:
+            train = dataclasses.asdict(self.run.train)
+            train.update(m.train)
+            identity = dict(model=m.model, model_overrides={**self.run.backbone_fields(), **m.overrides},
+                            corpus=self.corpus, train=train)
+        return self.add(Job("train", f"train/{m.label}", identity, identity, m.label, m.group, m.model))
 
-    evaluator = preset.evaluator
-    ev_train = None
-    if isinstance(evaluator, dict):
-        ev_train = train_job("evaluator", "evaluator", "ar", evaluator.get("overrides", {}), evaluator.get("train", {}))
-    trains = {m.label: train_job(m.label, m.group, m.model, m.overrides, m.train, getattr(m, "source", None),
-                                 getattr(m, "ema", None)) for m in preset.models}
 
-    for m in preset.models + ([P.ModelEntry("evaluator", "ar", "evaluator", evaluator["overrides"])]
-                              if ev_train else []):
-        tr = trains.get(m.label, ev_train)
-        caps = registry.model_class(m.model).capabilities
-        own = getattr(m, "eval", {})  # this model's own eval settings, where the preset gives some
-        e = {**preset.eval, **own}
-        runs = [(False, 1)]
-        if caps.exact_likelihood:  # one pass per order: every K; K·L passes: K = 1 unless the model's entry says
-            multi = caps.single_pass_likelihood or "exact_orders" in own
-            runs += [(True, k) for k in (e["exact_orders"] if multi else [1])]
-        for exact, k in runs:
-            identity = dict(train=tr.key, exact=exact, num_orders=k, batch_size=e["batch_size"],
-                            max_batches=_max_batches(e, exact, caps, "exact_max_sequences" in own), seed=1)
-            name = f"eval/{m.label}/" + (f"exact K={k}" if exact else "nelbo")
-            add(Job("eval", name, identity, dict(identity, checkpoint=checkpoint(tr), model_overrides=m.overrides),
-                    m.label, m.group, m.model, [tr]))
-
-    for m in preset.models:  # Table 5: test NELBO on other corpora (released presets)
-        for column, spec in getattr(preset, "zero_shot", {}).items():
-            tr = trains[m.label]
-            identity = dict(train=tr.key, corpus=spec, batch_size=preset.eval["batch_size"],
-                            max_batches=preset.eval.get("max_batches"), seed=1)
-            add(Job("zeroshot", f"zeroshot/{m.label}/{column}", identity,
-                    dict(identity, column=column, checkpoint=checkpoint(tr), model_overrides=m.overrides),
-                    m.label, m.group, m.model, [tr]))
-
-    ev_spec = (lambda: checkpoint(ev_train)) if ev_train else (lambda: evaluator)
+def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[Job]:
+    """All jobs of a preset, dependencies first (``code`` is not used: each job's key hashes
+    the code it runs, experiments/versions.py)."""
+    g = Graph(preset, work)
+    evaluator = _evaluator_entry(preset)
+    ev_train = g.train(evaluator) if evaluator else None
+    trains = {m.label: g.train(m) for m in preset.models}
+    for m in preset.models + ([evaluator] if evaluator else []):
+        _eval_jobs(g, m, trains.get(m.label, ev_train))
     for m in preset.models:
-        tr = trains[m.label]
-        for opts in m.sweep:
-            tag = ",".join(f"{k}={v}" for k, v in opts.items())
-            identity = dict(train=tr.key, options=opts, top_p=preset.top_p, num_samples=preset.num_samples,
-                            batch_size=preset.sample_batch, seed=0, mauve=preset.mauve,
-                            evaluator=ev_train.key if ev_train else evaluator)
-            add(Job("sample", f"sample/{m.label}/{tag}", identity,
-                    dict(identity, checkpoint=checkpoint(tr), evaluator=ev_spec(), model_overrides=m.overrides),
-                    m.label, m.group, m.model, [tr] + ([ev_train] if ev_train else [])))
-            t = preset.timing
-            identity = dict(train=tr.key, options=opts, top_p=preset.top_p, batch_size=t["batch_size"],
-                            trials=t["trials"], warmup=t["warmup"], wall=bool(t.get("wall", True)), seed=0)
-            add(Job("time", f"time/{m.label}/{tag}", identity,
-                    dict(identity, checkpoint=checkpoint(tr), model_overrides=m.overrides),
-                    m.label, m.group, m.model, [tr]))
+        _zeroshot_jobs(g, m, trains[m.label])
+    for m in preset.models:
+        _sweep_jobs(g, m, trains[m.label], ev_train)
+    for length in preset.run.long_context.lengths:
+        _longctx_job(g, length)
+    return g.jobs
 
-    lc = preset.long_context
-    ids = _ids_for(preset) if lc["lengths"] else {}
-    for length in lc["lengths"]:  # one job per length: the methods are timed side by side, interleaved
-        entries = []
-        for m in preset.models + preset.timing_only:
-            if m.nfe_equals_l is None:
-                continue
-            caps = registry.model_class(m.model).capabilities
-            for cached in ([True] if lc.get("cached_only") else [True, False]) if caps.kv_cache else [False]:
-                entries.append(dict(name=f"longctx/{m.group}/L={length}/{'cache' if cached else 'no-cache'}",
-                                    label=m.label, group=m.group, model=m.model,
-                                    model_overrides={**preset.backbone_overrides, **m.overrides},
-                                    options=m.nfe_equals_l, kv_cache=cached))
-        if entries:
-            identity = dict(entries=entries, backbone=preset.backbone, fields=dict(length=length, **ids),
-                            batch_size=1, trials=lc["trials"], warmup=lc["warmup"],
-                            profile=bool(lc.get("profile", True)), seed=0, top_p=1.0)
-            add(Job("longctx", f"longctx/L={length}", identity, dict(identity)))
-    return graph
+
+def _evaluator_entry(preset: P.Preset) -> P.ModelEntry | None:
+    """The gen-PPL evaluator this preset trains (None: "source" or a Hugging Face model); its
+    model must score text left to right (capabilities.next_token_scoring)."""
+    ev = preset.evaluator
+    if not isinstance(ev, dict):
+        return None
+    model = ev.get("model", "ar")
+    if not registry.model_class(model).capabilities.next_token_scoring:
+        raise ConfigError(f"the evaluator of preset {preset.name} is {model!r}, which cannot score text left to right "
+                          f"(capabilities.next_token_scoring); use a model that can, e.g. ar")
+    return P.ModelEntry("evaluator", model, "evaluator", dict(ev.get("overrides", {})), [], train=dict(ev.get("train", {})))
+
+
+def _eval_jobs(g: Graph, m: P.ModelEntry, tr: Job) -> None:
+    """Test NELBO, and the exact likelihood at each K where the model has one (one pass per
+    order: every K of the run; K·L passes: K = 1 unless the model's entry says)."""
+    caps = registry.model_class(m.model).capabilities
+    own = m.eval
+    e = {**dataclasses.asdict(g.run.eval), **own}
+    runs = [(False, 1)]
+    if caps.exact_likelihood:
+        multi = caps.single_pass_likelihood or "exact_orders" in own
+        runs += [(True, k) for k in (e["exact_orders"] if multi else [1])]
+    for exact, k in runs:
+        identity = dict(train=tr.key, exact=exact, num_orders=k, batch_size=e["batch_size"],
+                        max_batches=_max_batches(e, exact, caps, "exact_max_sequences" in own), seed=1)
+        name = f"eval/{m.label}/" + (f"exact K={k}" if exact else "nelbo")
+        g.add(Job("eval", name, identity, dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides),
+                  m.label, m.group, m.model, [tr]))
+
+
+def _zeroshot_jobs(g: Graph, m: P.ModelEntry, tr: Job) -> None:
+    """Table 5: test NELBO on other corpora (released presets)."""
+    for column, spec in getattr(g.preset, "zero_shot", {}).items():
+        identity = dict(train=tr.key, corpus=spec, batch_size=g.run.eval.batch_size,
+                        max_batches=g.run.eval.max_batches, seed=1)
+        g.add(Job("zeroshot", f"zeroshot/{m.label}/{column}", identity,
+                  dict(identity, column=column, checkpoint=g.checkpoint(tr), model_overrides=m.overrides),
+                  m.label, m.group, m.model, [tr]))
+
+
+def _sweep_jobs(g: Graph, m: P.ModelEntry, tr: Job, ev_train: Job | None) -> None:
+    """A sample job (quality) and a time job (speed) per sweep configuration."""
+    run, evaluator = g.run, g.preset.evaluator
+    for opts in m.sweep:
+        tag = ",".join(f"{k}={v}" for k, v in opts.items())
+        identity = dict(train=tr.key, options=opts, top_p=run.sampling.top_p, num_samples=run.sampling.num_samples,
+                        batch_size=run.sampling.batch_size, seed=0, mauve=dataclasses.asdict(run.mauve),
+                        evaluator=ev_train.key if ev_train else evaluator)
+        g.add(Job("sample", f"sample/{m.label}/{tag}", identity,
+                  dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides,
+                       evaluator=g.checkpoint(ev_train) if ev_train else evaluator),
+                  m.label, m.group, m.model, [tr] + ([ev_train] if ev_train else []),
+                  uses=(ev_train.model,) if ev_train else ()))
+        t = run.timing
+        identity = dict(train=tr.key, options=opts, top_p=run.sampling.top_p, batch_size=t.batch_size,
+                        trials=t.trials, warmup=t.warmup, wall=t.wall, seed=0)
+        g.add(Job("time", f"time/{m.label}/{tag}", identity,
+                  dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides),
+                  m.label, m.group, m.model, [tr]))
+
+
+def _longctx_job(g: Graph, length: int) -> None:
+    """One job per length: every method with NFE = L options, timed side by side, interleaved."""
+    lc = g.run.long_context
+    entries = []
+    for m in g.preset.models + g.preset.timing_only:
+        caps = registry.model_class(m.model).capabilities
+        if not m.nfe_equals_l or caps.nfe_equals_l is None:
+            continue
+        for cached in ([True] if lc.cached_only else [True, False]) if caps.kv_cache else [False]:
+            entries.append(dict(name=f"longctx/{m.group}/L={length}/{'cache' if cached else 'no-cache'}",
+                                label=m.label, group=m.group, model=m.model,
+                                model_overrides={**g.run.backbone_fields(), **m.overrides},
+                                options=dict(caps.nfe_equals_l), kv_cache=cached))
+    if entries:
+        identity = dict(entries=entries, fields=dict(length=length, **_ids_for(g.preset)),
+                        batch_size=1, trials=lc.trials, warmup=lc.warmup, profile=lc.profile, seed=0, top_p=1.0)
+        g.add(Job("longctx", f"longctx/L={length}", identity, dict(identity), uses=tuple(e["model"] for e in entries)))
 
 
 def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
@@ -164,7 +205,7 @@ def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
     a record is never overwritten, and a training record whose checkpoint is gone is skipped."""
     import shutil
 
-    from esolm.checkpoint import atomic_write_json
+    from esolm.io import atomic_write_json
 
     sources = []
     others = sorted(p for p in results.parent.iterdir() if p.is_dir() and p != results) if results.parent.is_dir() else []
@@ -180,17 +221,46 @@ def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
             if job.stage == "train":
                 src = Path(rec.get("checkpoint", "")).parent
                 dst = work / "train" / job.key
-                if not (src / "checkpoint.pt").exists():
+                if not (src / "checkpoint.safetensors").exists():
                     continue
-                if not (dst / "checkpoint.pt").exists():
+                if not (dst / "checkpoint.safetensors").exists():
                     shutil.copytree(src, dst, dirs_exist_ok=True)
-                rec["checkpoint"] = str(dst / "checkpoint.pt")
+                rec["checkpoint"] = str(dst / "checkpoint.safetensors")
             rec["reused_from"] = other.name
             target.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_json(target, rec)
             sources.append(other.name)
             break
     return sources
+
+
+def stale_reasons(jobs: list[Job], results: Path) -> Counter:
+    """Why each job without a record at its key has only older records of the same name:
+    the files whose code changed since (from the record's ``code_files``), else its
+    configuration. Counted by reason."""
+    by_name: dict[str, dict] = {}
+    stages = {j.stage for j in jobs}
+    for stage in stages:
+        for p in sorted((results / "records" / stage).glob("*.json")):
+            try:
+                rec = json.loads(p.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+            if rec.get("name") and rec.get("finished", "") >= by_name.get(rec["name"], {}).get("finished", ""):
+                by_name[rec["name"]] = rec
+    reasons: Counter = Counter()
+    for job in jobs:
+        rec = by_name.get(job.name)
+        if rec is None or rec.get("key") == job.key:
+            continue
+        changed = V.changed_files(rec.get("code_files"), job.code_files)
+        if changed:
+            reasons["code changed in " + ", ".join(changed[:3]) + (f" (+{len(changed) - 3} more)" if len(changed) > 3 else "")] += 1
+        elif rec.get("code_files") is None:
+            reasons["a record of the old whole-library code version"] += 1
+        else:
+            reasons["its configuration changed"] += 1
+    return reasons
 
 
 def job_cost(job: Job) -> float:
@@ -201,7 +271,7 @@ def job_cost(job: Job) -> float:
     if job.stage != "train" or not isinstance(train, dict):
         return 1.0
     cls = registry.model_class(job.model)
-    config = registry.build_config(job.model, job.identity.get("backbone"), **job.identity.get("model_overrides", {}))
+    config = registry.build_config(job.model, **job.identity.get("model_overrides", {}))
     return float(train.get("steps", 1)) * cls.train_step_cost(config)
 
 
@@ -252,14 +322,18 @@ def _max_batches(e: dict, exact: bool, caps, own_count: bool = False) -> int | N
     return max(1, n // e["batch_size"]) if n >= e["batch_size"] else 1
 
 
+@functools.lru_cache(maxsize=None)
+def _corpus_ids(spec: str) -> dict:
+    from esolm.data import corpus_from_spec
+
+    fields = corpus_from_spec(json.loads(spec)).model_fields()
+    return {k: fields[k] for k in ("vocab_size", "mask_id", "bos_id", "eos_id")}
+
+
 def _ids_for(preset: P.Preset) -> dict:
     """The token ids of the preset's corpus (vocabulary with the mask, mask, BOS, EOS), so that
     a latency model is built as the trained ones are."""
-    from experiments.runspec import RunSpec
-
-    spec = RunSpec("ar", preset.train_preset, preset.corpus, data_overrides=dict(preset.data))
-    fields = spec.load_corpus().model_fields()
-    return {k: fields[k] for k in ("vocab_size", "mask_id", "bos_id", "eos_id")}
+    return _corpus_ids(json.dumps(preset.run.data.corpus_kwargs(), sort_keys=True))
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -311,66 +385,101 @@ def run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root:
                                     f"checkpoint)") from None
 
 
+@dataclass
+class Session:
+    """One `pareto` / `tables` run: the preset's graph, where it writes, what it submitted."""
+
+    preset: P.Preset
+    cluster: str
+    results: Path
+    work: Path
+    slurm_overrides: dict
+    submitted: list  # every handle, for the interrupt handler
+    failed_keys: set = field(default_factory=set)
+    total: int = 0
+
+
 def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root: Path,
                 slurm_overrides: dict | None, poll_s: float, stages: set[str] | None, submitted: list) -> dict:
-    from experiments import store
-    from experiments.cluster import job_status, make_executor, resumable, slurm_params, submit_array
+    from experiments.cluster import job_status
 
     preset = P.get(preset_name)
     results, work = results_root / preset.name, work_root / preset.name
     code = J.code_version()
-    graph = build_graph(preset, work, code)
+    graph = build_graph(preset, work)
     say(f"preset {preset.name}: {len(graph)} jobs; results -> {results}; checkpoints and logs -> {work}; "
-        f"cluster {cluster}; code version {code}")
-    failed_keys: set[str] = set()
-    submitted_total = 0
+        f"cluster {cluster}; code version {code} (each job is keyed by the code it runs)")
+    run = Session(preset, cluster, results, work, slurm_overrides or {}, submitted)
     for wave in WAVES:
-        batches = []  # (stage, [payload lists])
-        for stage in wave:
-            if stages is not None and stage not in stages:
-                continue
-            jobs = [j for j in graph if j.stage == stage]
-            reused = reuse_records(jobs, results, work)
-            if reused:
-                say(f"[{stage}] {len(reused)} jobs reused from identical jobs of other presets: "
-                    + ", ".join(f"{n} from {p}" for p, n in sorted(Counter(reused).items())))
-            done = [j for j in jobs if record_path(results, j).exists()]
-            blocked = [j for j in jobs if j not in done and any(d.key in failed_keys or
-                                                               not record_path(results, d).exists() for d in j.deps)]
-            todo = [j for j in jobs if j not in done and j not in blocked]
-            say(f"[{stage}] {len(jobs)} jobs: {len(done)} already done, {len(todo)} to run"
-                + (f", {len(blocked)} skipped (a dependency failed)" if blocked else ""))
-            for j in blocked:
-                failed_keys.add(j.key)
-            if not todo:
-                continue
-            params = slurm_params({**preset.slurm.get("default", {}), **preset.slurm.get(stage, {})},
-                                  slurm_overrides or {})
-            groups: dict[str, list] = {}
-            for j in todo:
-                gkey = j.label if stage in GROUP_BY_MODEL else j.key
-                groups.setdefault(gkey, []).append(j)
-            job_groups = list(groups.values())
-            if cluster == "local" and len(job_groups) > params.array_parallelism:
-                job_groups = lanes(job_groups, params.array_parallelism)
-            payloads = [[j.payload(preset.name, results, work, preset.threads, code) for j in g] for g in job_groups]
-            executor = make_executor(cluster, work / "logs" / stage, params)
-            if hasattr(executor, "update_parameters") and cluster == "slurm":
-                executor.update_parameters(job_name=f"esolm-{preset.name}-{stage}")
-            fn = resumable(run_group) if stage == "train" else run_group
-            with store.children_ignore_sigint(cluster == "local"):
-                handles = submit_array(executor, fn, payloads)
-            submitted.extend(handles)
-            store.note_submitted(results, cluster, job_groups, handles)  # one group per handle, lanes included
-            submitted_total += len(handles)
-            batches.append((stage, job_groups, handles))
-        _follow(batches, results, failed_keys, poll_s, job_status)
+        batches = [b for stage in wave if stages is None or stage in stages
+                   if (b := _submit_stage(run, stage, [j for j in graph if j.stage == stage]))]
+        _follow(batches, results, run.failed_keys, poll_s, job_status)
     from experiments.aggregate import aggregate
 
     table = aggregate(preset, graph, results, code)
-    say(f"submitted {submitted_total} jobs; {len(failed_keys)} jobs failed or were skipped")
-    return dict(preset=preset.name, submitted=submitted_total, failed=len(failed_keys), results=str(results),
+    say(f"submitted {run.total} jobs; {len(run.failed_keys)} jobs failed or were skipped")
+    return dict(preset=preset.name, submitted=run.total, failed=len(run.failed_keys), results=str(results),
                 rows=len(table))
+
+
+def _todo(run: Session, stage: str, jobs: list[Job]) -> list[Job]:
+    """The stage's jobs without a record (records of identical jobs of other presets copied in
+    first), minus those whose dependency failed; says what it reuses and why a record is stale."""
+    results = run.results
+    reused = reuse_records(jobs, results, run.work)
+    if reused:
+        say(f"[{stage}] {len(reused)} jobs reused from identical jobs of other presets: "
+            + ", ".join(f"{n} from {p}" for p, n in sorted(Counter(reused).items())))
+    done = [j for j in jobs if record_path(results, j).exists()]
+    missing = [j for j in jobs if j not in done]
+    _say_reuse(stage, len(done), stale_reasons(missing, results))
+    blocked = [j for j in missing if not _deps_done(run, j)]
+    todo = [j for j in missing if j not in blocked]
+    say(f"[{stage}] {len(jobs)} jobs: {len(done)} already done, {len(todo)} to run"
+        + (f", {len(blocked)} skipped (a dependency failed)" if blocked else ""))
+    run.failed_keys.update(j.key for j in blocked)
+    return todo
+
+
+def _deps_done(run: Session, job: Job) -> bool:
+    return all(d.key not in run.failed_keys and record_path(run.results, d).exists() for d in job.deps)
+
+
+def _say_reuse(stage: str, done: int, stale: Counter) -> None:
+    if done or stale:
+        say(f"[{stage}] {done} records reused (same configuration, same code)"
+            + "".join(f"; {n} stale: {why}" for why, n in stale.most_common()))
+
+
+def _submit_stage(run: Session, stage: str, jobs: list[Job]) -> tuple | None:
+    """Submit a stage's jobs that need running (one group per model where the stage shares a
+    process, packed into lanes on the local cluster); (stage, groups, handles), None when none."""
+    from experiments import store
+    from experiments.cluster import make_executor, resumable, slurm_params, submit_array
+
+    todo = _todo(run, stage, jobs)
+    if not todo:
+        return None
+    slurm = run.preset.run.slurm
+    params = slurm_params({**slurm.get("default", {}), **slurm.get(stage, {})}, run.slurm_overrides)
+    groups: dict[str, list] = {}
+    for j in todo:
+        groups.setdefault(j.label if stage in GROUP_BY_MODEL else j.key, []).append(j)
+    job_groups = list(groups.values())
+    if run.cluster == "local" and len(job_groups) > params.array_parallelism:
+        job_groups = lanes(job_groups, params.array_parallelism)
+    payloads = [[j.payload(run.preset.name, run.results, run.work, run.preset.run.threads) for j in g]
+                for g in job_groups]
+    executor = make_executor(run.cluster, run.work / "logs" / stage, params)
+    if hasattr(executor, "update_parameters") and run.cluster == "slurm":
+        executor.update_parameters(job_name=f"esolm-{run.preset.name}-{stage}")
+    fn = resumable(run_group) if stage == "train" else run_group
+    with store.children_ignore_sigint(run.cluster == "local"):
+        handles = submit_array(executor, fn, payloads)
+    run.submitted.extend(handles)
+    store.note_submitted(run.results, run.cluster, job_groups, handles)  # one group per handle, lanes included
+    run.total += len(handles)
+    return stage, job_groups, handles
 
 
 def _follow(batches, results: Path, failed_keys: set, poll_s: float, job_status) -> None:
@@ -415,31 +524,43 @@ def add_pipeline_commands(sub) -> None:
         p.set_defaults(handler=cmd_pareto if name == "pareto" else cmd_tables)
 
 
-def _run(args) -> tuple[P.Preset, Path]:
+def _slurm_keys(pairs: dict, command: str) -> dict:
+    """The Slurm parameters of ``pareto`` / ``tables`` key=value (SlurmParams fields, through the one
+    parser; ``additional.<flag>=value`` adds an sbatch flag)."""
+    from esolm.config import parse_keys
     from experiments.cluster import SlurmParams
-    from esolm.config import field_names
 
+    extra = {k: v for k, v in pairs.items() if k.startswith("additional.")}
+    try:
+        routed = parse_keys({k: v for k, v in pairs.items() if k not in extra}, {"slurm": SlurmParams})
+    except ConfigError as e:
+        raise ConfigError(f"{command} takes Slurm parameters only: {e}") from None
+    return {**routed["slurm"], **extra}
+
+
+def _stages(text: str | None) -> set[str] | None:
+    stages = set(text.split(",")) if text else None
+    known = [s for w in WAVES for s in w]
+    unknown = sorted(stages - set(known)) if stages else []
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; stages: {', '.join(known)}")
+    return stages
+
+
+def _run(args) -> tuple[P.Preset, Path]:
     preset = P.get(args.preset)
-    overrides = args.overrides if isinstance(args.overrides, dict) else parse_overrides(args.overrides)
-    valid = set(field_names(SlurmParams))
-    bad = [k for k in overrides if k not in valid and not k.startswith("additional.")]
-    if bad:
-        raise ConfigError(f"unknown key(s) {bad} for {args.command}; these take Slurm parameters: {', '.join(sorted(valid))}")
+    overrides = _slurm_keys(args.overrides if isinstance(args.overrides, dict) else parse_overrides(args.overrides),
+                            args.command)
     results = Path(args.results) / preset.name
-    if not args.no_run and hasattr(preset, "preflight"):
-        preset.preflight()  # fail at once naming what this machine lacks (released presets)
-    if not args.no_run:
-        stages = set(args.stages.split(",")) if args.stages else None
-        unknown = sorted(stages - {s for w in WAVES for s in w}) if stages else []
-        if unknown:
-            raise ConfigError(f"unknown stage(s) {unknown}; stages: {', '.join(s for w in WAVES for s in w)}")
-        run_preset(preset.name, cluster=args.cluster, results_root=Path(args.results), work_root=Path(args.work),
-                   slurm_overrides=overrides, stages=stages)
-    else:
+    if args.no_run:
         from experiments.aggregate import aggregate
 
-        aggregate(preset, build_graph(preset, Path(args.work) / preset.name, J.code_version()), results,
-                  J.code_version())
+        aggregate(preset, build_graph(preset, Path(args.work) / preset.name), results, J.code_version())
+        return preset, results
+    if hasattr(preset, "preflight"):
+        preset.preflight()  # fail at once naming what this machine lacks (released presets)
+    run_preset(preset.name, cluster=args.cluster, results_root=Path(args.results), work_root=Path(args.work),
+               slurm_overrides=overrides, stages=_stages(args.stages))
     return preset, results
 
 

@@ -19,8 +19,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from esolm import runs
 from esolm.config import ConfigError
-from experiments.presets import FIRST_HITTING, ModelEntry, Preset, _eso_sweep
+from experiments.presets import ModelEntry, Preset, _eso_sweep
 
 ZERO_SHOT = ("ptb", "wikitext", "lm1b", "lambada", "ag_news", "pubmed", "arxiv")
 
@@ -45,31 +46,47 @@ class ReleasedPreset(Preset):
         from esolm.data.hub import hub_reachable
 
         online = hub_reachable()
-        missing = []
-        for m in self.models:
-            s = getattr(m, "source", "")
-            if s.startswith("hf:") and not online:
-                missing.append(f"weights of {m.label}: {s} (offline; download it to "
-                               f"{_checkpoints() / s[3:].replace('/', '_')})")
-            elif not s.startswith("hf:") and not Path(s).exists():
-                missing.append(f"weights of {m.label}: {s} (no such file)")
-        specs = [("test data", self.corpus_spec or dict(name=self.corpus))]
-        specs += [(f"zero-shot data {k}", v) for k, v in self.zero_shot.items()]
-        for what, spec in specs:
-            reason = _data_missing(spec, online)
-            if reason:
-                missing.append(f"{what}: {reason}")
-        for what, name in self.needs.items():
-            if not online and not _hub_model_cached(name) and not Path(name).exists():
-                missing.append(f"{what}: {name} (offline and not in the Hugging Face cache)")
+        missing = [*_missing_weights(self.models, online), *self._missing_data(online),
+                   *_missing_hub_models(self.needs, online)]
         if self.require_gpu:
-            import torch
-
-            if not torch.cuda.is_available():
-                missing.append("a CUDA GPU (the paper's protocols: 5120 samples of L = 1024, K = 1000 orders)")
+            missing += _missing_gpu()
         if missing:
             raise ConfigError(f"preset {self.name} cannot run here; missing: " + "; ".join(missing)
                               + ". See docs/checkpoints.md for what to download and where to put it.")
+
+    def _missing_data(self, online: bool) -> list[str]:
+        """The test and zero-shot corpora that cannot be loaded here."""
+        specs = [("test data", self.corpus_spec or dict(name=self.corpus))]
+        specs += [(f"zero-shot data {k}", v) for k, v in self.zero_shot.items()]
+        reasons = [(what, _data_missing(spec, online)) for what, spec in specs]
+        return [f"{what}: {reason}" for what, reason in reasons if reason]
+
+
+def _missing_weights(models, online: bool) -> list[str]:
+    """The release files of ``models`` that are absent (an ``hf:`` source counts only offline)."""
+    missing = []
+    for m in models:
+        s = getattr(m, "source", "")
+        if s.startswith("hf:") and not online:
+            missing.append(f"weights of {m.label}: {s} (offline; download it to "
+                           f"{_checkpoints() / s[3:].replace('/', '_')})")
+        elif not s.startswith("hf:") and not Path(s).exists():
+            missing.append(f"weights of {m.label}: {s} (no such file)")
+    return missing
+
+
+def _missing_hub_models(needs: dict, online: bool) -> list[str]:
+    """The hub models in ``needs`` (evaluator, featurizer) that cannot be had offline."""
+    return [f"{what}: {name} (offline and not in the Hugging Face cache)" for what, name in needs.items()
+            if not online and not _hub_model_cached(name) and not Path(name).exists()]
+
+
+def _missing_gpu() -> list[str]:
+    import torch
+
+    if torch.cuda.is_available():
+        return []
+    return ["a CUDA GPU (the paper's protocols: 5120 samples of L = 1024, K = 1000 orders)"]
 
 
 def _checkpoints() -> Path:
@@ -108,28 +125,33 @@ def _data_missing(spec: dict, online: bool) -> str | None:
 
 def released(name: str, description: str, *, corpus: str, length: int, models: list[ReleasedEntry],
              corpus_spec: dict | None = None, zero_shot: dict | None = None, evaluator="gpt2-large",
-             featurizer: str = "answerdotai/ModernBERT-large", backbone: str = "small",
-             backbone_overrides: dict | None = None, require_gpu: bool = True, **fields) -> ReleasedPreset:
-    """A released preset; ``fields`` override Preset fields (num_samples, eval, timing, ...)."""
-    defaults = dict(num_samples=5120, sample_batch=256,
-                    eval=dict(batch_size=32, max_batches=None, exact_orders=[1, 10, 100, 1000],
-                              exact_max_sequences=None),
-                    timing=dict(batch_size=512, trials=10, warmup=1),
-                    long_context=dict(lengths=[2048, 8192], trials=5, warmup=1),
-                    mauve=dict(featurizer=featurizer, max_text_length=512),
-                    slurm={"default": dict(time_min=24 * 60, gpus_per_node=1, cpus_per_task=8, mem_gb=64)},
-                    threads=8)
-    defaults.update(fields)
+             featurizer: str = "answerdotai/ModernBERT-large", backbone: dict | None = None,
+             require_gpu: bool = True, **sections) -> ReleasedPreset:
+    """A released preset: the paper's evaluation protocols (esolm.runs.paper) on the test data of
+    ``corpus``; ``backbone`` (fields) sizes the latency models (default: the paper's); ``sections``
+    override RunConfig sections by field values (sampling=dict(...), eval=dict(...), slurm=..., threads=...)."""
+    import dataclasses
+
+    from esolm.config import make_config
+
+    run = dataclasses.replace(
+        runs.paper("owt"), name=name, description=description, data=runs.Data(corpus, length=length, vocab_size=None),
+        mauve=runs.Mauve(featurizer=featurizer, max_text_length=512),
+        # no "train" resources: a released preset's train jobs import a file
+        slurm={"default": dict(time_min=24 * 60, gpus_per_node=1, cpus_per_task=8, mem_gb=64)})
+    if backbone:
+        run.backbone = make_config(runs.Backbone, dataclasses.asdict(run.backbone), **backbone)
+    for section, values in sections.items():
+        current = getattr(run, section)
+        setattr(run, section, make_config(type(current), dataclasses.asdict(current), **values)
+                if dataclasses.is_dataclass(current) else values)
     needs = {}
     if isinstance(evaluator, str) and evaluator not in ("source",):
         needs["gen PPL evaluator"] = evaluator
-    if defaults["mauve"]["featurizer"] not in ("minilm", "evaluator"):
-        needs["MAUVE featurizer"] = defaults["mauve"]["featurizer"]
-    return ReleasedPreset(name=name, description=description, corpus=corpus,
-                          data=dict(length=length, vocab_size=None), backbone=backbone,
-                          backbone_overrides=backbone_overrides or {}, train={}, train_preset=backbone,
-                          models=models, evaluator=evaluator, corpus_spec=corpus_spec,
-                          zero_shot=zero_shot or {}, needs=needs, require_gpu=require_gpu, **defaults)
+    if run.mauve.featurizer not in ("minilm", "evaluator"):
+        needs["MAUVE featurizer"] = run.mauve.featurizer
+    return ReleasedPreset(run, models=models, evaluator=evaluator, corpus_spec=corpus_spec,
+                          zero_shot=zero_shot or {}, needs=needs, require_gpu=require_gpu)
 
 
 def _zero_shot() -> dict:
@@ -141,14 +163,14 @@ def paper_owt_released() -> ReleasedPreset:
     """The OWT releases: MDLM and BD3-LM L' = 4/8/16 from the hub, Eso-LM (B) from local .ckpt files."""
     eso = _eso_sweep([16, 128, 1024], [32, 64, 256, 4096], [1.0, 0.5, 0.25, 0.0625])
     bd3 = [ReleasedEntry(f"bd3lm L'={b}", "bd3lm", f"BD3-LM L'={b}", {"block_size": b},
-                         [dict(steps=t) for t in (256, 512, 1024, 2048, 4096)], nfe_equals_l=FIRST_HITTING["BD3-LM"],
+                         [dict(steps=t) for t in (256, 512, 1024, 2048, 4096)], nfe_equals_l=True,
                          source=resolve(f"hf:kuleshov-group/bd3lm-owt-block_size{b}")) for b in (4, 8, 16)]
     mdlm_steps = (8, 16, 32, 48, 64, 128, 256, 1024, 4096)
     models = [ReleasedEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in mdlm_steps],
-                            nfe_equals_l=FIRST_HITTING["MDLM"], source=resolve("hf:kuleshov-group/mdlm-owt")),
+                            nfe_equals_l=True, source=resolve("hf:kuleshov-group/mdlm-owt")),
               *bd3,
               *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, eso,
-                              nfe_equals_l=FIRST_HITTING["Eso-LM (B)"] if i == 0 else None,
+                              nfe_equals_l=i == 0,
                               source=str(_checkpoints() / f"esolm-b-owt-a0={a:g}.ckpt"))
                 for i, a in enumerate([1.0, 0.5, 0.25, 0.125])]]
     return released("paper-owt-released", "the authors' OWT releases through the paper's evaluation protocols (GPU)",
@@ -164,8 +186,6 @@ def paper_lm1b_released() -> ReleasedPreset:
                 for a in (1.0, 0.5, 0.25, 0.125, 0.0625)]]
     return released("paper-lm1b-released", "the authors' LM1B checkpoints: test PPL, NELBO and IW (GPU)",
                     corpus="lm1b", length=128, models=models, evaluator="source", featurizer="minilm",
-                    eval=dict(batch_size=32, max_batches=None, exact_orders=[1, 10, 100, 1000],
-                              exact_max_sequences=None),
                     long_context=dict(lengths=[], trials=5, warmup=1))
 
 

@@ -9,9 +9,11 @@
     python experiments/run.py pareto --preset smoke --cluster local|slurm|debug
     python experiments/run.py tables --preset tiny
 
-Run any subcommand with --help for its options. key=value pairs set any field of the model's
-config, the training config or the data (length, vocab_size, data_seed); unknown keys are
-refused with the list of valid ones.
+Run any subcommand with --help for its options and its keys. key=value pairs go through one
+parser (esolm.config.parse_keys): `section.key=value`, or a bare key that goes to the first
+section owning it (the command's own: sample options, eval settings; then the model's config,
+the run's data, backbone and training, esolm/runs.py); unknown keys are refused with the list
+of valid ones.
 """
 from __future__ import annotations
 
@@ -23,21 +25,51 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
 from esolm.config import ConfigError, parse_overrides  # noqa: E402
+from esolm.log import log  # noqa: E402
 
 
 def _common_model_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
     p.add_argument("--model", help="registry name (see `run.py models`)")
-    p.add_argument("--preset", default="tiny", help="smoke | tiny | small (default: tiny)")
-    p.add_argument("--corpus", default="shakespeare",
-                   help="synthetic | shakespeare | text:PATH | owt | lm1b (default: shakespeare)")
+    p.add_argument("--preset", default="tiny", help="the run name whose data, backbone and training to use: "
+                                                    "smoke | tiny | cpu | small | paper-owt | paper-lm1b (default: tiny)")
+    p.add_argument("--corpus", default=None,
+                   help="synthetic | shakespeare | text:PATH | owt | lm1b (default: the run name's, data.corpus)")
     if checkpoint:
-        p.add_argument("--checkpoint", help="a checkpoint.pt, or an authors' release (.ckpt, Hugging Face folder, "
+        p.add_argument("--checkpoint", help="a checkpoint.safetensors, or an authors' release (.ckpt, Hugging Face folder, "
                                             "hf:ORG/NAME; imported first, see `run.py import`); default: the run "
                                             "of --model/--preset/--corpus")
         p.add_argument("--no-ema", action="store_true", help="with an authors' release: its live weights, not EMA")
     p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("overrides", nargs="*", metavar="key=value")
+
+
+def _keys_epilog(command: str | None = None) -> str:
+    """The key=value keys of a command, with their defaults for --preset tiny and their meanings,
+    from the same dataclasses the parser reads."""
+    from esolm import runs
+    from esolm.config import keys_help
+
+    run = runs.get("tiny")
+    sections, defaults = {}, {}
+    if command == "eval":
+        from experiments.commands import EvalKeys
+
+        sections["eval"] = EvalKeys
+    if command == "sample":
+        from experiments.commands import SampleKeys
+
+        sections["call"] = SampleKeys
+    run_sections = {s: type(getattr(run, s)) for s in ("data", "backbone", "train")}
+    defaults.update({s: getattr(run, s) for s in run_sections})
+    text = "keys (key=value; section.key=value where a key is in several sections):\n"
+    if command == "sample":
+        text += "  options: the model's sample options (`run.py models` lists them per model), e.g. steps=64 top_p=0.9\n"
+    text += keys_help(sections) + "\n" if sections else ""
+    text += "  model: the model's config fields (alpha_0=, block_size=, ...; see esolm/eso/model.py, baselines/)\n"
+    if command in ("eval", "sample"):
+        text += "  with --model (no --checkpoint), the run's keys below locate its checkpoint\n"
+    return text + keys_help(run_sections, defaults) + "\n(defaults shown: --preset tiny)"
 
 
 def _cuda() -> bool:
@@ -65,7 +97,8 @@ def parser() -> argparse.ArgumentParser:
 
     sub.add_parser("models", help="list the registry and each model's capabilities")
 
-    p = sub.add_parser("train", help="train a model; resumes its run directory when interrupted")
+    p = sub.add_parser("train", help="train a model; resumes its run directory when interrupted",
+                       epilog=_keys_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_model_args(p)
     p.add_argument("--out", help="run directory (default: runs/<model>-<corpus>-<preset>[-<hash>])")
 
@@ -82,12 +115,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--check-batches", type=int, default=2, help="test batches of the load check (0: skip it)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="model fields the file lacks (length=, n_heads=)")
 
-    p = sub.add_parser("eval", help="test perplexity: NELBO, or --exact likelihood")
+    p = sub.add_parser("eval", help="test perplexity: NELBO, or --exact likelihood",
+                       epilog=_keys_epilog("eval"), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_model_args(p, checkpoint=True)
     p.add_argument("--split", default="test", choices=["train", "valid", "test"])
     p.add_argument("--exact", action="store_true", help="exact likelihood (IW bound; key num_orders=K)")
 
-    p = sub.add_parser("sample", help="draw samples to JSONL (text, token ids, nfe, seconds, model, config)")
+    p = sub.add_parser("sample", help="draw samples to JSONL (text, token ids, nfe, seconds, model, config)",
+                       epilog=_keys_epilog("sample"), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_model_args(p, checkpoint=True)
     p.add_argument("--num-samples", type=int, default=16)
     p.add_argument("--out", help="JSONL path (default: <run>/samples/samples-<options>.jsonl)")
@@ -98,7 +133,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="gen PPL, entropy, self-BLEU, MAUVE of a samples JSONL")
     p.add_argument("samples")
     p.add_argument("--evaluator", default=None,
-                   help="source | path to checkpoint.pt | HF folder | hub name (default: source on synthetic)")
+                   help="source | path to checkpoint.safetensors | HF folder | hub name (default: source on synthetic)")
     p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
     _score_args(p)
 
@@ -115,8 +150,6 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from experiments import commands
-
     ap = parser()
     # key=value pairs may follow options too (`eval --exact num_orders=4`)
     args, extra = ap.parse_known_args(argv)
@@ -125,19 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     if rest or (pairs and not hasattr(args, "overrides")):
         ap.error(f"unrecognized arguments: {' '.join(rest or pairs)}")
     try:
-        if hasattr(args, "overrides"):
-            args.overrides = parse_overrides(list(args.overrides) + pairs)
-        handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
-        if args.command in ("train",) and not args.model:
-            raise ConfigError("train needs --model NAME; see `run.py models`")
-        return handler(args)
+        return _dispatch(args, pairs)
     except ConfigError as e:
         from experiments.store import Interrupted
 
-        print(f"error: {e}", file=sys.stderr)
+        log(f"error: {e}")
         return 130 if isinstance(e, Interrupted) else 2
     except KeyboardInterrupt:
-        print("error: interrupted; finished results are kept; rerun the same command to continue", file=sys.stderr)
+        log("error: interrupted; finished results are kept; rerun the same command to continue")
         return 130
     except OSError as e:
         from experiments.store import explain_os_error
@@ -145,8 +173,20 @@ def main(argv: list[str] | None = None) -> int:
         message = explain_os_error(e)
         if message is None:
             raise
-        print(f"error: {message}", file=sys.stderr)
+        log(f"error: {message}")
         return 2
+
+
+def _dispatch(args, pairs: list[str]) -> int:
+    """Run the subcommand's handler with its key=value pairs parsed."""
+    from experiments import commands
+
+    if hasattr(args, "overrides"):
+        args.overrides = parse_overrides(list(args.overrides) + pairs)
+    handler = getattr(args, "handler", None) or getattr(commands, f"cmd_{args.command}")
+    if args.command == "train" and not args.model:
+        raise ConfigError("train needs --model NAME; see `run.py models`")
+    return handler(args)
 
 
 if __name__ == "__main__":

@@ -1,96 +1,85 @@
-"""A training run named by what defines it: model, preset, corpus and overrides.
+"""A training run named by what defines it: model, run name, corpus and overrides.
 
-``key=value`` overrides are routed to the one config that owns the key: the model's config
-(alpha_0, block_size, n_layers, ...), the training config (steps, lr, batch_size, ...) or the
-data (length, vocab_size, data_seed). A key that no config owns is an error listing them all.
+``key=value`` overrides go through the one parser (esolm.config.parse_keys) to the section
+that owns the key: the model's config (alpha_0, block_size, ...), the run's data (length,
+vocab_size, data_seed), backbone (d_model, n_layers, ...) or training (steps, lr, batch_size,
+...); a command that takes keys of its own (sampling options, eval settings) puts its sections
+first. A key that no section owns is one error listing them all.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esolm import registry
-from esolm.config import ConfigError, field_names
-from esolm.train import TrainConfig, train_config
+from esolm import registry, runs
+from esolm.config import field_names, parse_keys
+from esolm.io import content_hash
+from esolm.train import TrainConfig
 
-# Data geometry per preset: the sequence length and the BPE vocabulary of the corpus.
-DATA_PRESETS: dict[str, dict] = {
-    "smoke": dict(length=32, vocab_size=512),
-    "tiny": dict(length=128, vocab_size=2048),
-    "small": dict(length=1024, vocab_size=None),  # the corpus's own tokenizer (gpt2 on owt)
-    "medium": dict(length=1024, vocab_size=None),
-}
-DATA_KEYS = {"length", "vocab_size", "data_seed", "tokenizer"}
-# model fields the corpus decides; the user sets them through the data keys instead
+# model fields the corpus decides (the user sets them through the data keys instead) or the
+# backbone section owns
 DERIVED_MODEL_KEYS = {"vocab_size", "mask_id", "bos_id", "eos_id", "length"}
 DEFAULT_RUNS = Path("runs")
+
+
+def run_sections(model: str) -> dict:
+    """The sections that define a training run of ``model``, in the order bare keys resolve."""
+    own = set(field_names(registry.model_class(model).config_class))
+    model_keys = own - DERIVED_MODEL_KEYS - set(field_names(runs.Backbone))
+    return {"model": sorted(model_keys), "data": runs.Data, "backbone": runs.Backbone, "train": TrainConfig}
 
 
 @dataclass
 class RunSpec:
     model: str
     preset: str = "tiny"
-    corpus: str = "shakespeare"
-    model_overrides: dict = field(default_factory=dict)
-    train_overrides: dict = field(default_factory=dict)
-    data_overrides: dict = field(default_factory=dict)
+    corpus: str | None = None  # None: the run name's corpus
+    overrides: dict = field(default_factory=dict)  # section -> {key: value} (the run's own keys)
 
     @classmethod
-    def from_pairs(cls, model: str, preset: str, corpus: str, pairs: dict[str, str],
-                   extra_keys: set[str] = frozenset()) -> tuple["RunSpec", dict]:
-        """Route ``pairs``; returns the spec and the leftover pairs that are in ``extra_keys``."""
-        model_keys = set(field_names(registry.model_class(model).config_class)) - DERIVED_MODEL_KEYS
-        train_keys = set(field_names(TrainConfig))
-        spec, rest = cls(model, preset, corpus), {}
-        for k, v in pairs.items():
-            if k in DATA_KEYS:
-                spec.data_overrides[k] = v
-            elif k in model_keys:
-                spec.model_overrides[k] = v
-            elif k in train_keys:
-                spec.train_overrides[k] = v
-            elif k in extra_keys:
-                rest[k] = v
-            else:
-                valid = sorted(model_keys | train_keys | DATA_KEYS | set(extra_keys))
-                raise ConfigError(f"unknown key {k!r} for model {model!r}; valid keys: {', '.join(valid)}")
-        return spec, rest
+    def from_pairs(cls, model: str, preset: str, corpus: str | None, pairs: dict[str, str],
+                   first: dict | None = None) -> tuple["RunSpec", dict]:
+        """Route ``pairs``: the keys of the ``first`` sections (a command's own) come back as
+        section -> {key: value}; the rest define the run."""
+        sections = {**(first or {}), **run_sections(model)}
+        routed = parse_keys(pairs, sections)
+        spec = cls(model, preset, corpus, {s: routed[s] for s in ("model", "data", "backbone", "train") if routed[s]})
+        return spec, {s: routed[s] for s in (first or {})}
 
     # -- resolved pieces --------------------------------------------------------------
-    def corpus_kwargs(self) -> dict:
-        if self.preset not in DATA_PRESETS:
-            raise ConfigError(f"unknown preset {self.preset!r}; presets: {', '.join(DATA_PRESETS)}")
-        d = dict(DATA_PRESETS[self.preset])
-        d.update(self.data_overrides)
-        kwargs = {"name": self.corpus, "length": int(d["length"])}
-        if d.get("vocab_size") not in (None, "None", "none"):
-            kwargs["vocab_size"] = int(d["vocab_size"])
-        if "data_seed" in d:
-            kwargs["seed"] = int(d["data_seed"])
-        if d.get("tokenizer"):
-            kwargs["tokenizer"] = d["tokenizer"]
-        return kwargs
+    def run(self) -> runs.RunConfig:
+        """The run name's config with this run's data, backbone and training keys."""
+        pairs = {f"{s}.{k}": v for s, kv in self.overrides.items() if s != "model" for k, v in kv.items()}
+        if self.corpus:
+            pairs.setdefault("data.corpus", self.corpus)
+        return runs.get(self.preset, pairs)
+
+    @property
+    def corpus_name(self) -> str:
+        return self.run().data.corpus
 
     def load_corpus(self):
-        from esolm.data import load_corpus
+        from esolm.data import corpus_from_spec
 
-        kw = self.corpus_kwargs()
-        return load_corpus(kw.pop("name"), **kw)
+        return corpus_from_spec(self.run().data.corpus_kwargs())
 
     def build_model(self, corpus):
-        return registry.build(self.model, preset=self.preset, **corpus.model_fields(), **self.model_overrides)
+        return registry.build(self.model, **self.run().backbone_fields(), **corpus.model_fields(),
+                              **self.overrides.get("model", {}))
 
     def train_config(self) -> TrainConfig:
-        return train_config(self.preset, **self.train_overrides)
+        return self.run().train
 
     def key(self) -> str:
-        blob = json.dumps({"model": self.model_overrides, "train": self.train_overrides,
-                           "data": self.data_overrides}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:8]
+        blob = json.dumps({"model": self.overrides.get("model", {}), "train": self.overrides.get("train", {}),
+                           "data": self.overrides.get("data", {}), "backbone": self.overrides.get("backbone", {})},
+                          sort_keys=True)
+        return content_hash(blob)[:8]
 
     def run_dir(self, root: str | Path = DEFAULT_RUNS) -> Path:
-        corpus = self.corpus.replace(":", "_").replace("/", "_")
-        suffix = f"-{self.key()}" if (self.model_overrides or self.train_overrides or self.data_overrides) else ""
+        corpus = self.corpus_name.replace(":", "_").replace("/", "_")
+        suffix = f"-{self.key()}" if self.overrides else ""
         return Path(root) / f"{self.model}-{corpus}-{self.preset}{suffix}"
+
+

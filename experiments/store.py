@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esolm.config import ConfigError
+from esolm.log import log
+
 
 class Interrupted(ConfigError):
     """Ctrl-C in a driver: one message, exit status 130."""
@@ -125,7 +127,7 @@ def submitted_path(results: Path, key: str) -> Path:
 
 def note_submitted(results: Path, cluster: str, jobs, handles) -> None:
     """Where each job of each submitted group runs (for ``status``)."""
-    from esolm.checkpoint import atomic_write_json
+    from esolm.io import atomic_write_json
 
     for group, handle in zip(jobs, handles):
         paths = getattr(handle, "paths", None)
@@ -262,28 +264,43 @@ def clean_targets(graph, results: Path, work: Path, *, stages=(), names=(), stal
     logs: the job logs folder."""
     import fnmatch
 
-    from experiments.aggregate import read_records
-    from experiments.pipeline import record_path
-
-    def job_paths(job) -> list[Path]:
-        return [record_path(results, job), submitted_path(results, job.key), work / job.stage / job.key]
-
     targets: list[Path] = []
     for job in graph:
         if job.stage in stages or any(fnmatch.fnmatch(job.name, n) for n in names):
-            targets += job_paths(job)
+            targets += _job_paths(job, results, work)
     if failed:
-        bad = {s.name for s in job_states(graph, results) if s.state == "failed"}
-        targets += [p for job in graph if job.name in bad for p in job_paths(job)[1:]]
+        targets += _failed_targets(graph, results, work)
     if stale:
-        current = {job.key for job in graph}
-        for r in read_records(results):
-            if r.get("key") not in current:
-                targets.append(results / "records" / r["stage"] / f"{r['key']}.json")
-                targets.append(work / r["stage"] / r["key"])
+        targets += _stale_targets(graph, results, work)
     if logs:
         targets.append(work / "logs")
     return [p for p in dict.fromkeys(targets) if p.exists()]
+
+
+def _job_paths(job, results: Path, work: Path) -> list[Path]:
+    """A job's record, its submission note and its work folder."""
+    from experiments.pipeline import record_path
+
+    return [record_path(results, job), submitted_path(results, job.key), work / job.stage / job.key]
+
+
+def _failed_targets(graph, results: Path, work: Path) -> list[Path]:
+    """The submission notes and work folders of the jobs whose state is "failed"."""
+    bad = {s.name for s in job_states(graph, results) if s.state == "failed"}
+    return [p for job in graph if job.name in bad for p in _job_paths(job, results, work)[1:]]
+
+
+def _stale_targets(graph, results: Path, work: Path) -> list[Path]:
+    """Records (and their work folders) whose key is not in the current graph."""
+    from experiments.aggregate import read_records
+
+    current = {job.key for job in graph}
+    targets = []
+    for r in read_records(results):
+        if r.get("key") not in current:
+            targets.append(results / "records" / r["stage"] / f"{r['key']}.json")
+            targets.append(work / r["stage"] / r["key"])
+    return targets
 
 
 def remove(paths: list[Path]) -> None:
@@ -343,6 +360,19 @@ def cmd_status(args) -> int:
 
 def cmd_clean(args) -> int:
     graph, results, work = _graph(args)
+    _check_clean_args(args, graph, results)
+    targets = clean_targets(graph, results, work, stages=set(args.stage), names=args.job, stale=args.stale,
+                            failed=args.failed, logs=args.logs)
+    for p in targets:
+        log(("would remove " if args.dry_run else "removing ") + str(p))
+    if not args.dry_run:
+        remove(targets)
+    log(f"{'would remove' if args.dry_run else 'removed'} {len(targets)} path(s)")
+    return 0
+
+
+def _check_clean_args(args, graph, results: Path) -> None:
+    """clean needs a selector, known stages and no driver running on ``results``."""
     if not (args.stage or args.job or args.stale or args.failed or args.logs):
         raise ConfigError("clean removes only what you name: pass --stage STAGE, --job GLOB, --stale, --failed "
                           "and/or --logs (add --dry-run to see the list first)")
@@ -352,11 +382,3 @@ def cmd_clean(args) -> int:
         raise ConfigError(f"unknown stage(s) {bad}; the stages of {args.preset} are: {', '.join(sorted(stages))}")
     if held_by_other(results):
         raise ConfigError(f"a driver is running on {results}; clean after it has finished")
-    targets = clean_targets(graph, results, work, stages=set(args.stage), names=args.job, stale=args.stale,
-                            failed=args.failed, logs=args.logs)
-    for p in targets:
-        print(("would remove " if args.dry_run else "removing ") + str(p), file=sys.stderr)
-    if not args.dry_run:
-        remove(targets)
-    print(f"{'would remove' if args.dry_run else 'removed'} {len(targets)} path(s)", file=sys.stderr)
-    return 0

@@ -3,10 +3,12 @@ numbers and the paper's, figures and notebooks drawn from a store without re-run
 and the paper anchors file checked against the spec's text (spec 8.5, 10)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -14,10 +16,13 @@ import pandas as pd
 import pytest
 
 from analysis import anchors as A
+from analysis import pareto
+from analysis import schema as X
 from analysis import store as S
 from analysis.nfe import draw_nfe
 from analysis.pareto import collapsed, draw_pareto, frontier, pareto_front
 from analysis.tables import build_tables, write_tables
+from esolm import registry
 from esolm.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,31 +75,44 @@ def _tag(opts: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in opts.items())
 
 
+def display(model: str, overrides: dict) -> dict:
+    """The model's own display (what experiments/jobs.py records beside each row)."""
+    config = registry.build_config(model, **overrides)
+    return dataclasses.asdict(registry.model_class(model).display(config))
+
+
+def row(name: str, stage: str, label: str, group: str, model: str, ov: dict, options: dict, metrics: dict,
+        **config) -> dict:
+    """One results row in the schema of analysis/schema.py: meta, config, options, metrics, display."""
+    return dict(name=name, **META, config=dict(stage=stage, label=label, group=group, model=model, **ov, **config),
+                options=options, metrics=metrics, display=display(model, ov))
+
+
+META = dict(key="0" * 16, stale=False, code_version="hand", git_sha="hand", finished="2026-01-01T00:00:00+00:00",
+            seconds=1.0)
+
+
 def write_store(folder: Path) -> Path:
     """results.csv + summary.json in the schema of docs/results_store.md."""
-    base = dict(key="0" * 16, stale=False, code_version="hand", git_sha="hand", finished="2026-01-01T00:00:00+00:00",
-                seconds=1.0)
     rows = []
     for label, group, model, ov, opts, m, t in SWEEP:
-        head = dict(base, label=label, group=group, model=model)
-        rows.append(dict(head, name=f"sample/{label}/{_tag(opts)}", stage="sample", **opts, **m, self_bleu=0.1,
-                         num_samples=64, evaluator="ar checkpoint runs/hand/checkpoint.pt", **ov))
+        rows.append(row(f"sample/{label}/{_tag(opts)}", "sample", label, group, model, ov, opts,
+                        dict(m, self_bleu=0.1, num_samples=64), evaluator="ar checkpoint runs/hand/checkpoint.pt"))
         if t is not None:
-            rows.append(dict(head, name=f"time/{label}/{_tag(opts)}", stage="time", **opts, kv_cache=True,
-                             batch_size=32, nfe=m["nfe"] + 1, time_median_s=t, time_mean_s=t * 1.1, time_std_s=t / 10,
-                             wall_median_s=t * 2, wall_mean_s=t * 2, wall_std_s=t / 5, **ov))
+            rows.append(row(f"time/{label}/{_tag(opts)}", "time", label, group, model, ov, opts,
+                            dict(nfe=m["nfe"] + 1, time_median_s=t, time_mean_s=t * 1.1, time_std_s=t / 10,
+                                 wall_median_s=t * 2, wall_mean_s=t * 2, wall_std_s=t / 5),
+                            kv_cache=True, batch_size=32))
     for label, group, model, ov, exact, k, ppl in EVAL:
-        rows.append(dict(base, name=f"eval/{label}/" + (f"exact K={k}" if exact else "nelbo"), stage="eval",
-                         label=label, group=group, model=model, exact=exact, num_orders=k, ppl=ppl,
-                         nll_per_token=math.log(ppl), num_sequences=128, **ov))
+        rows.append(row(f"eval/{label}/" + (f"exact K={k}" if exact else "nelbo"), "eval", label, group, model, ov, {},
+                        dict(ppl=ppl, nll_per_token=math.log(ppl), num_sequences=128), exact=exact, num_orders=k))
     for group, model, ov, cached, secs in LONGCTX:
-        rows.append(dict(base, name=f"longctx/{group}/L={L}/{'cache' if cached else 'no-cache'}", stage="longctx",
-                         label=model, group=group, model=model, length=L, kv_cache=cached, nfe=L,
-                         time_mean_s=secs, time_std_s=secs / 20, time_median_s=secs, profile_mean_s=secs * 0.9, **ov))
-    rows.append(dict(base, name="train/ar", stage="train", label="ar", group="AR", model="ar", params=1e5,
-                     steps_trained=10, train_loss=4.0))
+        rows.append(row(f"longctx/{group}/L={L}/{'cache' if cached else 'no-cache'}", "longctx", model, group, model,
+                        ov, {}, dict(nfe=L, time_mean_s=secs, time_std_s=secs / 20, time_median_s=secs,
+                                     profile_mean_s=secs * 0.9), length=L, kv_cache=cached))
+    rows.append(row("train/ar", "train", "ar", "AR", "ar", {}, {}, dict(params=1e5, steps_trained=10, train_loss=4.0)))
     folder.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows).to_csv(folder / "results.csv", index=False)
+    X.frame(rows).to_csv(folder / "results.csv", index=False)
     (folder / "summary.json").write_text(json.dumps(dict(
         preset="hand", corpus="shakespeare", data=dict(length=L), num_samples=64, top_p=0.9,
         timing=dict(batch_size=32, trials=5, warmup=1), environment=dict(cpu="hand-made", torch_threads=1))))
@@ -158,6 +176,80 @@ def test_speed_quality_joins_each_sample_row_to_its_time_row(store):
             assert p["nfe_timed"] == m["nfe"] + 1
 
 
+def test_a_metric_declared_once_reaches_the_points_the_sweep_tables_and_a_pareto_figure(store, monkeypatch):
+    """docs/results_store.md, "A new metric": a metrics.* column its job writes and one entry in
+    schema.METRICS; nothing else changes."""
+    df = pd.read_csv(store / "results.csv")
+    sample = df["config.stage"].eq("sample")
+    df.loc[sample, "metrics.fake_score"] = np.linspace(0.1, 0.9, int(sample.sum()))
+    df.to_csv(store / "results.csv", index=False)
+    points = S.speed_quality(S.load_results(store))
+    assert points["fake_score"].notna().all() and points["time_median_s"].notna().sum() == 12  # still joined
+    assert "fake_score" not in {t.name: t for t in build_tables(store)}["table14_mdlm"].markdown()  # undeclared
+    monkeypatch.setattr(X, "METRICS", (*X.METRICS, X.Metric("fake_score", "fake score", True, ".3f", pareto=True)))
+    t14 = {t.name: t for t in build_tables(store)}["table14_mdlm"]
+    assert "fake_score" in t14.data.columns and "| fake score |" in t14.markdown().replace(" | paper", " |")[:2000]
+    assert "fake_score" in pareto.pareto_metrics(points)
+    assert {p.name for p in draw_pareto(store)} >= {"pareto_fake_score.png", "pareto_fake_score.pdf"}
+
+
+def test_a_new_metric_column_is_never_a_join_key(store):
+    """Which columns join a sample row to its time row is declared (config.label and the
+    options.* columns), so a metric of the sample rows alone keeps every timing."""
+    df = pd.read_csv(store / "results.csv")
+    df.loc[df["config.stage"].eq("sample"), "metrics.undeclared"] = 1.0
+    df.to_csv(store / "results.csv", index=False)
+    keys = X.join_columns(X.stage_rows(S.load_results(store), "sample"))
+    assert keys == ["config.label", "options.steps", "options.alpha_0_eval"]
+    points = S.speed_quality(S.load_results(store))
+    assert points["time_median_s"].notna().sum() == sum(t is not None for *_, t in SWEEP)
+
+
+def test_an_old_flat_results_csv_is_upgraded_to_the_same_points_and_tables(store, tmp_path):
+    new = S.load_results(store)
+    flat = X.view(new).drop(columns=[c for c in new.columns if c.startswith("display.")])
+    old = tmp_path / "old"
+    old.mkdir()
+    flat.to_csv(old / "results.csv", index=False)
+    shutil.copy(store / "summary.json", old / "summary.json")
+    up = S.load_results(old)
+    assert X.is_prefixed(up) and set(X.columns(up, "options")) == {"options.steps", "options.alpha_0_eval"}
+    assert {"config.kv_cache", "config.batch_size", "metrics.time_median_s"} <= set(up.columns)
+    cols = ["label", "steps", "gen_ppl", "time_median_s", "nfe_timed", "display.colour", "display.marker"]
+    pd.testing.assert_frame_equal(S.speed_quality(up)[cols], S.speed_quality(new)[cols], check_dtype=False)
+    for a, b in zip(build_tables(old), build_tables(store)):
+        assert a.markdown() == b.markdown()
+
+
+def test_committed_stores_of_the_old_format_get_each_models_own_display():
+    for preset in ("tiny", "cpu"):
+        path = ROOT / "results" / preset
+        if not (path / "results.csv").exists():
+            continue
+        df = S.rows(S.load_results(path), "sample")
+        styles = pareto.group_styles(df)
+        assert styles["AR"]["reference"] and styles["AR"]["marker"] == "*"
+        assert styles["Eso-LM (B)"]["shade_by"] == "alpha_0" and styles["MDLM"]["colour"] == "#0173b2"
+        assert pareto.ordered_groups(df)[:2] == ["AR", "MDLM"]
+
+
+def test_figure_styles_come_from_the_display_columns(store):
+    df = pd.read_csv(store / "results.csv")
+    df.loc[df["config.group"].eq("MDLM"), "display.colour"] = "#123456"
+    df.loc[df["config.group"].eq("MDLM"), "display.order"] = -1
+    df.to_csv(store / "results.csv", index=False)
+    points = S.speed_quality(S.load_results(store))
+    mdlm = points.loc[points["group"].eq("MDLM")].iloc[0]
+    assert pareto.point_style(mdlm) == dict(color="#123456", marker="o")
+    assert pareto.ordered_groups(points)[0] == "MDLM"
+    eso = points.loc[points["label"].eq("esolm-b a0=0.25")].iloc[0]  # shaded by alpha_0: darker, its own marker
+    assert pareto.point_style(eso)["marker"] == pareto.SHADE_MARKERS[0.25]
+    paper = X.borrow_display(A.paper_points(), points)
+    assert (paper.loc[paper["group"].eq("MDLM"), "display.colour"] == "#123456").all()
+    other = paper.loc[paper["group"].eq("BD3-LM L'=8")]  # not ours: a neutral display, the paper's method as family
+    assert other["display.colour"].isin(X.NEUTRAL).all() and (other["display.family"] == "BD3-LM").all()
+
+
 def test_missing_store_raises_config_error_naming_the_fix(tmp_path):
     with pytest.raises(ConfigError, match="run.py pareto"):
         S.load_results(tmp_path)
@@ -179,10 +271,10 @@ def test_table1_puts_only_the_same_runs_nelbo_beside_the_exact_ppl_and_marks_the
     """Like with like: the NELBO beside the exact PPL is the exact run's own (same sequences, same
     seed); an exact row without one gets a visible mark and a blank, never the whole-split NELBO."""
     df = pd.read_csv(store / "results.csv")
-    ex = df["stage"].eq("eval") & df["exact"].astype(str).eq("True")
-    df.loc[ex, "num_sequences"] = 64
-    df.loc[ex & df["label"].eq("ar"), "nelbo_ppl"] = 50.5  # AR: exact == NELBO, one run
-    df.loc[ex & df["label"].eq("esolm-b a0=1") & df["num_orders"].eq(10), "nelbo_ppl"] = 91.0
+    ex = df["config.stage"].eq("eval") & df["config.exact"].astype(str).eq("True")
+    df.loc[ex, "metrics.num_sequences"] = 64
+    df.loc[ex & df["config.label"].eq("ar"), "metrics.nelbo_ppl"] = 50.5  # AR: exact == NELBO, one run
+    df.loc[ex & df["config.label"].eq("esolm-b a0=1") & df["config.num_orders"].eq(10), "metrics.nelbo_ppl"] = 91.0
     df.to_csv(store / "results.csv", index=False)
     t = next(t for t in build_tables(store) if t.name == "table1_test_ppl")
     t1 = t.data.set_index("label")

@@ -26,7 +26,7 @@ def test_ar_cached_logits_equal_recomputed_ones():
     cache = model.backbone.new_cache(3, 20)
     for i in range(20):
         step = model.backbone(x[:, i:i + 1], torch.tensor([i]), None, cache=cache)
-        cache.advance(1)
+        cache.commit(1)
         assert torch.allclose(step[:, 0], full[:, i], atol=1e-10), f"position {i}"
 
 

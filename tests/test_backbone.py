@@ -150,7 +150,7 @@ def test_config_errors_name_the_problem():
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("rows", [1, 2, 8, 9])
 def test_small_batch_linear_equals_nn_linear_and_follows_weight_updates(rows, bias):
-    from esolm.backbone import linear
+    from esolm.backbone import small_batch_linear as linear
     torch.manual_seed(0)
     layer = torch.nn.Linear(16, 24, bias=bias).double()
     x = torch.randn(1, rows, 16, dtype=torch.float64)
@@ -162,3 +162,100 @@ def test_small_batch_linear_equals_nn_linear_and_follows_weight_updates(rows, bi
         torch.testing.assert_close(linear(layer, x), layer(x), rtol=1e-12, atol=1e-12)
     y = linear(layer, x.requires_grad_())  # with autograd: nn.Linear itself
     assert y.grad_fn is not None
+
+
+# ------------------------------------------------------------------ the inference mode (8.6)
+def _feeds(net, L=12):
+    """(tokens, positions, mask, kwargs) of the call shapes the models make: training-sized,
+    batch-1 sampling steps (the small-batch BLAS path), permuted positions, last / at."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 36, (3, L), generator=g)
+    pi = torch.stack([torch.randperm(L, generator=g) for _ in range(3)])
+    yield x, torch.arange(L), None, {}
+    yield x, pi, "causal", {}
+    yield x[:1, :2], pi[:1, :2], "causal", {}  # 2 rows: the batch-1 Eso-LM step
+    yield x[:1, :1], torch.tensor([4]), None, {}  # 1 row: the AR step
+    yield x, torch.arange(L), torch.rand(3, L, L, generator=g) < 0.5, {"last": 3}
+    yield x[:2], torch.arange(L), None, {"at": torch.tensor([[0, 5], [11, 2]])}
+
+
+@pytest.mark.parametrize("adaln", [True, False])
+def test_inference_mode_gives_the_logits_of_the_plain_forward(adaln):
+    """Backbone.inference() (AdaLN folded into the norms, the small-batch BLAS layout) computes
+    what the plain forward computes, on every call shape the models make."""
+    net = small_backbone(adaln=adaln)
+    for tokens, pos, mask, kw in _feeds(net):
+        plain = net(tokens, pos, mask, **kw)
+        with net.inference():
+            assert net._inference is not None and net._inference.serves(tokens, None)
+            fast = net(tokens, pos, mask, **kw)
+        assert fast.shape == plain.shape
+        torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_inference_mode_with_a_kv_cache_equals_the_plain_cached_forward():
+    net = small_backbone()
+    x = torch.randint(0, 36, (1, 12))
+    plain_cache, fast_cache = net.new_cache(1, 12), net.new_cache(1, 12)
+    for i in range(12):
+        plain = net(x[:, i:i + 1], torch.tensor([i]), None, cache=plain_cache)
+        plain_cache.commit(1)
+        with net.inference():
+            fast = net(x[:, i:i + 1], torch.tensor([i]), None, cache=fast_cache)
+        fast_cache.commit(1)
+        torch.testing.assert_close(fast, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_inference_mode_folds_the_weights_on_entry_and_every_entry_refolds():
+    """The folded AdaLN is read once, when the mode is entered (no version counters): a weight
+    changed inside the mode is seen from the next entry on, nested entries included."""
+    net = small_backbone()
+    x, pos = torch.randint(0, 36, (2, 12)), torch.arange(12)
+    with net.inference():
+        before = net(x, pos, "causal")
+        with torch.no_grad():
+            net.blocks[0].adaln.bias.add_(0.5)
+            net.norm_final.weight.data.mul_(1.5)  # through .data too: nothing tracks versions
+        assert torch.equal(net(x, pos, "causal"), before)  # still the weights of the entry
+        with net.inference():  # a nested entry folds afresh
+            inner = net(x, pos, "causal")
+        assert torch.equal(net(x, pos, "causal"), before)  # the outer mode is restored
+    torch.testing.assert_close(inner, net(x, pos, "causal"), rtol=1e-12, atol=1e-12)
+    assert (inner - before).abs().max() > 1e-3
+
+
+def test_inference_mode_is_off_outside_and_runs_without_autograd():
+    net = small_backbone()
+    x, pos = torch.randint(0, 36, (2, 12)), torch.arange(12)
+    with pytest.raises(RuntimeError, match="boom"):
+        with net.inference():
+            assert not torch.is_grad_enabled()
+            raise RuntimeError("boom")
+    assert net._inference is None and torch.is_grad_enabled()
+    assert net(x, pos, None).grad_fn is not None  # the plain forward: training
+
+
+def test_time_conditioned_calls_run_the_plain_forward_inside_the_inference_mode():
+    """A nonzero sigma cannot use the sigma = 0 folding: inside the mode it takes the plain path."""
+    net = small_backbone()
+    x, pos, sigma = torch.randint(0, 36, (2, 12)), torch.arange(12), torch.tensor([0.3, 1.2], dtype=torch.float64)
+    plain = net(x, pos, None, sigma=sigma)
+    with net.inference():
+        assert not net._inference.serves(x, sigma)
+        assert torch.equal(net(x, pos, None, sigma=sigma), plain)
+    assert (plain - net(x, pos, None)).abs().max() > 1e-6
+
+
+@pytest.mark.parametrize("name", ["ar", "mdlm", "bd3lm", "esolm-a", "esolm-b"])
+def test_likelihood_and_sampling_entry_points_run_in_the_inference_mode(name):
+    """nll and sample are the callers of the fast paths: each runs inside backbone.inference()."""
+    model = registry.build(name, preset="smoke", vocab_size=37, length=16)
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda net, args: seen.append(net._inference is not None))
+    x = torch.randint(0, 36, (2, 16))
+    model.nll(x)
+    model.sample(1, steps=16 if name == "bd3lm" else 4, generator=torch.Generator().manual_seed(0))
+    assert seen and all(seen)
+    seen.clear()
+    model.loss(x).loss.backward()
+    assert seen and not any(seen)

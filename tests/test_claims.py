@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from analysis import schema as X
 from analysis.claims import FAIL, NOT_MEASURED, PASS, Rules, evaluate_claims, report, write_claims
 from analysis.excerpts import write_samples
 
@@ -73,8 +74,26 @@ def store(**change) -> list[dict]:
     return rows
 
 
+OPTIONS = ("steps", "alpha_0_eval", "reference_grid")  # the sample options of these rows
+METRICS = ("ppl", "num_sequences", "nelbo_ppl", "nfe", "gen_ppl", "entropy", "time_mean_s", "time_median_s")
+
+
+def frame(rows) -> pd.DataFrame:
+    """Hand-made flat rows as a results frame of the schema (analysis/schema.py): config,
+    options, metrics, and each model's own display."""
+    out = []
+    for r in rows:
+        config = {k: v for k, v in r.items() if k not in OPTIONS + METRICS + ("key",)}
+        overrides = tuple(sorted((k, config[k]) for k in ("alpha_0", "block_size") if k in config))
+        out.append(dict({k: r[k] for k in ("key",) if k in r}, config=config,
+                        options={k: v for k, v in r.items() if k in OPTIONS},
+                        metrics={k: v for k, v in r.items() if k in METRICS},
+                        display=X.model_display(config["model"], config["group"], overrides)))
+    return X.frame(out)
+
+
 def claims(rows, length=L, **rules) -> dict:
-    return {c.id: c for c in evaluate_claims(pd.DataFrame(rows), length=length, rules=Rules(**rules))}
+    return {c.id: c for c in evaluate_claims(frame(rows), length=length, rules=Rules(**rules))}
 
 
 def status(rows, cid, **kw) -> str:
@@ -176,7 +195,7 @@ def test_c9_rule_allows_the_stated_tolerance():
 
 
 def test_write_claims_and_report_write_markdown_json_and_one_line_per_claim(tmp_path, capsys):
-    pd.DataFrame(store()).to_csv(tmp_path / "results.csv", index=False)
+    frame(store()).to_csv(tmp_path / "results.csv", index=False)
     (tmp_path / "summary.json").write_text(json.dumps(dict(preset="hand", data=dict(length=L))))
     got, paths = write_claims(tmp_path)
     assert [p.name for p in paths] == ["claims.md", "claims.json"]
@@ -202,7 +221,7 @@ def test_samples_md_has_two_labelled_short_excerpts_per_method(tmp_path):
         if r["group"] == "MDLM":
             rec = dict(key=r["key"], row=r, samples=str(jsonl))  # no examples: read the samples file
         (tmp_path / "records" / "sample" / f"{r['key']}.json").write_text(json.dumps(rec))
-    pd.DataFrame(rows).to_csv(tmp_path / "results.csv", index=False)
+    frame(rows).to_csv(tmp_path / "results.csv", index=False)
     md = write_samples(tmp_path).read_text()
     assert md.count("**low NFE**") == 4 and md.count("**high NFE**") == 3  # AR has one configuration
     assert "`esolm-b a0=1 T=8 a0_eval=1`, NFE 8, gen PPL 150" in md

@@ -34,7 +34,7 @@ def test_alpha_0_outside_0_1_is_refused_with_one_message(tmp_path):
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "alpha_0" in errors[0] and "Traceback" not in proc.stderr
-    assert not (tmp_path / "checkpoint.pt").exists()
+    assert not (tmp_path / "checkpoint.safetensors").exists()
 
 
 def test_a_block_size_that_does_not_divide_the_length_is_refused(tmp_path):
@@ -47,13 +47,13 @@ def test_train_eval_sample_score_round_trip_for_esolm(tmp_path):
     out = tmp_path / "run"
     run("train", "--model", "esolm-b", "--corpus", "synthetic", "--preset", "smoke", "--out", str(out),
         "--no-progress", "alpha_0=0.5", "steps=6", "length=16")
-    assert (out / "checkpoint.pt").exists() and (out / "train_log.jsonl").exists()
-    ev = run("eval", "--checkpoint", str(out / "checkpoint.pt"), "--exact", "num_orders=2", "--no-progress")
+    assert (out / "checkpoint.safetensors").exists() and (out / "train_log.jsonl").exists()
+    ev = run("eval", "--checkpoint", str(out / "checkpoint.safetensors"), "--exact", "num_orders=2", "--no-progress")
     assert "exact NLL" in ev.stdout and "true NLL of the source" in ev.stdout
     result = json.loads((out / "eval_test_exact_K2.json").read_text())
     assert result["nll_per_token"] >= result["true_nll_per_token"]
     samples = tmp_path / "s.jsonl"
-    run("sample", "--checkpoint", str(out / "checkpoint.pt"), "--num-samples", "4", "--out", str(samples),
+    run("sample", "--checkpoint", str(out / "checkpoint.safetensors"), "--num-samples", "4", "--out", str(samples),
         "steps=4", "alpha_0_eval=0.5", "top_p=0.9", "seed=3")
     recs = [json.loads(line) for line in samples.read_text().splitlines()]
     assert len(recs) == 4
@@ -70,7 +70,7 @@ def test_sample_option_unknown_to_the_model_is_refused(tmp_path):
     out = tmp_path / "run"
     run("train", "--model", "ar", "--corpus", "synthetic", "--preset", "smoke", "--out", str(out), "--no-progress",
         "steps=2", "length=16")
-    proc = run("sample", "--checkpoint", str(out / "checkpoint.pt"), "alpha_0_eval=0.5", ok=False)
+    proc = run("sample", "--checkpoint", str(out / "checkpoint.safetensors"), "alpha_0_eval=0.5", ok=False)
     assert proc.returncode == 2 and "alpha_0_eval" in proc.stderr and "valid" in proc.stderr
 
 

@@ -109,7 +109,7 @@ def test_the_two_node_recipe_of_docs_slurm_asks_slurm_for_what_it_says(tmp_path)
     check: the scheduler's side and NCCL are docs/slurm.md's "unverified".)"""
     import shlex
 
-    from esolm.train import batch_split, train_config
+    from esolm.train import batch_split
     from experiments import presets as P
     from experiments.cluster import _sbatch_parameters
     from experiments.run import parser
@@ -130,14 +130,14 @@ def test_the_two_node_recipe_of_docs_slurm_asks_slurm_for_what_it_says(tmp_path)
     preset = P.get("paper-owt")
 
     def script(stage, kv):
-        params = slurm_params({**preset.slurm.get("default", {}), **preset.slurm.get(stage, {})}, kv)
+        params = slurm_params({**preset.run.slurm.get("default", {}), **preset.run.slurm.get(stage, {})}, kv)
         return params, _make_sbatch_string(command="true", folder=tmp_path, **_sbatch_parameters(params))
 
     params, sbatch = script("train", train_kv)
     for flag in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--partition=gpu", "--account=lab"):
         assert f"#SBATCH {flag}" in sbatch, flag
     world = params.nodes * params.tasks_per_node
-    cfg = train_config(preset.train_preset, **preset.train)
+    cfg = preset.run.train
     assert world == 16 and batch_split(cfg.batch_size, world, cfg.micro_batch) == (32, 32, 1)
     for stage in ("eval", "sample", "time", "longctx"):
         _, sbatch = script(stage, rest_kv)

@@ -222,17 +222,20 @@ def test_profile_times_only_the_network_passes(monkeypatch):
 
 
 def test_sampling_forward_with_folded_adaln_equals_the_training_forward_and_tracks_updates():
-    """The no-autograd fast path (AdaLN of sigma = 0 folded into the norms, memoized) that
-    the sampler runs on computes what the training forward computes, after updates too."""
+    """The inference mode's fast path (AdaLN of sigma = 0 folded into the norms on entry) that
+    the sampler runs on computes what the training forward computes, after updates too: each
+    entry folds the weights as they are then."""
     model = randomized("esolm-b", vocab_size=30, length=12)
     x, pos = torch.randint(0, 29, (2, 12)), torch.randperm(12)
     run = lambda: model.backbone(x, pos, "causal")
     before = run()  # autograd on: every block applies its AdaLN
-    with torch.no_grad():
+    with model.backbone.inference():
         assert torch.allclose(run(), before, atol=1e-10)
+    with torch.no_grad():
         model.backbone.blocks[0].adaln.bias.add_(0.1)
         model.backbone.blocks[1].norm2.weight.mul_(1.1)
         model.backbone.norm_final.weight.mul_(0.9)
+    with model.backbone.inference():
         after = run()
     assert torch.allclose(after, run(), atol=1e-10)
     assert (after - before).abs().max() > 1e-3

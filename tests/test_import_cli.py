@@ -26,17 +26,17 @@ def test_import_then_eval_and_sample_from_the_command_line(tmp_path, capsys, mod
     out = tmp_path / model
     rc, stdout, err = cli(capsys, "import", FIXTURES / SOURCES[model], "--model", model, "--out", out)
     assert rc == 0, err
-    assert (out / "checkpoint.pt").is_file() and stdout.strip() == str(out / "checkpoint.pt")
+    assert (out / "checkpoint.safetensors").is_file() and stdout.strip() == str(out / "checkpoint.safetensors")
     info = json.loads((out / "import.json").read_text())
     assert info["family"] == model and "load_check" in info
     assert "load check: NELBO PPL" in err and "uniform" in err  # the sanity check ran on the stand-in data
-    rc, stdout, err = cli(capsys, "eval", "--checkpoint", out / "checkpoint.pt", "--no-progress", "max_batches=1",
+    rc, stdout, err = cli(capsys, "eval", "--checkpoint", out / "checkpoint.safetensors", "--no-progress", "max_batches=1",
                           "batch_size=8")
     assert rc == 0, err
     result = json.loads((out / "eval_test_first8.json").read_text())
     assert result["weights"] == info["weights"] and result["ppl"] > 1
     samples = tmp_path / "s.jsonl"
-    rc, _, err = cli(capsys, "sample", "--checkpoint", out / "checkpoint.pt", "--num-samples", 2, "--out", samples,
+    rc, _, err = cli(capsys, "sample", "--checkpoint", out / "checkpoint.safetensors", "--num-samples", 2, "--out", samples,
                      "steps=8")
     assert rc == 0, err
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
@@ -74,7 +74,7 @@ def test_a_truncated_checkpoint_is_one_clear_error(tmp_path, capsys):
     (folder / "config.json").write_text((FIXTURES / "bd3lm-hf" / "config.json").read_text())
     (folder / "model.safetensors").write_bytes((FIXTURES / "bd3lm-hf" / "model.safetensors").read_bytes()[:50_000])
     _one_error(*cli(capsys, "import", folder, "--out", tmp_path / "o")[::2], "model.safetensors")
-    assert not (tmp_path / "o" / "checkpoint.pt").exists()
+    assert not (tmp_path / "o" / "checkpoint.safetensors").exists()
 
 
 def test_a_wrong_family_file_is_one_clear_error(tmp_path, capsys):

@@ -184,7 +184,7 @@ def _checkpoint(tmp_path, corpus, name="ar", test_ppl=7.5):
     model = registry.build(name, preset="smoke", **corpus.model_fields())
     for p in model.parameters():  # random, non-zero head: the initial logits are all zero
         torch.nn.init.normal_(p, std=0.2)
-    path = tmp_path / f"{name}.pt"
+    path = tmp_path / f"{name}.safetensors"
     save_checkpoint(path, dict(model_name=name, model_config=model.config.to_dict(), model=model.state_dict(),
                                ema=None, corpus=corpus.spec(), metrics={"test_ppl": test_ppl}))
     return path, model.eval()

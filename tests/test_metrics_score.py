@@ -130,7 +130,7 @@ def test_score_refuses_an_ar_evaluator_trained_on_another_tokenizer(tmp_path, co
 
     other = load_corpus("synthetic", length=L, symbols=32, num_train=64, num_valid=64, num_test=64)
     model = registry.build("ar", preset="smoke", **other.model_fields())
-    ckpt = tmp_path / "ar.pt"
+    ckpt = tmp_path / "ar.safetensors"
     save_checkpoint(ckpt, dict(model_name="ar", model_config=model.config.to_dict(), model=model.state_dict(),
                                ema=None, corpus=other.spec(), metrics={}))
     path, _ = write_samples(tmp_path / "s.jsonl", corpus)
@@ -142,7 +142,7 @@ def test_score_with_an_ar_checkpoint_reports_its_stored_test_ppl(tmp_path, corpu
     from esolm.checkpoint import save_checkpoint
 
     model = registry.build("ar", preset="smoke", **corpus.model_fields())
-    ckpt = tmp_path / "ar.pt"
+    ckpt = tmp_path / "ar.safetensors"
     save_checkpoint(ckpt, dict(model_name="ar", model_config=model.config.to_dict(), model=model.state_dict(),
                                ema=None, corpus=corpus.spec(), metrics={"test_ppl": 42.0}))
     path, _ = write_samples(tmp_path / "s.jsonl", corpus)
@@ -174,7 +174,7 @@ def test_score_measures_the_test_ppl_of_an_ar_checkpoint_that_stored_none(tmp_pa
     from esolm.checkpoint import save_checkpoint
 
     model = registry.build("ar", preset="smoke", **corpus.model_fields())
-    ckpt = tmp_path / "ar.pt"
+    ckpt = tmp_path / "ar.safetensors"
     save_checkpoint(ckpt, dict(model_name="ar", model_config=model.config.to_dict(), model=model.state_dict(),
                                ema=None, corpus=corpus.spec(), metrics={"valid": {"ppl": 3.0}}))
     path, _ = write_samples(tmp_path / "s.jsonl", corpus)

@@ -11,28 +11,34 @@ from pathlib import Path
 
 import pytest
 
+from esolm import runs
+from esolm import runs as R
 from esolm.config import ConfigError
+from esolm.runs import RunConfig
+from esolm.train import train_config
 from experiments import pipeline
 from experiments import presets as P
 
 
 def micro(fail: bool = False) -> P.Preset:
     models = [
-        P.ModelEntry("ar", "ar", "AR", {}, [dict(steps=15)], nfe_equals_l=dict(steps=1)),
+        P.ModelEntry("ar", "ar", "AR", {}, [dict(steps=15)], nfe_equals_l=True),
         P.ModelEntry("esolm-b a0=0.5", "esolm-b", "Eso-LM (B)", {"alpha_0": 0.5}, [dict(steps=4, alpha_0_eval=0.5)],
-                     nfe_equals_l=dict(steps=10**6)),
+                     nfe_equals_l=True),
     ]
     if fail:  # a sweep point the model refuses: its job raises, the others must be kept
         models[0].sweep.append(dict(steps=15, not_an_option=1))
     return P.Preset(
-        name="micro-fail" if fail else "micro", description="tests", corpus="synthetic",
-        data=dict(length=16), backbone="smoke", backbone_overrides={},
-        train=dict(steps=12, batch_size=8, eval_every=0, checkpoint_every=4), train_preset="smoke",
-        models=models, evaluator="source", num_samples=4, sample_batch=4,
-        eval=dict(batch_size=8, max_batches=1, exact_orders=[1, 2], exact_max_sequences=8),
-        timing=dict(batch_size=2, trials=1, warmup=0), long_context=dict(lengths=[16], trials=1, warmup=0),
-        mauve=dict(featurizer="minilm", max_text_length=32),
-        slurm={"default": dict(time_min=10, array_parallelism=4)})
+        RunConfig(name="micro-fail" if fail else "micro", description="tests",
+                  data=R.Data("synthetic", length=16), backbone=runs.get("smoke").backbone,
+                  train=train_config("smoke", steps=12, batch_size=8, eval_every=0, checkpoint_every=4),
+                  eval=R.Eval(batch_size=8, max_batches=1, exact_orders=[1, 2], exact_max_sequences=8),
+                  sampling=R.Sampling(num_samples=4, batch_size=4),
+                  timing=R.Timing(batch_size=2, trials=1, warmup=0),
+                  long_context=R.LongContext(lengths=[16], trials=1, warmup=0),
+                  mauve=R.Mauve(featurizer="minilm", max_text_length=32),
+                  slurm={"default": dict(time_min=10, array_parallelism=4)}),
+        models=models, evaluator="source")
 
 
 @pytest.fixture(autouse=True)
@@ -56,16 +62,29 @@ def rows(results: Path) -> dict:
     for p in (results / "records").glob("*/*.json"):
         r = json.loads(p.read_text())
         for row in r["rows"] if "rows" in r else [dict(r["row"], name=r["name"])]:
-            out[row["name"]] = {k: v for k, v in row.items() if k not in TIMING_FIELDS}
+            flat = {**row["config"], **row["options"], **row["metrics"]}
+            out[row["name"]] = {k: v for k, v in flat.items() if k not in TIMING_FIELDS}
     return out
 
 
-def test_graph_keys_depend_on_config_and_code_version(tmp_path):
-    a = pipeline.build_graph(micro(), tmp_path, "code1")
-    b = pipeline.build_graph(micro(), tmp_path, "code1")
-    c = pipeline.build_graph(micro(), tmp_path, "code2")
+def test_graph_keys_depend_on_config_and_on_the_code_each_job_runs(tmp_path, monkeypatch):
+    from experiments import versions
+
+    a = pipeline.build_graph(micro(), tmp_path)
+    b = pipeline.build_graph(micro(), tmp_path)
     assert [j.key for j in a] == [j.key for j in b]
-    assert not set(j.key for j in a) & set(j.key for j in c)
+    # a change to AR's file: every job that builds or loads an AR is stale, Eso-LM's training is not
+    real = versions.file_hash
+    monkeypatch.setattr(versions, "file_hash", lambda f: real(f) + "x" if f == "baselines/ar.py" else real(f))
+    c = {j.name: j for j in pipeline.build_graph(micro(), tmp_path)}
+    changed = {j.name for j in a if c[j.name].key != j.key}
+    assert {"train/ar", "eval/ar/nelbo", "sample/ar/steps=15", "time/ar/steps=15", "longctx/L=16"} <= changed
+    assert not any(n.startswith(("train/esolm", "eval/esolm", "time/esolm")) for n in changed)
+    assert "baselines/ar.py" in c["train/ar"].code_files and "baselines/ar.py" not in c["train/esolm-b a0=0.5"].code_files
+    # a different configuration: a different key
+    d = micro()
+    d.models[0].sweep[0]["steps"] = 14
+    assert "time/ar/steps=14" in {j.name for j in pipeline.build_graph(d, tmp_path)}
     assert len({j.key for j in a}) == len(a)
     stages = {j.stage for j in a}
     assert stages == {"train", "eval", "sample", "time", "longctx"}
@@ -146,7 +165,7 @@ def test_a_training_job_cancelled_part_way_resumes_from_its_checkpoint(tmp_path,
     def killer():
         deadline = time.time() + 300
         while time.time() < deadline and not killed:
-            found = list((work / "micro" / "train").glob("*/checkpoint.pt"))
+            found = list((work / "micro" / "train").glob("*/checkpoint.safetensors"))
             if found:
                 subprocess.run(["scancel", "--name", "esolm-micro-train"], check=False)
                 killed.append(found)
@@ -181,13 +200,22 @@ def test_an_unknown_partition_fails_at_submit_with_the_known_ones(tmp_path):
                             slurm_overrides={"partition": "gpu-h100"})
 
 
-def test_code_version_ignores_docstrings_and_comments_but_not_code():
-    from experiments.jobs import _code_of
+def test_code_version_ignores_docstrings_and_comments_but_not_code(tmp_path, monkeypatch):
+    from experiments import versions
 
-    base = 'def f(x):\n    return x + 1\n'
-    documented = '"""Module."""\ndef f(x):\n    """Add one."""\n    # a comment\n    return x + 1  # why\n'
-    assert _code_of(base) == _code_of('"""Module."""\n' + base) == _code_of(documented)
-    assert _code_of(base) != _code_of('def f(x):\n    return x + 2\n')
+    lib = tmp_path / "esolm"
+    lib.mkdir()
+    (lib / "m.py").write_text('"""Doc."""\ndef f(x):\n    """Doc of f."""\n    return x + 1  # add one\n')
+    monkeypatch.setattr(versions, "ROOT", tmp_path)
+    versions.file_hash.cache_clear()
+    before = versions.file_hash("esolm/m.py")
+    (lib / "m.py").write_text('"""Other words."""\ndef f(x):\n    """Changed."""\n    # a new comment\n    return x + 1\n')
+    versions.file_hash.cache_clear()
+    assert versions.file_hash("esolm/m.py") == before
+    (lib / "m.py").write_text('"""Doc."""\ndef f(x):\n    return x + 2\n')
+    versions.file_hash.cache_clear()
+    assert versions.file_hash("esolm/m.py") != before
+    versions.file_hash.cache_clear()
 
 
 def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_cost():
@@ -196,7 +224,8 @@ def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_cost():
     def job(name, model=None, steps=None, **over):
         if not steps:
             return Job("time", name, dict(train="k"), {}, model=model)
-        return Job("train", name, dict(model=model, backbone="smoke", model_overrides=over, train=dict(steps=steps)),
+        return Job("train", name, dict(model=model, model_overrides={**runs.get("smoke").backbone_fields(), **over},
+                                       train=dict(steps=steps)),
                    {}, model=model)
 
     # tiny's training wave: the evaluator (AR, 1.5 x the steps), Eso-LM (B) at alpha_0 = 0.25
@@ -223,7 +252,7 @@ def test_a_job_another_preset_already_ran_is_reused_with_its_checkpoint_never_ov
 
     train = Job("train", "train/ar", dict(model="ar"), {}, key="k1")
     other_results, results = tmp_path / "results" / "tiny", tmp_path / "results" / "cpu"
-    ckpt = tmp_path / "runs" / "tiny" / "train" / "k1" / "checkpoint.pt"
+    ckpt = tmp_path / "runs" / "tiny" / "train" / "k1" / "checkpoint.safetensors"
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"weights")
     record_path(other_results, train).parent.mkdir(parents=True)
@@ -232,7 +261,7 @@ def test_a_job_another_preset_already_ran_is_reused_with_its_checkpoint_never_ov
     assert reuse_records([train], results, work) == ["tiny"]
     rec = json.loads(record_path(results, train).read_text())
     assert rec["reused_from"] == "tiny" and rec["row"] == {"a": 1}
-    assert (work / "train" / "k1" / "checkpoint.pt").read_bytes() == b"weights" == Path(rec["checkpoint"]).read_bytes()
+    assert (work / "train" / "k1" / "checkpoint.safetensors").read_bytes() == b"weights" == Path(rec["checkpoint"]).read_bytes()
     record_path(results, train).write_text(json.dumps(dict(mine=True)))  # a record of its own is kept
     assert reuse_records([train], results, work) == [] and json.loads(record_path(results, train).read_text()) == {"mine": True}
     missing = Job("eval", "eval/x", {}, {}, key="k2")
@@ -248,7 +277,7 @@ def test_longctx_times_every_method_of_a_length_side_by_side_interleaved(tmp_pat
     from experiments import aggregate, jobs
 
     preset = micro()
-    preset.long_context = dict(lengths=[16], trials=3, warmup=1)
+    preset.run.long_context = R.LongContext(lengths=[16], trials=3, warmup=1)
     graph = pipeline.build_graph(preset, tmp_path / "work", "code1")
     (lc,) = [j for j in graph if j.stage == "longctx"]
     names = [e["name"] for e in lc.config["entries"]]
@@ -269,7 +298,7 @@ def test_longctx_times_every_method_of_a_length_side_by_side_interleaved(tmp_pat
         return model
 
     monkeypatch.setattr(registry, "build", logged_build)
-    record = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1, "code1"))
+    record = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1))
     n = len(names)
     assert len(calls) == n * (1 + 3 + 3)  # warmup, whole calls, network passes only
     timed = calls[n:n + 3 * n]
@@ -278,9 +307,9 @@ def test_longctx_times_every_method_of_a_length_side_by_side_interleaved(tmp_pat
     assert per_trial[1] == per_trial[0][1:] + per_trial[0][:1]  # the order rotates
     assert [r["name"] for r in record["rows"]] == names
     assert all(len(record["metrics"]["methods"][m]["wall"]["trials"]) == 3 for m in names)
-    assert {r["group"] for r in record["rows"]} == {"AR", "Eso-LM (B)"} and all(r["time_mean_s"] > 0 for r in record["rows"])
+    assert {r["config"]["group"] for r in record["rows"]} == {"AR", "Eso-LM (B)"} and all(r["metrics"]["time_mean_s"] > 0 for r in record["rows"])
     df = aggregate.aggregate(preset, graph, tmp_path / "results", "code1")
-    lcrows = df[df.stage == "longctx"]
+    lcrows = df[df["config.stage"] == "longctx"]
     assert sorted(lcrows.name) == sorted(names) and set(lcrows.key) == {lc.key} and not lcrows.stale.any()
 
 
@@ -294,8 +323,8 @@ def test_a_preset_can_time_one_clock_only_halving_the_timing_stages(tmp_path, mo
     from experiments import jobs
 
     preset = micro()
-    preset.long_context = dict(lengths=[16], trials=2, warmup=1, profile=False)
-    preset.timing = dict(batch_size=2, trials=2, warmup=1, wall=False)
+    preset.run.long_context = R.LongContext(lengths=[16], trials=2, warmup=1, profile=False)
+    preset.run.timing = R.Timing(batch_size=2, trials=2, warmup=1, wall=False)
     graph = pipeline.build_graph(preset, tmp_path / "work", "code1")
     (lc,) = [j for j in graph if j.stage == "longctx"]
     assert lc.identity["profile"] is False
@@ -314,10 +343,10 @@ def test_a_preset_can_time_one_clock_only_halving_the_timing_stages(tmp_path, mo
         return model
 
     monkeypatch.setattr(registry, "build", lambda name, **kw: logged(build(name, **kw), name))
-    record = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1, "code1"))
+    record = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1))
     n = len(lc.config["entries"])
     assert len(calls) == n * (1 + 2) and not any(p for _, p in calls)  # warmup + 2 whole calls each
-    assert all(r["time_mean_s"] > 0 and r["profile_mean_s"] is None for r in record["rows"])
+    assert all(r["metrics"]["time_mean_s"] > 0 and r["metrics"]["profile_mean_s"] is None for r in record["rows"])
 
     # the sweep's timing job: network passes only, once per trial
     model = build("ar", preset="smoke", **lc.config["fields"]).eval()  # lengths=[16] = the data's L
@@ -326,16 +355,16 @@ def test_a_preset_can_time_one_clock_only_halving_the_timing_stages(tmp_path, mo
 
     monkeypatch.setattr(ck, "load_model", lambda path: (logged(model, "ar"), {}))
     tj = next(j for j in graph if j.stage == "time" and j.model == "ar")
-    rec = jobs.job_time(tj.payload("micro", tmp_path / "results", tmp_path / "work", 1, "code1"))
+    rec = jobs.job_time(tj.payload("micro", tmp_path / "results", tmp_path / "work", 1))
     assert calls == [("ar", True)] * (1 + 2)
-    assert rec["row"]["time_median_s"] > 0 and rec["row"]["wall_median_s"] is None
+    assert rec["row"]["metrics"]["time_median_s"] > 0 and rec["row"]["metrics"]["wall_median_s"] is None
 
 
 def test_a_model_entry_can_give_a_multi_pass_likelihood_every_k_on_all_exact_sequences(tmp_path):
     """By default a model whose exact likelihood takes L passes per order gets K = 1 on 1/8 of
     the exact sequences; its entry's own eval settings lift that (the cpu preset's Eso-LM (A))."""
     preset = micro()
-    preset.eval = dict(batch_size=4, max_batches=1, exact_orders=[1, 2], exact_max_sequences=16)
+    preset.run.eval = R.Eval(batch_size=4, max_batches=1, exact_orders=[1, 2], exact_max_sequences=16)
     preset.models.append(P.ModelEntry("esolm-a", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.5}, []))
     preset.models.append(P.ModelEntry("esolm-a own", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.5}, [],
                                       eval=dict(exact_orders=[1, 2], exact_max_sequences=16)))
@@ -346,3 +375,56 @@ def test_a_model_entry_can_give_a_multi_pass_likelihood_every_k_on_all_exact_seq
                                                                           "eval/esolm-a own/exact K=2"]
     assert evals["eval/esolm-a own/exact K=2"]["max_batches"] == 4  # all 16 sequences
     assert evals["eval/esolm-b a0=0.5/exact K=2"]["max_batches"] == 4
+
+
+def test_pareto_says_why_a_record_is_stale(tmp_path, monkeypatch):
+    from experiments import versions
+
+    results = tmp_path / "results"
+    graph = pipeline.build_graph(micro(), tmp_path)
+    job = next(j for j in graph if j.name == "train/ar")
+    path = pipeline.record_path(results, job)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(dict(name=job.name, key=job.key, finished="2026-01-01", code_files=job.code_files)))
+    assert pipeline.stale_reasons([job], results) == {}
+    real = versions.file_hash
+    monkeypatch.setattr(versions, "file_hash", lambda f: real(f) + "x" if f == "baselines/ar.py" else real(f))
+    new = next(j for j in pipeline.build_graph(micro(), tmp_path) if j.name == "train/ar")
+    assert pipeline.stale_reasons([new], results) == {"code changed in baselines/ar.py": 1}
+
+
+def test_a_new_model_is_one_file_and_one_registration(tmp_path, monkeypatch):
+    """tests/toy_model.py and one registration: the smoke run trains it, evaluates it, samples and
+    scores it, times it, puts it in the tables and draws it in the figures, with no other edit."""
+    import dataclasses
+
+    import pandas as pd
+
+    from analysis.pareto import draw_pareto
+    from analysis.tables import write_tables
+    from esolm import registry
+
+    monkeypatch.setattr(registry, "_BUILTIN", dict(registry._BUILTIN))
+    registry.register("toy", "toy_model:ToyLM")  # the one registration
+
+    def preset():
+        p = P.get("smoke")
+        p.run = dataclasses.replace(p.run, name="smoke-toy", long_context=R.LongContext(lengths=[]))
+        p.models = [P.ModelEntry("toy", "toy", "Toy", {}, [dict(steps=1), dict(steps=1, temperature=0.8)])]
+        return p
+
+    monkeypatch.setitem(P.PRESETS, "smoke-toy", preset)
+    out = pipeline.run_preset("smoke-toy", cluster="debug", results_root=tmp_path / "results", work_root=tmp_path / "w")
+    assert out["failed"] == 0
+    results = tmp_path / "results" / "smoke-toy"
+    df = pd.read_csv(results / "results.csv")
+    toy = df[df["config.model"].eq("toy")]
+    assert set(toy["config.stage"]) == {"train", "eval", "sample", "time"}
+    assert toy["display.family"].eq("Toy").all() and toy["display.colour"].eq("#949494").all()
+    sample = toy[toy["config.stage"].eq("sample")]
+    assert len(sample) == 2 and (sample["metrics.gen_ppl"] > 1).all() and list(sample["options.temperature"].dropna()) == [0.8]
+    assert (toy[toy["config.stage"].eq("time")]["metrics.time_median_s"] > 0).all()
+    tables = write_tables(results)
+    assert any("Toy" in p.read_text() for p in tables if p.suffix == ".md")
+    figures = draw_pareto(results)
+    assert figures and all(p.stat().st_size > 0 for p in figures)

@@ -20,6 +20,7 @@ import pytest
 from helpers import process_ids, slurm_up
 import torch
 
+from esolm.checkpoint import read_checkpoint
 from experiments import presets as P
 from experiments.pipeline import run_preset
 
@@ -65,10 +66,10 @@ def run(root: Path, cluster: str) -> dict:
 
 def trained(root: Path) -> tuple[dict, Path]:
     """(the checkpoint dict, its path): the one checkpoint of the one train job."""
-    ckpts = sorted((root / "runs" / NAME / "train").glob("*/checkpoint.pt"))
+    ckpts = sorted((root / "runs" / NAME / "train").glob("*/checkpoint.safetensors"))
     assert len(ckpts) == 1, ckpts
     assert not list(ckpts[0].parent.glob(".*.tmp")), "a temporary file was left behind"
-    return torch.load(ckpts[0], map_location="cpu", weights_only=False), ckpts[0]
+    return read_checkpoint(ckpts[0]), ckpts[0]
 
 
 def records(root: Path) -> list[Path]:
@@ -149,7 +150,7 @@ def test_requeued_two_task_job_resumes_on_both_ranks_and_ends_as_an_uninterrupte
     driver.start()
     work = root / "runs" / NAME / "train"
     deadline = time.monotonic() + WAIT_S
-    while not list(work.glob("*/checkpoint.pt")):
+    while not list(work.glob("*/checkpoint.safetensors")):
         assert time.monotonic() < deadline and driver.is_alive(), "the job never wrote its first checkpoint"
         time.sleep(0.1)
     _interrupt(cluster, root)

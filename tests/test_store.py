@@ -130,7 +130,7 @@ def checkpoints(tmp_path_factory):
         model = registry.build(name, preset="smoke", **corpus.model_fields())
         folder = tmp_path_factory.mktemp(name)
         fit(name, model, corpus, cfg, folder, progress=False)
-        out[name] = folder / "checkpoint.pt"
+        out[name] = folder / "checkpoint.safetensors"
     return out
 
 
@@ -204,7 +204,7 @@ def store(tmp_path):
     old = results / "records" / "train" / "feedfacefeedface.json"
     old.write_text(json.dumps(rec(stale, "feedfacefeedface")))
     (work / "train" / done.key).mkdir(parents=True)
-    (work / "train" / done.key / "checkpoint.pt").write_bytes(b"done")
+    (work / "train" / done.key / "checkpoint.safetensors").write_bytes(b"done")
     (work / "train" / "feedfacefeedface").mkdir(parents=True)
     for job, pid in ((failed, 2**22 + 1), (running, os.getpid())):
         note = submitted_path(results, job.key)
@@ -239,7 +239,7 @@ def test_clean_removes_only_what_is_named(store):
     assert proc.returncode == 0 and "removed 2 path(s)" in proc.stderr, proc.stderr
     assert not store["old"].exists() and not (store["work"] / "train" / "feedfacefeedface").exists()
     assert done_record.read_bytes() == before  # the finished result is untouched
-    assert (store["work"] / "train" / store["done"].key / "checkpoint.pt").read_bytes() == b"done"
+    assert (store["work"] / "train" / store["done"].key / "checkpoint.safetensors").read_bytes() == b"done"
     assert submitted_path(store["results"], store["failed"].key).exists()  # not named: kept
     proc = cli("clean", *args, "--failed")
     assert proc.returncode == 0 and not submitted_path(store["results"], store["failed"].key).exists()

@@ -39,7 +39,7 @@ def test_trained_model_falls_far_below_uniform_and_never_below_true_entropy(name
 
     corpus = synthetic()
     model, _ = train(name, corpus, tmp_path, steps=300, batch_size=32, lr=3e-3, warmup=20, ema=0.9)
-    model, _ = load_model(tmp_path / "checkpoint.pt")
+    model, _ = load_model(tmp_path / "checkpoint.safetensors")
     r = evaluate(model, corpus, "test", batch_size=64, progress=False)
     uniform = math.log(corpus.tokenizer.vocab_size - 1)
     floor = r["true_nll_per_token"]
@@ -59,8 +59,8 @@ def test_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
     model = registry.build("mdlm", preset="smoke", **corpus.model_fields())
     resumed = fit("mdlm", model, corpus, cfg, tmp_path / "b", progress=False)
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
-    a, _ = load_model(tmp_path / "a" / "checkpoint.pt")
-    b, _ = load_model(tmp_path / "b" / "checkpoint.pt")
+    a, _ = load_model(tmp_path / "a" / "checkpoint.safetensors")
+    b, _ = load_model(tmp_path / "b" / "checkpoint.safetensors")
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), k
 
@@ -68,10 +68,10 @@ def test_resumed_run_continues_exactly_as_an_uninterrupted_one(tmp_path):
 def test_a_run_directory_of_another_run_is_not_overwritten(tmp_path):
     corpus = synthetic(16)
     train("ar", corpus, tmp_path, steps=3)
-    before = (tmp_path / "checkpoint.pt").read_bytes()
+    before = (tmp_path / "checkpoint.safetensors").read_bytes()
     with pytest.raises(ConfigError, match="different run"):
         train("ar", corpus, tmp_path, steps=3, lr=5e-4)
-    assert (tmp_path / "checkpoint.pt").read_bytes() == before
+    assert (tmp_path / "checkpoint.safetensors").read_bytes() == before
 
 
 @pytest.mark.slow
@@ -114,7 +114,7 @@ def test_cli_unknown_key_lists_the_valid_ones():
 
 
 def test_cli_corrupt_checkpoint_gives_one_clear_error(tmp_path):
-    bad = tmp_path / "checkpoint.pt"
+    bad = tmp_path / "checkpoint.safetensors"
     bad.write_bytes(b"not a checkpoint at all")
     one_error(run_cli("eval", "--checkpoint", str(bad)), "corrupt", str(bad))
 
@@ -127,7 +127,7 @@ def test_cli_owt_offline_fails_at_once(tmp_path):
                    env={"HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"})
     one_error(proc, "openwebtext")
     assert time.perf_counter() - t0 < 60
-    assert not (tmp_path / "owt" / "checkpoint.pt").exists()
+    assert not (tmp_path / "owt" / "checkpoint.safetensors").exists()
 
 
 def test_cosine_schedule_warms_up_then_falls_to_its_floor_at_the_last_step():

@@ -63,3 +63,10 @@ def load_corpus(name: str, *, length: int, vocab_size: int | None = None, tokeni
 
         return hub.build(name, **kwargs)
     raise ConfigError(f"unknown corpus {name!r}; available corpora: {', '.join(_CORPORA)}")
+
+
+def corpus_from_spec(spec: dict) -> Corpus:
+    """The corpus a spec names: ``{"name": ..., "length": ..., ...}`` as ``Corpus.spec()``,
+    ``esolm.runs.Data.corpus_kwargs()`` and the records write it (the one constructor from a spec)."""
+    kwargs = dict(spec)
+    return load_corpus(kwargs.pop("name"), **kwargs)

@@ -2,16 +2,15 @@
 atomic writes, and the progress lines that say what is being built and where it went."""
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from esolm.checkpoint import atomic_write_bytes, atomic_write_json
+from esolm.io import atomic_write_bytes, atomic_write_json, content_hash
+from esolm.log import printer
 
 # Bump when the way documents become packed ids changes, so old caches are not reused.
 FORMAT_VERSION = 1
@@ -27,24 +26,20 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 def digest(*parts) -> str:
     """sha256 hex of a JSON-able description (strings, numbers, lists, dicts)."""
     blob = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
+    return content_hash(blob)
 
 
 def array_digest(array) -> str:
     """sha256 hex of an array's dtype, shape and bytes (numpy or torch)."""
     a = np.ascontiguousarray(array.numpy() if hasattr(array, "numpy") else array)
-    h = hashlib.sha256(f"{a.dtype}{a.shape}".encode())
-    h.update(a.tobytes())
-    return h.hexdigest()
+    return content_hash([f"{a.dtype}{a.shape}", a.tobytes()])
 
 
 def text_digest(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+    return content_hash(text)
 
 
-def log(message: str) -> None:
-    """One progress line on stderr (stdout stays free for results)."""
-    print(f"[esolm.data] {message}", file=sys.stderr, flush=True)
+log = printer("esolm.data")  # one progress line "[esolm.data] ..." on stderr (esolm.log)
 
 
 def save_array(path: Path, array: np.ndarray) -> None:

@@ -7,7 +7,6 @@ is trained on the train split only; each split is packed with a leading BOS per 
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from esolm.config import ConfigError, coerce
 from esolm.data.cache import FORMAT_VERSION, cache_root, digest, log, text_digest
 from esolm.data.corpus import SPLITS, Corpus, check_splits, load_splits, pack_with_bos, save_splits
 from esolm.data.tokenizer import load_tokenizer, package_file, train_bpe
+from esolm.io import content_hash
 
 OPTIONS = dict(valid_fraction=0.05, test_fraction=0.05)
 DEFAULT_BPE_SIZE = 2048
@@ -81,7 +81,16 @@ def split_documents(docs: list[Document], valid_fraction: float = 0.05,
         if not 0.0 < f < 0.5:
             raise ConfigError(f"{key} must lie in (0, 0.5); got {f}")
     total = sum(len(d.text) for d in docs)
-    order = sorted(docs, key=lambda d: hashlib.sha256(d.name.encode()).hexdigest())
+    out = _split_by_document(docs, valid_fraction, test_fraction, total)
+    if len(docs) >= 3 and out["train"] and sum(len(d.text) for d in out["train"]) >= total / 2:
+        return out
+    return _split_by_lines(docs, valid_fraction, test_fraction)
+
+
+def _split_by_document(docs: list[Document], valid_fraction: float, test_fraction: float,
+                       total: int) -> dict[str, list[Document]]:
+    """Whole documents in sha256-of-name order: valid, then test, each up to its share of ``total`` characters."""
+    order = sorted(docs, key=lambda d: content_hash(d.name))
     out: dict[str, list[Document]] = {s: [] for s in SPLITS}
     filled = {"valid": 0, "test": 0}
     for d in order:
@@ -90,9 +99,12 @@ def split_documents(docs: list[Document], valid_fraction: float = 0.05,
         out[target].append(d)
         if target != "train":
             filled[target] += len(d.text)
-    if len(docs) >= 3 and out["train"] and sum(len(d.text) for d in out["train"]) >= total / 2:
-        return out
-    out = {s: [] for s in SPLITS}
+    return out
+
+
+def _split_by_lines(docs: list[Document], valid_fraction: float, test_fraction: float) -> dict[str, list[Document]]:
+    """Every document cut at line breaks: its first part to train, the next to valid, the last to test."""
+    out: dict[str, list[Document]] = {s: [] for s in SPLITS}
     for d in docs:
         n = len(d.text)
         a = _line_break_at(d.text, int(n * (1 - valid_fraction - test_fraction)))
@@ -113,23 +125,10 @@ def _line_break_at(text: str, i: int) -> int:
 def build(name: str, docs: list[Document], *, length: int, vocab_size: int | None = None,
           tokenizer: str | None = None, seed: int = 0, cache_dir=None, **options) -> Corpus:
     """Split, tokenize (training a BPE on train when ``tokenizer`` is "bpe"), pack, cache."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise ConfigError(f"unknown option(s) {unknown} for corpus {name!r}; options: {', '.join(OPTIONS)}")
-    if length < 2:
-        raise ConfigError(f"length must be >= 2; got {length}")
-    opts = {k: coerce(v, float, k) for k, v in {**OPTIONS, **options}.items()}
+    opts = _options(name, length, options)
     parts = split_documents(docs, float(opts["valid_fraction"]), float(opts["test_fraction"]))
     tok_spec = tokenizer or "bpe"
-    if tok_spec == "bpe":
-        vocab_size = int(vocab_size or DEFAULT_BPE_SIZE)
-        train = parts["train"]
-        tok = train_bpe([d.text for d in train], vocab_size, digest([d.digest for d in train]), cache_dir)
-    elif tok_spec in ("gpt2", "bert-base-uncased"):
-        vocab_size, tok = None, load_tokenizer(tok_spec)
-    else:
-        raise ConfigError(f"tokenizer {tok_spec!r} is not available for corpus {name!r}; "
-                          "use 'bpe' (the default, trained on the train split), 'gpt2' or 'bert-base-uncased'")
+    vocab_size, tok = _tokenizer(name, tok_spec, vocab_size, parts["train"], cache_dir)
     content = {s: [d.digest for d in parts[s]] for s in SPLITS}
     key = digest(FORMAT_VERSION, "bos-packed", content, tok.fingerprint, length)
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name if name == "shakespeare" else "text-" + Path(name[5:]).name)
@@ -137,19 +136,45 @@ def build(name: str, docs: list[Document], *, length: int, vocab_size: int | Non
     documents = {s: [d.name for d in parts[s]] for s in SPLITS}
     loaded = load_splits(folder)
     if loaded is None:
-        size_mb = sum(len(d.text) for d in docs) / 1e6
-        log(f"tokenizing {name} ({len(docs)} documents, {size_mb:.1f} MB) with {tok.name} and packing "
-            f"sequences of {length} ...")
-        arrays = {}
-        for s in SPLITS:
-            ids = tok.encode_batch([d.text for d in parts[s]])
-            arrays[s] = pack_with_bos(ids, length, tok.bos_id, tok.eos_id)
-        check_splits(name, arrays, length)
-        save_splits(folder, arrays, tok.vocab_size, dict(corpus=name, tokenizer=tok.name, length=length,
-                                                          documents=documents, fingerprint=key))
-        log(f"cached {name}: " + ", ".join(f"{s} {a.shape[0]}x{length}" for s, a in arrays.items())
-            + f" at {folder}")
+        _pack_and_save(name, docs, parts, tok, length, folder, dict(corpus=name, tokenizer=tok.name, length=length,
+                                                                    documents=documents, fingerprint=key))
         loaded = load_splits(folder)
     splits, _ = loaded
     settings = dict(vocab_size=vocab_size, tokenizer=tok_spec, seed=int(seed), **opts)
     return Corpus(name, tok, length, splits, key, settings=settings, documents=documents, cache_path=folder)
+
+
+def _options(name: str, length: int, options: dict) -> dict:
+    """The corpus options (OPTIONS with ``options`` over them) as floats; unknown ones and length < 2 refused."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {unknown} for corpus {name!r}; options: {', '.join(OPTIONS)}")
+    if length < 2:
+        raise ConfigError(f"length must be >= 2; got {length}")
+    return {k: coerce(v, float, k) for k, v in {**OPTIONS, **options}.items()}
+
+
+def _tokenizer(name: str, tok_spec: str, vocab_size: int | None, train: list[Document], cache_dir):
+    """(vocab_size setting, tokenizer): a BPE trained on the train documents, or a released one."""
+    if tok_spec == "bpe":
+        vocab_size = int(vocab_size or DEFAULT_BPE_SIZE)
+        return vocab_size, train_bpe([d.text for d in train], vocab_size, digest([d.digest for d in train]), cache_dir)
+    if tok_spec in ("gpt2", "bert-base-uncased"):
+        return None, load_tokenizer(tok_spec)
+    raise ConfigError(f"tokenizer {tok_spec!r} is not available for corpus {name!r}; "
+                      "use 'bpe' (the default, trained on the train split), 'gpt2' or 'bert-base-uncased'")
+
+
+def _pack_and_save(name: str, docs: list[Document], parts: dict, tok, length: int, folder: Path, meta: dict) -> None:
+    """Tokenize each split, pack it into BOS-led sequences of ``length`` and cache it in ``folder``."""
+    size_mb = sum(len(d.text) for d in docs) / 1e6
+    log(f"tokenizing {name} ({len(docs)} documents, {size_mb:.1f} MB) with {tok.name} and packing "
+        f"sequences of {length} ...")
+    arrays = {}
+    for s in SPLITS:
+        ids = tok.encode_batch([d.text for d in parts[s]])
+        arrays[s] = pack_with_bos(ids, length, tok.bos_id, tok.eos_id)
+    check_splits(name, arrays, length)
+    save_splits(folder, arrays, tok.vocab_size, meta)
+    log(f"cached {name}: " + ", ".join(f"{s} {a.shape[0]}x{length}" for s, a in arrays.items())
+        + f" at {folder}")

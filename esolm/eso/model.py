@@ -14,12 +14,12 @@ from typing import Literal
 import torch
 
 from esolm import masks
-from esolm.backbone import Backbone
+from esolm.backbone import Backbone, in_inference_mode
 from esolm.config import ConfigError, ModelConfig, _check
 from esolm.diffusion import forward_mask, local_times, ones_like_valid, target_logprob
 from esolm.eso import ordering as order
 from esolm.eso.sampler import sample as eso_sample
-from esolm.interface import NLL, Capabilities, LanguageModel, LossOutput, SampleOutput
+from esolm.interface import NLL, Capabilities, Display, LanguageModel, LossOutput, SampleOptions, SampleOutput
 from esolm.likelihood import iw_nll
 from esolm.schedules import LogLinear, stratified_times
 
@@ -83,6 +83,16 @@ class EsoConfig(ModelConfig):
             _check(0.0 <= self.alpha_0_eval <= 1.0, f"alpha_0_eval must lie in [0, 1]; got {self.alpha_0_eval}")
 
 
+@dataclass
+class EsoSampleOptions(SampleOptions):
+    alpha_0_eval: float | None = None  # the sampling alpha_0 (None: config.alpha_0_eval, else the training one)
+    sampler: Literal["binomial", "block"] = "binomial"  # binomial schedule, or the subcontext sampler (7.8)
+    block_steps: int | None = None  # block sampler: residue classes (default: steps)
+    block_shuffle: bool = True  # block sampler: shuffle within each class
+    subcontext_len: int | None = None  # alias of block_steps
+    subcontext_shuffle: bool | None = None  # alias of block_shuffle
+
+
 class EsoLM(LanguageModel, abc.ABC):
     """The shared Eso-LM: hybrid NELBO, IW exact likelihood and the sampler of sampler.py.
 
@@ -92,6 +102,7 @@ class EsoLM(LanguageModel, abc.ABC):
     """
 
     config_class = EsoConfig
+    sample_options_class = EsoSampleOptions
     sequential_mode: str  # sort mode of the sequential half (7.4)
 
     def __init__(self, config: EsoConfig):
@@ -181,7 +192,7 @@ class EsoLM(LanguageModel, abc.ABC):
         return LossOutput(loss=tm.R + tm.D_objective, nll_sum=((tm.R + tm.D).detach() * n_tok),
                           num_tokens=n_tok)
 
-    @torch.no_grad()
+    @in_inference_mode
     def nll(self, tokens, *, exact=False, valid=None, num_orders: int = 1, generator=None, **opts) -> NLL:
         """NELBO (default) or the IW any-order bound over ``num_orders`` orders (7.10).
 
@@ -237,7 +248,7 @@ class EsoLM(LanguageModel, abc.ABC):
         """Mask of the fed sorted slots [a, end) (queries) over keys [0, end), given that slots
         < num_clean are clean; ``causal`` is the additive causal [L, L] mask for cached steps."""
 
-    @torch.no_grad()
+    @in_inference_mode
     def sample(self, num_samples, *, length=None, steps, top_p=1.0, kv_cache=True, generator=None,
                profile=False, alpha_0_eval: float | None = None, sampler: str = "binomial",
                block_steps: int | None = None, block_shuffle: bool = True, subcontext_len: int | None = None,
@@ -253,8 +264,12 @@ class EsoLMB(EsoLM):
     """Eso-LM (B), the paper's flagship: causal attention in the sorted order in both
     phases, so one exact KV cache serves every sampling step (7.5.1, 7.5.3, 7.9)."""
 
-    capabilities = Capabilities(parallel_generation=True, kv_cache=True,
-                                exact_likelihood=True, single_pass_likelihood=True)
+    capabilities = Capabilities(kv_cache=True, exact_likelihood=True, single_pass_likelihood=True,
+                                nfe_equals_l=dict(steps=10**6))  # T = 10^6: about one token per step
+
+    @classmethod
+    def display(cls, config: EsoConfig) -> Display:
+        return Display("Eso-LM (B)", "Eso-LM (B)", "#029e73", order=1000, shade_by="alpha_0")
     sequential_mode = order.SHUFFLE_CLEAN
 
     def diffusion_mask(self, num_clean, length):
@@ -291,8 +306,11 @@ class EsoLMA(EsoLM):
     Hence ``single_pass_likelihood`` is False for (A).
     """
 
-    capabilities = Capabilities(parallel_generation=True, kv_cache=True,
-                                exact_likelihood=True, single_pass_likelihood=False)
+    capabilities = Capabilities(kv_cache=True, exact_likelihood=True, single_pass_likelihood=False)
+
+    @classmethod
+    def display(cls, config: EsoConfig) -> Display:
+        return Display("Eso-LM (A)", "Eso-LM (A)", "#56b4e9", order=1001, shade_by="alpha_0")
     sequential_mode = order.NATURAL
     pass_batch = 64  # rows per network call in order_logliks
 

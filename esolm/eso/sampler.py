@@ -24,10 +24,10 @@ from dataclasses import dataclass
 import torch
 
 from esolm import masks
-from esolm.backbone import KVCache
 from esolm.config import ConfigError, coerce
 from esolm.eso import ordering as order
 from esolm.interface import Clock, SampleOutput
+from esolm.kv_cache import KVCache
 from esolm.sampling import sample_categorical
 
 
@@ -59,7 +59,7 @@ def decode(model, sigma: torch.Tensor, sizes: list[int], n_mdm: int, *, top_p: f
     cache = model.backbone.new_cache(B, L) if usable else None
     clock = clock or Clock(sigma.device)
     # rows [a, end) x keys [0, end) of this additive causal mask = a cached step's mask (L^2 entries)
-    causal = None if cache is None else torch.zeros(L, L, dtype=cache.k[0].dtype, device=sigma.device).masked_fill_(
+    causal = None if cache is None else torch.zeros(L, L, dtype=cache.dtype, device=sigma.device).masked_fill_(
         ~masks.causal(L, sigma.device), float("-inf"))
     start = 0
     for i, k in enumerate(sizes):
@@ -70,7 +70,7 @@ def decode(model, sigma: torch.Tensor, sizes: list[int], n_mdm: int, *, top_p: f
         with clock.region(profile):
             logits = model.backbone(z[:, a:end], sigma[:, a:end], mask, cache=cache if use else None, last=k)
         if use:
-            cache.advance(start - cache.length)  # the tokens sampled before this step are final
+            cache.commit(start - a)  # the tokens sampled before this step are final
         if teacher is not None:
             z[:, start:end] = teacher[:, start:end]
         elif not profile:

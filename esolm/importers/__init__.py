@@ -2,7 +2,7 @@
 
     from esolm.importers import import_checkpoint, save_imported
     state, info = import_checkpoint("esolm-b.ckpt")            # EMA weights by default
-    save_imported(state, info, "runs/imported/esolm-b")        # checkpoint.pt + import.json
+    save_imported(state, info, "runs/imported/esolm-b")        # checkpoint.safetensors (+ .json) + import.json
 
 Sources: a Lightning ``.ckpt``, a Hugging Face folder, or ``hf:ORG/NAME`` (see ``sources``).
 The Lightning pickles are read by a restricted unpickler (``safe_pickle``): no omegaconf, no
@@ -128,11 +128,13 @@ def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None
 
 
 def save_imported(state: dict, info: dict, out: str | Path) -> Path:
-    """Write ``out/checkpoint.pt`` and ``out/import.json`` atomically; returns the checkpoint path."""
-    from esolm.checkpoint import atomic_write_json, save_checkpoint
+    """Write ``out/checkpoint.safetensors`` (with its JSON) and ``out/import.json`` atomically;
+    returns the checkpoint path."""
+    from esolm.checkpoint import NAME, save_checkpoint
+    from esolm.io import atomic_write_json
 
     out = Path(out)
-    path = save_checkpoint(out / "checkpoint.pt", state)
+    path = save_checkpoint(out / NAME, state)
     atomic_write_json(out / "import.json", info)
     return path
 
@@ -141,7 +143,9 @@ def is_external(source: str | Path) -> bool:
     """Does ``--checkpoint`` name an authors' file (imported on the fly) rather than a harness checkpoint?"""
     s = str(source)
     p = Path(s)
-    return s.startswith("hf:") or s.endswith(".ckpt") or (p.is_dir() and not (p / "checkpoint.pt").exists())
+    from esolm.checkpoint import checkpoint_in
+
+    return s.startswith("hf:") or s.endswith(".ckpt") or (p.is_dir() and checkpoint_in(p) is None)
 
 
 def ensure_checkpoint(source: str | Path, *, ema: bool | None = None, root: str | Path = "runs/imported",
@@ -150,16 +154,17 @@ def ensure_checkpoint(source: str | Path, *, ema: bool | None = None, root: str 
     under ``root/<name>-<weights>/``, reused when it was imported from the same file before."""
     import json
 
+    from esolm.checkpoint import NAME, checkpoint_in
     from esolm.data.cache import digest
 
     if not is_external(source):
-        return Path(source) / "checkpoint.pt" if Path(source).is_dir() else Path(source)
+        return checkpoint_in(source) if Path(source).is_dir() else Path(source)
     s = str(source)
     stem = s[3:].replace("/", "_") if s.startswith("hf:") else Path(s).name.removesuffix(".ckpt")
     p = Path(s)
     stamp = (p.stat().st_size, p.stat().st_mtime_ns) if p.exists() and p.is_file() else None
     out = Path(root) / f"{stem}-{'live' if ema is False else 'ema'}-{digest(s, stamp)[:8]}"
-    ckpt = out / "checkpoint.pt"
+    ckpt = out / NAME
     if ckpt.is_file() and (out / "import.json").is_file():
         log(f"using the import of {s} at {ckpt} ({json.loads((out / 'import.json').read_text())['weights']})")
         return ckpt
@@ -174,12 +179,11 @@ def load_check(model, corpus_spec: dict, *, batches: int = 2, batch_size: int = 
     evaluated on, beside the uniform value ln V; ``warning`` is set when it is near uniform
     (weights not loaded, or a model of other data). Data that cannot be loaded here is reported
     as skipped (e.g. OWT offline), not an error. ``spec``: the loaded corpus's full spec."""
-    from esolm.data import load_corpus
+    from esolm.data import corpus_from_spec
     from esolm.evaluate import evaluate
 
-    spec = dict(corpus_spec)
     try:
-        corpus = load_corpus(spec.pop("name"), **spec)
+        corpus = corpus_from_spec(corpus_spec)
     except ConfigError as e:
         return dict(skipped=f"the evaluation data is not available here: {e}")
     fields, cfg = corpus.model_fields(), model.config

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ import torch
 from esolm.config import ConfigError
 from esolm.importers.dit import INV_FREQ, strip_prefixes
 from esolm.importers.safe_pickle import load_lightning, plain
+from esolm.io import file_hash
 
 HF_EXTRAS = ("sampling_eps_min", "sampling_eps_max")  # BD3-LM's clipped noise interval (0-dim buffers)
 
@@ -38,14 +38,6 @@ class Raw:
     ema: dict | None  # the same names, EMA values; None when the file has none
     extras: dict = field(default_factory=dict)  # values with no backbone counterpart
     meta: dict = field(default_factory=dict)  # step, versions, config excerpt, sha256
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------------------ Lightning
@@ -66,42 +58,75 @@ def _family_lightning(cfg: dict, source: str) -> tuple[str, dict]:
     if tc is True:
         raise ConfigError(f"{source}: time_conditioning=True; the harness models feed sigma = 0 as the authors' "
                           f"released models do, so a time-conditioned checkpoint is not supported")
-    fields = {}
     if name == "esolm":
-        modes = (algo.get("diffusion_attn_mode"), algo.get("sequential_attn_mode"))
-        family = {("causal", "causal"): "esolm-b", ("mixed2", "mixed"): "esolm-a"}.get(modes)
-        if family is None:
-            raise ConfigError(f"{source}: Eso-LM attention modes (diffusion, sequential) = {modes}; the harness has "
-                              f"(B) = ('causal', 'causal') and (A) = ('mixed2', 'mixed')")
-        fields["alpha_0"] = float(algo["alpha_0"])
-        if algo.get("batch_split") is not None:
-            fields["batch_split"] = float(algo["batch_split"])
-        if algo.get("loss_type") in ("elbo", "low_var"):
-            fields["loss_type"] = algo["loss_type"]
-        return family, fields
+        return _esolm_family(algo, source)
     if name == "bd3lm":
-        block = cfg.get("block_size", _get(cfg, "algo.block_size"))
-        if not isinstance(block, int):
-            raise ConfigError(f"{source}: a BD3-LM config without an integer block_size (got {block!r})")
-        return "bd3lm", dict(block_size=block)
+        return _bd3lm_family(cfg, source)
     if name == "mdlm" or (name is None and cfg.get("parameterization") == "subs"
                           and cfg.get("backbone", "dit") == "dit"):
-        T = cfg.get("T", _get(cfg, "algo.T", 0))
-        if T not in (0, None):
-            raise ConfigError(f"{source}: MDLM with T={T} (discrete time); the harness's MDLM is the "
-                              f"continuous-time (T = 0) model the authors released")
-        noise = _get(cfg, "noise.type", "loglinear")
-        if noise != "loglinear":
-            raise ConfigError(f"{source}: MDLM with noise {noise!r}; the harness implements the log-linear schedule")
-        return "mdlm", fields
+        return _mdlm_family(cfg, source)
     what = name or cfg.get("parameterization") or "unknown"
     raise ConfigError(f"{source}: a Lightning checkpoint of algorithm {what!r}; the importer reads MDLM, BD3-LM "
                       f"and Eso-LM (A)/(B) checkpoints (AR, SEDD and others are not supported)")
 
 
+def _esolm_family(algo: dict, source: str) -> tuple[str, dict]:
+    """Eso-LM (A) or (B) from the two attention modes, with alpha_0, batch_split and the loss."""
+    modes = (algo.get("diffusion_attn_mode"), algo.get("sequential_attn_mode"))
+    family = {("causal", "causal"): "esolm-b", ("mixed2", "mixed"): "esolm-a"}.get(modes)
+    if family is None:
+        raise ConfigError(f"{source}: Eso-LM attention modes (diffusion, sequential) = {modes}; the harness has "
+                          f"(B) = ('causal', 'causal') and (A) = ('mixed2', 'mixed')")
+    fields = {"alpha_0": float(algo["alpha_0"])}
+    if algo.get("batch_split") is not None:
+        fields["batch_split"] = float(algo["batch_split"])
+    if algo.get("loss_type") in ("elbo", "low_var"):
+        fields["loss_type"] = algo["loss_type"]
+    return family, fields
+
+
+def _bd3lm_family(cfg: dict, source: str) -> tuple[str, dict]:
+    block = cfg.get("block_size", _get(cfg, "algo.block_size"))
+    if not isinstance(block, int):
+        raise ConfigError(f"{source}: a BD3-LM config without an integer block_size (got {block!r})")
+    return "bd3lm", dict(block_size=block)
+
+
+def _mdlm_family(cfg: dict, source: str) -> tuple[str, dict]:
+    """MDLM, only in continuous time (T = 0) with the log-linear schedule."""
+    T = cfg.get("T", _get(cfg, "algo.T", 0))
+    if T not in (0, None):
+        raise ConfigError(f"{source}: MDLM with T={T} (discrete time); the harness's MDLM is the "
+                          f"continuous-time (T = 0) model the authors released")
+    noise = _get(cfg, "noise.type", "loglinear")
+    if noise != "loglinear":
+        raise ConfigError(f"{source}: MDLM with noise {noise!r}; the harness implements the log-linear schedule")
+    return "mdlm", {}
+
+
 def read_lightning(path: Path) -> Raw:
     state = load_lightning(path)
     src = str(path)
+    hp, cfg = _lightning_config(state, src)
+    family, fields = _family_lightning(cfg, src)
+    model = cfg["model"]
+    fields.update(_model_fields(model, src))
+    live_all = dict(state["state_dict"])
+    live, _ = strip_prefixes(live_all, src)
+    ema, ema_error = _lightning_ema(state, live_all, src)
+    for key, value in list(fields.items()):
+        if isinstance(value, str) and value.startswith("${"):
+            raise ConfigError(f"{src}: config field {key} is an unresolved interpolation {value!r}; pass {key}=VALUE")
+    meta = dict(global_step=state.get("global_step"), epoch=state.get("epoch"),
+                lightning_version=state.get("pytorch-lightning_version"),
+                ema_decay=(state.get("ema") or {}).get("decay"), config_model=model,
+                config_algo=cfg.get("algo") or {k: cfg.get(k) for k in ("backbone", "parameterization", "T")},
+                hp_vocab_size=hp.get("vocab_size"), ema_error=ema_error)
+    return Raw(src, "lightning", family, fields, model.get("n_heads"), live, ema, {}, meta)
+
+
+def _lightning_config(state: dict, src: str) -> tuple[dict, dict]:
+    """(hyper_parameters, plain Hydra config) of an authors' Lightning checkpoint; a clear error otherwise."""
     if {"model_name", "model_config", "model"} <= set(state):
         raise ConfigError(f"{src} is already a harness checkpoint (written by run.py train / import); pass it to "
                           f"eval / sample with --checkpoint as it is")
@@ -113,31 +138,29 @@ def read_lightning(path: Path) -> Raw:
     if not isinstance(cfg, dict) or not isinstance(cfg.get("model"), dict):
         raise ConfigError(f"{src}: hyper_parameters has no Hydra config with a model group; not a checkpoint of "
                           f"the MDLM / BD3-LM / Eso-LMs trainers")
-    family, fields = _family_lightning(cfg, src)
-    model = cfg["model"]
+    return hp, cfg
+
+
+def _model_fields(model: dict, src: str) -> dict:
+    """length and dropout from the config's model group (an untied head only)."""
     if model.get("tie_word_embeddings"):
         raise ConfigError(f"{src}: tie_word_embeddings=True; the harness's head is untied")
+    fields = {}
     if isinstance(model.get("length"), int):
         fields["length"] = model["length"]
     if isinstance(model.get("dropout"), (int, float)):
         fields["dropout"] = float(model["dropout"])
-    live_all = dict(state["state_dict"])
-    live, _ = strip_prefixes(live_all, src)
-    ema, ema_error = None, None
-    if isinstance(state.get("ema"), dict) and state["ema"].get("shadow_params"):  # EMA off: absent or []
-        try:  # an EMA that cannot be matched is an error only when it is asked for
-            ema = _shadow_to_names(live_all, list(state["ema"]["shadow_params"]), src)
-        except ConfigError as e:
-            ema_error = str(e)
-    for key, value in list(fields.items()):
-        if isinstance(value, str) and value.startswith("${"):
-            raise ConfigError(f"{src}: config field {key} is an unresolved interpolation {value!r}; pass {key}=VALUE")
-    meta = dict(global_step=state.get("global_step"), epoch=state.get("epoch"),
-                lightning_version=state.get("pytorch-lightning_version"),
-                ema_decay=(state.get("ema") or {}).get("decay"), config_model=model,
-                config_algo=cfg.get("algo") or {k: cfg.get(k) for k in ("backbone", "parameterization", "T")},
-                hp_vocab_size=hp.get("vocab_size"), ema_error=ema_error)
-    return Raw(src, "lightning", family, fields, model.get("n_heads"), live, ema, {}, meta)
+    return fields
+
+
+def _lightning_ema(state: dict, live_all: dict, src: str) -> tuple[dict | None, str | None]:
+    """(EMA weights by name, None) or (None, why they cannot be matched); (None, None) with EMA off."""
+    if not (isinstance(state.get("ema"), dict) and state["ema"].get("shadow_params")):  # EMA off: absent or []
+        return None, None
+    try:  # an EMA that cannot be matched is an error only when it is asked for
+        return _shadow_to_names(live_all, list(state["ema"]["shadow_params"]), src), None
+    except ConfigError as e:
+        return None, str(e)
 
 
 def _shadow_to_names(state_dict: dict, shadow: list, source: str) -> dict:
@@ -262,5 +285,5 @@ def read_source(source: str) -> Raw:
         raise ConfigError(f"checkpoint source {source} does not exist; pass a Lightning .ckpt, a Hugging Face "
                           f"folder (config.json + model.safetensors) or hf:ORG/NAME")
     raw = read_lightning(path)
-    raw.meta["sha256"] = sha256(path)
+    raw.meta["sha256"] = file_hash(path)
     return raw

@@ -140,9 +140,10 @@ class CheckpointEvaluator(Evaluator):
         from esolm.checkpoint import load_model
 
         model, state = load_model(path, device=device)
-        if not hasattr(model, "next_token_logprobs"):
-            raise ConfigError(f"checkpoint {path} holds a {state['model_name']!r} model, but a gen-PPL evaluator must be "
-                              f"an AR checkpoint (next_token_logprobs); train one with `run.py train --model ar ...`")
+        if not model.capabilities.next_token_scoring:
+            raise ConfigError(f"checkpoint {path} holds a {state['model_name']!r} model, but a gen-PPL evaluator must "
+                              f"be an AR checkpoint, or another model that scores text left to right "
+                              f"(capabilities.next_token_scoring); train one with `run.py train --model ar ...`")
         spec = dict(state.get("corpus") or {})
         if corpus is None or getattr(corpus, "spec", lambda: None)() != spec:
             corpus = load_corpus_spec(spec, f"the corpus of evaluator checkpoint {path}")
@@ -228,7 +229,7 @@ class HFEvaluator(Evaluator):
 
 # ------------------------------------------------------------------ lookup
 def load_evaluator(spec: str, *, device="cpu", corpus=None) -> Evaluator:
-    """``"source"`` (needs the synthetic ``corpus``), a harness ``.pt`` checkpoint, a local
+    """``"source"`` (needs the synthetic ``corpus``), a harness ``.safetensors`` checkpoint, a local
     transformers folder, or a hub name (offline: only if cached; else a ConfigError)."""
     if not spec:
         raise ConfigError("no evaluator given; pass --evaluator source (synthetic corpus), a path to an AR "
@@ -248,21 +249,21 @@ def load_evaluator(spec: str, *, device="cpu", corpus=None) -> Evaluator:
             raise ConfigError(f"evaluator folder {path} has no config.json; save the model and its tokenizer there "
                               f"with save_pretrained(), or pass an AR checkpoint file")
         return HFEvaluator(str(path), device=device)
-    if spec.endswith((".pt", ".pth", ".ckpt")) or spec.startswith((".", "/", "~")):
+    if spec.endswith((".safetensors", ".pt", ".pth", ".ckpt")) or spec.startswith((".", "/", "~")):
         raise ConfigError(f"evaluator {spec} does not exist; pass an existing checkpoint file or model folder")
     return HFEvaluator(spec, device=device)
 
 
 def load_corpus_spec(spec: dict, what: str):
     """``load_corpus(**spec)`` with a message naming ``what`` when it cannot be rebuilt."""
-    from esolm.data import load_corpus
+    from esolm.data import corpus_from_spec
 
     kw = dict(spec or {})
     if "name" not in kw:
         raise ConfigError(f"{what} is not recorded (no corpus name); re-create the file with `run.py`")
     name = kw.pop("name")
     try:
-        return load_corpus(name, **kw)
+        return corpus_from_spec(dict(spec))
     except ConfigError as e:
         raise ConfigError(f"cannot rebuild {what} ({name}, {kw}): {e}") from None
 

@@ -13,12 +13,12 @@ replaced unless ``overwrite=True``; pass ``out=`` to keep both.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import sys
 from pathlib import Path
 
 from esolm.config import ConfigError
+from esolm.io import content_hash, file_hash
+from esolm.log import printer
 from esolm.metrics.entropy import entropy_summary
 from esolm.metrics.evaluators import load_corpus_spec, load_evaluator
 from esolm.metrics.genppl import gen_ppl
@@ -95,54 +95,35 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     ``gen_ppl_ref_pad``: also the gen PPL under the authors' padding rule (a sample with no EOS
     scores its first pad as EOS; docs/reference_switches.md) in gen_ppl["gen_ppl_ref_pad"].
     """
-    from esolm.checkpoint import atomic_write_json
+    from esolm.io import atomic_write_json
 
-    say = _say if progress else (lambda *_: None)
+    say = printer("score") if progress else (lambda *_: None)
     path = Path(samples_path)
     records = read_samples(path)
     corpus = _samples_corpus(records, corpus, path)
     tok = corpus.tokenizer
     check_samples(records, tok, path)
-    if evaluator is None:
-        if getattr(corpus, "source", None) is None:
-            raise ConfigError("no evaluator given; pass --evaluator with an AR checkpoint of this harness, a local "
-                              "transformers folder or a hub name (only the synthetic corpus defaults to 'source')")
-        evaluator = "source"
+    evaluator = _default_evaluator(evaluator, corpus)
     tokens = [r["tokens"] for r in records]
     max_length = int(max_length or max(len(t) for t in tokens))
-    inputs = dict(samples_sha256=hashlib.sha256(path.read_bytes()).hexdigest(), evaluator=_evaluator_id(evaluator),
-                  max_length=max_length, mauve=bool(mauve), featurizer=featurizer if mauve else None,
-                  mauve_seed=mauve_seed if mauve else None, max_text_length=max_text_length if mauve else None,
-                  references=_digest(references) if references is not None else "corpus test split",
-                  self_bleu_samples=self_bleu_samples, metrics_version=METRICS_VERSION)
-    if gen_ppl_ref_pad:
-        inputs["gen_ppl_ref_pad"] = True
+    inputs = _inputs(path, evaluator, max_length, references, self_bleu_samples, gen_ppl_ref_pad,
+                     dict(featurizer=featurizer, mauve_seed=mauve_seed, max_text_length=max_text_length) if mauve
+                     else None)
     out = Path(out) if out is not None else metrics_path(path)
 
     refs = _references(references, corpus, len(records)) if mauve else None
     say(f"scoring {len(records)} samples of {records[0].get('model')} from {path}")
     ev = load_evaluator(evaluator, device=device, corpus=corpus)
-    if ev.kind == "checkpoint" and getattr(ev, "tokenizer_fingerprint", None) != tok.fingerprint:
-        raise ConfigError(f"evaluator {ev.name} uses tokenizer {ev.tokenizer_name}, the samples {tok.name}; an AR "
-                          f"evaluator must be trained on the samples' corpus (or use a transformers causal LM)")
+    _check_evaluator_tokenizer(ev, tok)
     _check_overwrite(out, inputs, overwrite)
     say(f"gen PPL under {ev.name} ({ev.num_parameters} parameters), truncation {max_length}, context {ev.max_length}")
-    texts = [r["text"] for r in records]
-    result_ppl = gen_ppl(texts, ev, max_length=max_length, batch_size=batch_size, progress=progress,
-                         ref_pad=gen_ppl_ref_pad)
-    if ev.test_ppl is None:
-        test_texts = corpus.texts("test", min(len(records), len(corpus.splits["test"])), skip_special=False)
-        ev.measure_test_ppl(test_texts, max_length=max_length, batch_size=batch_size)
-        result_ppl["evaluator"] = ev.describe()
+    result_ppl = _gen_ppl(records, ev, corpus, max_length=max_length, batch_size=batch_size, progress=progress,
+                          ref_pad=gen_ppl_ref_pad)
     clean = tok.decode_batch(tokens, skip_special=True)
     result = dict(
         samples=str(path), path=str(out), inputs=inputs, num_samples=len(records),
-        **{k: records[0].get(k) for k in ("model", "checkpoint", "config", "corpus", "tokenizer", "steps", "top_p",
-                                          "seed", "options")},
-        gen_ppl=result_ppl, entropy=entropy_summary(tokens),
-        self_bleu=dict(self_bleu=self_bleu(clean, max_samples=self_bleu_samples), n_gram=4,
-                       max_samples=self_bleu_samples, words="whitespace split, special tokens stripped",
-                       smoothing="nltk method1") if len(clean) >= 2 else None,
+        **{k: records[0].get(k) for k in _RECORD_FIELDS},
+        gen_ppl=result_ppl, entropy=entropy_summary(tokens), self_bleu=_self_bleu_summary(clean, self_bleu_samples),
         nfe=_nfe_summary(records), timing=_timing_summary(records), environment=environment_fingerprint(device))
     result["mauve"] = None
     if mauve:
@@ -153,6 +134,62 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     say(f"gen PPL {result_ppl['gen_ppl']:.3f}, entropy {result['entropy']['mean']:.3f}"
         + (f", MAUVE {result['mauve']['mauve']:.4f}" if result["mauve"] else "") + f"; wrote {out}")
     return result
+
+
+# what the metrics JSON copies from the first sample record
+_RECORD_FIELDS = ("model", "checkpoint", "config", "corpus", "tokenizer", "steps", "top_p", "seed", "options")
+
+
+def _default_evaluator(evaluator: str | None, corpus) -> str:
+    """``evaluator``, or "source" on a corpus that has one (the synthetic corpus)."""
+    if evaluator is not None:
+        return evaluator
+    if getattr(corpus, "source", None) is None:
+        raise ConfigError("no evaluator given; pass --evaluator with an AR checkpoint of this harness, a local "
+                          "transformers folder or a hub name (only the synthetic corpus defaults to 'source')")
+    return "source"
+
+
+def _inputs(path: Path, evaluator: str, max_length: int, references: list[str] | None, self_bleu_samples: int,
+            gen_ppl_ref_pad: bool, mauve: dict | None) -> dict:
+    """Every setting that changes a number (the overwrite rule compares these); ``mauve``: its
+    settings (featurizer, mauve_seed, max_text_length), None when MAUVE is off."""
+    mauve_on = mauve is not None
+    mauve = mauve or {}
+    inputs = dict(samples_sha256=file_hash(path), evaluator=_evaluator_id(evaluator),
+                  max_length=max_length, mauve=mauve_on, featurizer=mauve.get("featurizer"),
+                  mauve_seed=mauve.get("mauve_seed"), max_text_length=mauve.get("max_text_length"),
+                  references=_digest(references) if references is not None else "corpus test split",
+                  self_bleu_samples=self_bleu_samples, metrics_version=METRICS_VERSION)
+    if gen_ppl_ref_pad:
+        inputs["gen_ppl_ref_pad"] = True
+    return inputs
+
+
+def _check_evaluator_tokenizer(ev, tok) -> None:
+    if ev.kind == "checkpoint" and getattr(ev, "tokenizer_fingerprint", None) != tok.fingerprint:
+        raise ConfigError(f"evaluator {ev.name} uses tokenizer {ev.tokenizer_name}, the samples {tok.name}; an AR "
+                          f"evaluator must be trained on the samples' corpus (or use a transformers causal LM)")
+
+
+def _gen_ppl(records: list[dict], ev, corpus, *, max_length: int, batch_size: int, progress: bool,
+             ref_pad: bool) -> dict:
+    """Gen PPL of the samples' texts under ``ev``; the evaluator's own test PPL is measured on the
+    corpus's test split when it does not carry one."""
+    texts = [r["text"] for r in records]
+    result = gen_ppl(texts, ev, max_length=max_length, batch_size=batch_size, progress=progress, ref_pad=ref_pad)
+    if ev.test_ppl is None:
+        test_texts = corpus.texts("test", min(len(records), len(corpus.splits["test"])), skip_special=False)
+        ev.measure_test_ppl(test_texts, max_length=max_length, batch_size=batch_size)
+        result["evaluator"] = ev.describe()
+    return result
+
+
+def _self_bleu_summary(clean: list[str], max_samples: int) -> dict | None:
+    if len(clean) < 2:
+        return None
+    return dict(self_bleu=self_bleu(clean, max_samples=max_samples), n_gram=4, max_samples=max_samples,
+                words="whitespace split, special tokens stripped", smoothing="nltk method1")
 
 
 def _samples_corpus(records: list[dict], corpus, path: Path):
@@ -248,8 +285,4 @@ def _canon(obj) -> str:
 
 
 def _digest(texts: list[str]) -> str:
-    return hashlib.sha256(json.dumps(list(texts)).encode()).hexdigest()
-
-
-def _say(message: str) -> None:
-    print(f"[score] {message}", file=sys.stderr, flush=True)
+    return content_hash(json.dumps(list(texts)))

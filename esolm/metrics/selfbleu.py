@@ -22,38 +22,50 @@ def self_bleu(texts, n_gram: int = 4, max_samples: int | None = 500, seed: int =
     ``texts``: strings, or already-tokenized lists. With more than ``max_samples`` texts a
     seeded random subset of that size serves as both hypotheses and references.
     """
-    from nltk.translate.bleu_score import Fraction, SmoothingFunction, brevity_penalty
     from nltk.util import ngrams
 
+    docs = _subset(_documents(texts, n_gram), max_samples, seed)
+    tables = [_leave_one_out_table([Counter(ngrams(d, n)) for d in docs]) for n in range(1, n_gram + 1)]
+    lengths = [len(d) for d in docs]
+    scores = [_sentence_bleu(i, len(doc), tables, lengths, n_gram) for i, doc in enumerate(docs)]
+    return float(sum(scores) / len(scores))
+
+
+def _documents(texts, n_gram: int) -> list[list]:
     docs = [t.split() if isinstance(t, str) else list(t) for t in texts]
     if len(docs) < 2:
         raise ConfigError(f"self-BLEU needs at least 2 samples; got {len(docs)}")
     if n_gram < 1:
         raise ConfigError(f"n_gram must be >= 1; got {n_gram}")
-    if max_samples is not None and len(docs) > max_samples:
-        if max_samples < 2:
-            raise ConfigError(f"max_samples must be >= 2; got {max_samples}")
-        docs = [docs[i] for i in sorted(random.Random(seed).sample(range(len(docs)), max_samples))]
-    tables = [_leave_one_out_table([Counter(ngrams(d, n)) for d in docs]) for n in range(1, n_gram + 1)]
-    lengths = [len(d) for d in docs]
+    return docs
+
+
+def _subset(docs: list[list], max_samples: int | None, seed: int) -> list[list]:
+    """A seeded random ``max_samples`` of ``docs`` (in their order) when there are more."""
+    if max_samples is None or len(docs) <= max_samples:
+        return docs
+    if max_samples < 2:
+        raise ConfigError(f"max_samples must be >= 2; got {max_samples}")
+    return [docs[i] for i in sorted(random.Random(seed).sample(range(len(docs)), max_samples))]
+
+
+def _sentence_bleu(i: int, hyp_len: int, tables, lengths: list[int], n_gram: int) -> float:
+    """nltk's ``sentence_bleu`` of document ``i`` against all the others (uniform weights, method 1)."""
+    from nltk.translate.bleu_score import Fraction, SmoothingFunction, brevity_penalty
+
+    p_n = []
+    for counts, best in tables:
+        hyp = counts[i]
+        clipped = sum(min(c, _max_other(best, g, i)) for g, c in hyp.items())
+        p_n.append(Fraction(clipped, max(1, sum(hyp.values())), _normalize=False))
+    if p_n[0].numerator == 0:
+        return 0.0
+    others = lengths[:i] + lengths[i + 1:]
+    ref_len = min(others, key=lambda r: (abs(r - hyp_len), r))
+    bp = brevity_penalty(ref_len, hyp_len)
+    p_n = SmoothingFunction().method1(p_n, hyp_len=hyp_len)
     weights = (1.0 / n_gram,) * n_gram
-    smooth = SmoothingFunction().method1
-    scores = []
-    for i, doc in enumerate(docs):
-        p_n = []
-        for n, (counts, best) in enumerate(tables, start=1):
-            hyp = counts[i]
-            clipped = sum(min(c, _max_other(best, g, i)) for g, c in hyp.items())
-            p_n.append(Fraction(clipped, max(1, sum(hyp.values())), _normalize=False))
-        if p_n[0].numerator == 0:
-            scores.append(0.0)
-            continue
-        others = lengths[:i] + lengths[i + 1:]
-        ref_len = min(others, key=lambda r: (abs(r - len(doc)), r))
-        bp = brevity_penalty(ref_len, len(doc))
-        p_n = smooth(p_n, hyp_len=len(doc))
-        scores.append(bp * math.exp(math.fsum(w * math.log(p) for w, p in zip(weights, p_n) if p > 0)))
-    return float(sum(scores) / len(scores))
+    return bp * math.exp(math.fsum(w * math.log(p) for w, p in zip(weights, p_n) if p > 0))
 
 
 def _leave_one_out_table(counts: list[Counter]):
