@@ -213,8 +213,21 @@ def paper(corpus: str) -> RunConfig:
     )
 
 
+def spec_tiny() -> RunConfig:
+    """The spec's "tiny" backbone (2.1: 256 wide, 8 layers, 8 heads, d_h = 32, cond 128) on a
+    BPE-2048 Shakespeare, 300 steps x 16: the backbone of the benchmarks (tests/bench)."""
+    return RunConfig(
+        name="spec-tiny", description="the spec's tiny backbone, BPE-2048 shakespeare, L=128, 300 steps",
+        data=Data("shakespeare", length=128, vocab_size=2048),
+        backbone=Backbone(d_model=256, n_layers=8, n_heads=8, cond_dim=128, dropout=0.1),
+        train=_train(steps=300, batch_size=16, lr=2e-3, warmup=30, ema=0.98, eval_every=100, log_every=25,
+                     checkpoint_every=100),
+    )
+
+
 RUNS = {
     "smoke": smoke,
+    "spec-tiny": spec_tiny,
     "tiny": lambda: _cpu("tiny", f"byte-level shakespeare, L=128, 4x128 backbone, {CPU_STEPS} steps"),
     "cpu": lambda: _cpu("cpu", f"byte-level shakespeare, L=128, 4x128 backbone, {CPU_STEPS} steps"),
     "paper-owt": lambda: paper("owt"),

@@ -65,6 +65,7 @@ class TrainConfig:
             raise ConfigError(f"min_lr_ratio must lie in [0, 1]; got {self.min_lr_ratio}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16; got {self.precision!r}")
+        check_train_config(self)
 
 
 def train_config(preset: str | None = None, **overrides) -> TrainConfig:
@@ -305,7 +306,6 @@ class _Run:
 def _setup(model_name: str, model, corpus, cfg: TrainConfig, out: Path, log) -> _Run:
     """This process's place, per-rank seeds (spec 9), the model on its device, AdamW, the EMA
     and the data stream of a fresh run."""
-    check_train_config(cfg)
     rank, world, _ = setup_distributed()
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":

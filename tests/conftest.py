@@ -28,7 +28,7 @@ def pytest_addoption(parser):
     g.addoption("--bench-vocab", type=int, default=None, help="vocabulary size (default 50258, GPT-2 + mask)")
     g.addoption("--bench-alt-vocab", type=int, default=None,
                 help="second vocabulary for the AR / Eso-LM (B) cached pair (default 2049; 0 = skip)")
-    g.addoption("--bench-preset", default=None, help="backbone preset (default tiny: d=256, 8 layers, 8 heads)")
+    g.addoption("--bench-preset", default=None, help="run name whose backbone is timed (default spec-tiny: d=256, 8 layers, 8 heads)")
     g.addoption("--bench-out", default=None,
                 help="JSON path (default results/bench/<device>-<date>.json; full runs also "
                      "overwrite results/bench/<device>-latest.json)")

@@ -183,7 +183,8 @@ class CheckpointEvaluator(Evaluator):
         handle = backbone.head.register_forward_pre_hook(lambda module, args: captured.update(h=args[0]))
         try:
             ids = ids.to(self.model.device)
-            backbone(ids, torch.arange(ids.shape[1], device=ids.device), "causal")
+            with backbone.inference():  # the fast paths, as the model's own scoring uses them
+                backbone(ids, torch.arange(ids.shape[1], device=ids.device), "causal")
         finally:
             handle.remove()
         return captured["h"]
