@@ -3,6 +3,7 @@
 A "micro" preset (synthetic corpus, true-source evaluator, two small models, one sweep point
 each) keeps every test to a minute or two; the full smoke preset runs in CI through the CLI.
 """
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -151,7 +152,7 @@ def test_a_training_job_cancelled_part_way_resumes_from_its_checkpoint(tmp_path,
     says so) and ends with the records of an uninterrupted run."""
     def long_micro():
         p = micro()
-        p.train = dict(p.train, steps=2000, checkpoint_every=50)
+        p.run.train = dataclasses.replace(p.run.train, steps=2000, checkpoint_every=50)
         return p
 
     monkeypatch.setitem(P.PRESETS, "micro", long_micro)
