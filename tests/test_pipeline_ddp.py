@@ -42,13 +42,16 @@ CLUSTERS = ["local", pytest.param("slurm", marks=[pytest.mark.slurm, pytest.mark
 
 def preset(tasks: int) -> P.Preset:
     """One AR train job of the pareto graph (nothing else is run: stages={"train"})."""
-    return dataclasses.replace(
-        P.smoke(), name=NAME, corpus="synthetic", data=dict(length=16),
-        models=[P.ModelEntry("ar", "ar", "AR", {}, [])], evaluator="source",
-        train=dict(steps=STEPS, batch_size=GLOBAL_BATCH, eval_every=0, checkpoint_every=CHECKPOINT_EVERY,
-                   ema=0.0, lr=3e-3, warmup=2),
-        long_context=dict(lengths=[], trials=1, warmup=0),
+    from esolm import runs
+    from esolm.train import train_config
+
+    run = dataclasses.replace(
+        runs.get("smoke"), name=NAME, data=runs.Data("synthetic", length=16),
+        train=train_config("smoke", steps=STEPS, batch_size=GLOBAL_BATCH, eval_every=0,
+                           checkpoint_every=CHECKPOINT_EVERY, ema=0.0, lr=3e-3, warmup=2),
+        long_context=runs.LongContext(lengths=[], trials=1, warmup=0),
         slurm={"default": dict(time_min=10, cpus_per_task=1), "train": dict(tasks_per_node=tasks)})
+    return P.Preset(run, models=[P.ModelEntry("ar", "ar", "AR", {}, [])], evaluator="source")
 
 
 @pytest.fixture
@@ -116,7 +119,9 @@ def test_two_task_train_job_is_one_process_group_and_matches_one_process(cluster
     assert state["step"] == single["step"] == STEPS
     # float tolerance: the two halves' mean gradients are averaged instead of one mean over the
     # batch; Adam magnifies the rounding on entries whose gradient is ~0 (rare tokens' embeddings)
-    for (k, p), q in zip(state["model"].items(), single["model"].values()):
+    assert state["model"].keys() == single["model"].keys()
+    for k, p in state["model"].items():
+        q = single["model"][k]
         torch.testing.assert_close(p, q, rtol=1e-3, atol=2e-4, msg=lambda s, k=k: f"{k}: {s}")
         assert (p - q).abs().mean() < 1e-6, k
 
@@ -164,8 +169,10 @@ def test_requeued_two_task_job_resumes_on_both_ranks_and_ends_as_an_uninterrupte
     assert state["step"] == STEPS
     sums = state["metrics"]["rank_parameter_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
-    for (k, p), q in zip(state["model"].items(), _uninterrupted[cluster]["model"].values()):
-        assert torch.equal(p, q), k
+    ref = _uninterrupted[cluster]["model"]
+    assert state["model"].keys() == ref.keys()
+    for k, p in state["model"].items():
+        assert torch.equal(p, ref[k]), k
     assert len(records(root)) == 1
 
 

@@ -69,8 +69,8 @@ def test_paper_owt_released_offline_fails_at_once_naming_the_missing_weights_and
 def test_both_released_presets_are_registered():
     assert {"paper-owt-released", "paper-lm1b-released"} <= set(P.PRESETS)
     owt = P.get("paper-owt-released")
-    assert owt.eval["exact_orders"][-1] == 1000 and set(owt.zero_shot) == set(ZERO_SHOT)
-    assert owt.evaluator == "gpt2-large" and owt.mauve["featurizer"] == "answerdotai/ModernBERT-large"
+    assert owt.run.eval.exact_orders[-1] == 1000 and set(owt.zero_shot) == set(ZERO_SHOT)
+    assert owt.evaluator == "gpt2-large" and owt.run.mauve.featurizer == "answerdotai/ModernBERT-large"
 
 
 def test_every_zero_shot_corpus_loads_from_its_saved_standin(tmp_path):
@@ -108,6 +108,6 @@ def test_the_released_graph_on_standins_imports_evaluates_and_writes_every_table
     assert {"table14_mdlm", "table15_bd3lm", "sweep_esolm-b"} <= tables, tables  # Tables 13-15 (gen PPL, MAUVE, time)
     # the "train" jobs imported the fixtures (EMA weights) instead of training
     records = [json.loads(p.read_text()) for p in (results / "records" / "train").glob("*.json")]
-    assert len(records) == 3 and all(r["row"]["weights"].split()[0] in ("ema", "published") for r in records)
+    assert len(records) == 3 and all(r["row"]["config"]["weights"].split()[0] in ("ema", "published") for r in records)
     t5 = (results / "tables" / "table5_zero_shot.csv").read_text()
     assert all(n in t5.splitlines()[0] for n in ZERO_SHOT)
