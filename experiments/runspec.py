@@ -8,6 +8,7 @@ first. A key that no section owns is one error listing them all.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,8 +49,9 @@ class RunSpec:
         return spec, {s: routed[s] for s in (first or {})}
 
     # -- resolved pieces --------------------------------------------------------------
-    def run(self) -> runs.RunConfig:
-        """The run name's config with this run's data, backbone and training keys."""
+    @functools.cached_property
+    def config(self) -> runs.RunConfig:
+        """The run name's config with this run's data, backbone and training keys (built once)."""
         pairs = {f"{s}.{k}": v for s, kv in self.overrides.items() if s != "model" for k, v in kv.items()}
         if self.corpus:
             pairs.setdefault("data.corpus", self.corpus)
@@ -57,19 +59,19 @@ class RunSpec:
 
     @property
     def corpus_name(self) -> str:
-        return self.run().data.corpus
+        return self.config.data.corpus
 
     def load_corpus(self):
         from esolm.data import corpus_from_spec
 
-        return corpus_from_spec(self.run().data.corpus_kwargs())
+        return corpus_from_spec(self.config.data.corpus_kwargs())
 
     def build_model(self, corpus):
-        return registry.build(self.model, **self.run().backbone_fields(), **corpus.model_fields(),
+        return registry.build(self.model, **self.config.backbone_fields(), **corpus.model_fields(),
                               **self.overrides.get("model", {}))
 
     def train_config(self) -> TrainConfig:
-        return self.run().train
+        return self.config.train
 
     def key(self) -> str:
         blob = json.dumps({"model": self.overrides.get("model", {}), "train": self.overrides.get("train", {}),
