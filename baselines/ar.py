@@ -66,14 +66,13 @@ class AR(LanguageModel):
         return NLL(per_sequence=nll, num_tokens=valid.sum(1))
 
     @in_inference_mode
-    def sample(self, num_samples, *, length=None, steps=None, top_p=1.0, kv_cache=True,
-               generator=None, profile=False, **opts) -> SampleOutput:
+    def generate(self, num_samples, options, *, generator=None, profile=False) -> SampleOutput:
         """Left to right from BOS: L - 1 network calls (``steps`` is ignored: NFE = L - 1)."""
-        length = self.check_sample_args(length, steps or 1, top_p)
+        length, top_p = self.sample_length(options), options.top_p
         dev = self.device
         x = torch.full((num_samples, length), self.config.bos_id, dtype=torch.long, device=dev)
         clock = Clock(dev)
-        cache = self.backbone.new_cache(num_samples, length) if kv_cache else None
+        cache = self.backbone.new_cache(num_samples, length) if options.kv_cache else None
         positions = torch.arange(length, device=dev)  # sliced per step: no host-to-device copy
         with clock.region(not profile):
             for i in range(length - 1):

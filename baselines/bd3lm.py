@@ -285,10 +285,13 @@ class BD3LM(LanguageModel):
         return self.search_clip_interval(batches) if self.config.clip else None
 
     # -- sampling (6.4) ---------------------------------------------------------------------------
+    def sample(self, num_samples, *, generator=None, profile=False, on_step=None, **options) -> SampleOutput:
+        """As ``LanguageModel.sample``; ``on_step(block, z, logits)`` sees every denoising pass."""
+        return self.generate(num_samples, self.options(options), generator=generator, profile=profile,
+                             on_step=on_step)
+
     @in_inference_mode
-    def sample(self, num_samples, *, length=None, steps=None, top_p=1.0, kv_cache=True, generator=None,
-               profile=False, steps_per_block: int | None = None, sampler: str = "ancestral",
-               nucleus: str = "bd3", on_step=None, reference_grid: bool = False, **opts) -> SampleOutput:
+    def generate(self, num_samples, options, *, generator=None, profile=False, on_step=None) -> SampleOutput:
         """Block by block (6.4), BOS first; ``steps`` is the total T and each block gets
         T' = T / (L / L') steps unless ``steps_per_block`` is given.
 
@@ -296,44 +299,45 @@ class BD3LM(LanguageModel):
         "first_hitting" (one uniformly chosen masked position per step and row; needs T' >= L').
         nucleus: "bd3" (BD3-LM's own filter: keep inclusive cumulative mass <= p, top-1 always;
         the paper ran BD3 this way) or "eso" (5.6, as AR / MDLM / Eso-LM). kv_cache=False
-        recomputes the clean prefix at every step. on_step(block, z, logits) sees every denoising
-        pass. NFE counts every network call, store passes included (the last block is never
-        stored: nothing reads it).
+        recomputes the clean prefix at every step. NFE counts every network call, store passes
+        included (the last block is never stored: nothing reads it).
         reference_grid: the authors' per-block grid t = linspace(1, 0, T') with s = t - 1/T'
         (ancestral only; off by default): its last step sits at t = 0 and fills every mask still
         there with one fixed token, REFERENCE_FILL_TOKEN (docs/reference_switches.md).
         """
-        bs = self.block_size
-        length = self.config.length if length is None else int(length)
-        if length % bs:
-            raise ConfigError(f"BD3-LM samples whole blocks: length={length} must be a multiple of "
-                              f"block_size={bs}")
-        n_blocks = length // bs
-        if steps_per_block is None:
-            if steps is None or int(steps) < n_blocks or int(steps) % n_blocks:
-                raise ConfigError(
-                    f"steps={steps} must be a positive multiple of the number of blocks L/L' = {n_blocks} "
-                    f"(each block gets T' = steps / {n_blocks}, spec 6.4); pass such a steps or steps_per_block")
-            steps_per_block = int(steps) // n_blocks
-        steps_per_block = int(steps_per_block)
-        self.check_sample_args(length, steps_per_block * n_blocks, top_p)
-        if sampler not in ("ancestral", "first_hitting"):
-            raise ConfigError(f"unknown BD3-LM sampler {sampler!r}; choose 'ancestral' or 'first_hitting'")
-        if nucleus not in ("bd3", "eso"):
-            raise ConfigError(f"unknown nucleus variant {nucleus!r}; choose 'bd3' or 'eso'")
-        if sampler == "first_hitting" and steps_per_block < bs:
-            raise ConfigError(f"first_hitting unmasks one token per step, so it needs steps_per_block >= "
-                              f"block_size={bs}; got {steps_per_block}")
-        if reference_grid and sampler != "ancestral":
-            raise ConfigError("reference_grid is the authors' ancestral time grid; it needs sampler='ancestral'")
+        length = self.sample_length(options)
+        steps_per_block = self._steps_per_block(length, options)
         z = torch.full((num_samples, length), self.config.mask_id, dtype=torch.long, device=self.device)
         z[:, 0] = self.config.bos_id
         clock = Clock(self.device)
         with clock.region(not profile):
-            counts = sample_blocks(self, z, steps_per_block=steps_per_block, top_p=top_p, kv_cache=kv_cache,
-                                   generator=generator, profile=profile, sampler=sampler, nucleus=nucleus,
-                                   on_step=on_step, clock=clock, reference_grid=bool(reference_grid))
-        extra = dict(counts, steps_per_block=steps_per_block, sampler=sampler, nucleus=nucleus,
-                     reference_grid=bool(reference_grid))
+            counts = sample_blocks(self, z, steps_per_block, options, generator=generator, profile=profile,
+                                   clock=clock, on_step=on_step)
+        extra = dict(counts, steps_per_block=steps_per_block, sampler=options.sampler, nucleus=options.nucleus,
+                     reference_grid=options.reference_grid)
         return SampleOutput(tokens=z, nfe=counts["denoise_passes"] + counts["store_passes"],
                             seconds=clock.seconds, extra=extra)
+
+    def _steps_per_block(self, length: int, options: BD3SampleOptions) -> int:
+        """T' of every block, checked against the block size and the sampler."""
+        bs = self.block_size
+        if length % bs:
+            raise ConfigError(f"BD3-LM samples whole blocks: length={length} must be a multiple of "
+                              f"block_size={bs}")
+        n_blocks, steps = length // bs, options.steps
+        if options.steps_per_block is not None:
+            steps_per_block = int(options.steps_per_block)
+            if steps_per_block < 1:
+                raise ConfigError(f"steps_per_block must be >= 1; got {steps_per_block}")
+        elif steps is None or int(steps) < n_blocks or int(steps) % n_blocks:
+            raise ConfigError(
+                f"steps={steps} must be a positive multiple of the number of blocks L/L' = {n_blocks} "
+                f"(each block gets T' = steps / {n_blocks}, spec 6.4); pass such a steps or steps_per_block")
+        else:
+            steps_per_block = int(steps) // n_blocks
+        if options.sampler == "first_hitting" and steps_per_block < bs:
+            raise ConfigError(f"first_hitting unmasks one token per step, so it needs steps_per_block >= "
+                              f"block_size={bs}; got {steps_per_block}")
+        if options.reference_grid and options.sampler != "ancestral":
+            raise ConfigError("reference_grid is the authors' ancestral time grid; it needs sampler='ancestral'")
+        return steps_per_block

@@ -39,24 +39,24 @@ def draw_tokens(logits: torch.Tensor, top_p: float, nucleus: str, generator=None
     return draw(filtered, generator)
 
 
-def sample_blocks(model, z: torch.Tensor, *, steps_per_block: int, top_p: float, kv_cache: bool,
-                  generator, profile: bool, sampler: str, nucleus: str, on_step, clock,
-                  reference_grid: bool = False) -> dict:
+def sample_blocks(model, z: torch.Tensor, steps_per_block: int, options, *, generator, profile: bool,
+                  clock, on_step=None) -> dict:
     """Fill ``z`` [B, length] (masks, BOS at 0) in place, block by block; returns pass counts.
 
     With ``profile`` only the network passes run (inside ``clock``); tokens stay masks.
     """
     B, length = z.shape
     bs, m = model.block_size, model.config.mask_id
-    cache = model.new_cache(B, length) if kv_cache else None
+    top_p, nucleus = options.top_p, options.nucleus
+    cache = model.new_cache(B, length) if options.kv_cache else None
     counts = {"denoise_passes": 0, "store_passes": 0}
 
     for b in range(length // bs):
         start, end = b * bs, (b + 1) * bs
         block = z[:, start:end]  # a view: writes land in z
         denoise = partial(_denoise, model, z, b, bs, cache, clock, profile, counts, on_step)
-        fill = _ancestral if sampler == "ancestral" else _first_hitting
-        if reference_grid:
+        fill = _ancestral if options.sampler == "ancestral" else _first_hitting
+        if options.reference_grid:
             fill = partial(_ancestral, grid=reference_unmask_probs(steps_per_block))
         fill(block, m, steps_per_block, denoise, top_p, nucleus, generator, profile)
         if cache is not None and end < length:  # the store pass (6.4 step 3)

@@ -8,12 +8,12 @@ from typing import Literal
 import torch
 
 from esolm.backbone import Backbone, in_inference_mode
-from esolm.config import ConfigError, ModelConfig
+from esolm.config import ModelConfig
 from esolm.diffusion import forward_mask, local_times, ones_like_valid, target_logprob
 from esolm.interface import NLL, Capabilities, Clock, Display, LanguageModel, LossOutput, SampleOptions, SampleOutput
 from esolm.likelihood import iw_nll, proposal_order
 from esolm.sampling import fill_slots, nucleus_filter, sample_categorical, sample_from_probs
-from esolm.schedules import LogLinear, binomial_schedule, stratified_times
+from esolm.schedules import LogLinear, stratified_times
 
 
 @dataclass
@@ -102,8 +102,7 @@ class MDLM(LanguageModel):
         return out.view(B, L).sum(1)
 
     @in_inference_mode
-    def sample(self, num_samples, *, length=None, steps, top_p=1.0, kv_cache=True, generator=None,
-               profile=False, sampler: str = "schedule", reuse_px0: bool = True, **opts) -> SampleOutput:
+    def generate(self, num_samples, options, *, generator=None, profile=False) -> SampleOutput:
         """Ancestral sampling over ``steps`` steps (spec 5.5), float64 nucleus and draw.
 
         sampler="ancestral" is spec 5.5 step by step (p(x0) reused while nothing changes
@@ -112,14 +111,12 @@ class MDLM(LanguageModel):
         binomial chain, 5.7), then only the non-empty steps, so T = 10^6 costs what its NFE
         costs. MDLM has no KV cache: ``kv_cache`` is ignored (capabilities.kv_cache=False).
         """
-        length = self.check_sample_args(length, steps, top_p)
-        if sampler not in ("schedule", "ancestral"):
-            raise ConfigError(f"unknown MDLM sampler {sampler!r}; choose 'schedule' or 'ancestral'")
+        length, steps, top_p = self.sample_length(options), options.required_steps(self.name), options.top_p
         z = torch.full((num_samples, length), self.config.mask_id, dtype=torch.long, device=self.device)
         clock = Clock(self.device)
-        if sampler == "ancestral":
+        if options.sampler == "ancestral":
             with clock.region(True):
-                nfe = self._ancestral(z, steps, top_p, generator, reuse_px0)
+                nfe = self._ancestral(z, steps, top_p, generator, options.reuse_px0)
         else:
             with clock.region(not profile):
                 nfe = self._scheduled(z, steps, top_p, generator, clock, profile)

@@ -8,6 +8,8 @@ dataclass ("section") that owns each key, ``make_config`` types and checks them,
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 import types
 import typing
 from dataclasses import dataclass
@@ -85,61 +87,60 @@ def _resolve_type(cls, name: str):
 
 
 def coerce(value, typ, key: str = "value"):
-    """Convert ``value`` (often a CLI string) to the annotated type ``typ``."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        return _coerce_union(value, typ, key)
-    if origin is typing.Literal:
-        allowed = typing.get_args(typ)
-        if value not in allowed:
-            raise ConfigError(f"{key} must be one of {list(allowed)}; got {value!r}")
-        return value
-    if origin in (list, tuple):
-        (inner, *_) = typing.get_args(typ) or (str,)
-        if isinstance(value, str):
-            value = [v for v in value.strip("[]()").split(",") if v.strip()]
-        return origin(coerce(v.strip() if isinstance(v, str) else v, inner, key) for v in value)
-    convert = _SCALARS.get(typ)
-    if convert is None:
-        return value
+    """Convert ``value`` (often a CLI string) to the annotated type ``typ``.
+
+    pydantic's lax validation does the typing ("16" -> 16, "false" -> False, Literal
+    membership, unions); the command line's own forms are read first: ``none`` / ``null``
+    for None, ``a,b,c`` or ``[a,b,c]`` for a list or tuple, JSON for a dict, ``1e6`` for an int.
+    """
+    import pydantic
+
+    value = _cli_form(value, typ)
     try:
-        return convert(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be of type {typ.__name__}; got {value!r}") from None
+        return _adapter(typ).validate_python(value)
+    except pydantic.ValidationError:
+        raise ConfigError(f"{key} must be {_describe(typ)}; got {value!r}") from None
 
 
-def _coerce_union(value, typ, key: str):
-    """``X | None``: none / null is None, else the first member type that takes the value."""
-    args = [a for a in typing.get_args(typ) if a is not type(None)]
-    if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-        return None
-    errors = []
-    for a in args:
-        try:
-            return coerce(value, a, key)
-        except ConfigError as e:
-            errors.append(str(e))
-    raise ConfigError(errors[0])
+@functools.cache
+def _adapter(typ):
+    import pydantic
+
+    return pydantic.TypeAdapter(typ)
 
 
-def _to_bool(value) -> bool:
-    if isinstance(value, bool):
+def _members(typ) -> tuple:
+    """The members of a union, or the type itself."""
+    return typing.get_args(typ) if typing.get_origin(typ) in (typing.Union, types.UnionType) else (typ,)
+
+
+def _cli_form(value, typ):
+    """A command-line string in the form pydantic reads for ``typ`` (other values as they are)."""
+    if not isinstance(value, str):
         return value
-    s = str(value).lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(value)
+    members = _members(typ)
+    if type(None) in members and value.strip().lower() in ("none", "null"):
+        return None
+    origins = {typing.get_origin(m) or m for m in members}
+    if origins & {dict} and value.lstrip().startswith("{"):
+        return json.loads(value)
+    if origins & {list, tuple} and str not in members:
+        return [v.strip() for v in value.strip().strip("[]()").split(",") if v.strip()]
+    if int in members and float not in members and "e" in value.lower():
+        try:  # steps=1e6: an integer in exponent notation
+            number = float(value)
+        except ValueError:
+            return value
+        return int(number) if number.is_integer() else value
+    return value
 
 
-def _to_int(value) -> int:
-    if isinstance(value, float) and not value.is_integer():
-        raise ValueError(value)
-    return int(float(value)) if isinstance(value, str) and "e" in value.lower() else int(value)
-
-
-_SCALARS = {bool: _to_bool, int: _to_int, float: float, str: str}
+def _describe(typ) -> str:
+    """How an error names a type: "of type int", "one of ['a', 'b']", "of type float or None"."""
+    if typing.get_origin(typ) is typing.Literal:
+        return f"one of {list(typing.get_args(typ))}"
+    names = [getattr(m, "__name__", str(m)) if m is not type(None) else "None" for m in _members(typ)]
+    return f"of type {' or '.join(names)}"
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -5,7 +5,10 @@ Experiment code talks to models only through this contract and through
 
     model.loss(tokens)               -> LossOutput(loss, nll_sum, num_tokens)
     model.nll(tokens, exact=False)   -> NLL(per_sequence, num_tokens)      (nats)
-    model.sample(num_samples, steps) -> SampleOutput(tokens, nfe, seconds)
+    model.sample(num_samples, steps=T, ...) -> SampleOutput(tokens, nfe, seconds)
+
+The keywords of ``sample`` are the fields of the model's ``SampleOptions`` dataclass, declared
+once in the model's file; ``sample`` builds that dataclass and hands it to ``generate``.
 """
 from __future__ import annotations
 
@@ -57,6 +60,18 @@ class SampleOptions:
     length: int | None = None  # sampled length; None: the model's L
     top_p: float = 1.0  # nucleus mass (spec 5.6); 1 keeps the whole distribution
     kv_cache: bool = True  # reuse keys and values (exact) where the model has a KV cache
+
+    def __post_init__(self):
+        if self.steps is not None and int(self.steps) < 1:
+            raise ConfigError(f"steps must be >= 1; got {self.steps}")
+        if not 0.0 < float(self.top_p) <= 1.0:
+            raise ConfigError(f"top_p must lie in (0, 1]; got {self.top_p}")
+
+    def required_steps(self, model: str) -> int:
+        """``steps``, which this model cannot sample without."""
+        if self.steps is None:
+            raise ConfigError(f"{model} samples over T denoising steps: pass steps=T (e.g. steps=128)")
+        return int(self.steps)
 
 
 @dataclass
@@ -128,18 +143,17 @@ class Clock:
             self.seconds += time.perf_counter() - t0
 
 
-def sample_options(model, options: dict, from_strings: bool = False) -> dict:
-    """Check ``options`` against the model's ``SampleOptions`` dataclass (typed from strings
-    when they come from the command line); an unknown one is an error listing the valid ones.
-    Returns the given options only, typed (the model's defaults fill in the rest)."""
-    from esolm.config import coerce, field_names, field_types
+def sample_options(model, options: dict) -> dict:
+    """Check ``options`` against the model's ``SampleOptions`` dataclass; strings (from the
+    command line) are typed by the field's annotation. An unknown key is an error listing the
+    valid ones. Returns the given options only, typed (the dataclass's defaults fill the rest)."""
+    from esolm.config import coerce, field_types
 
-    cls = model.sample_options_class
-    types_ = field_types(cls)
+    types_ = field_types(model.sample_options_class)
     unknown = sorted(set(options) - set(types_))
     if unknown:
-        raise ConfigError(f"unknown sample option {unknown[0]!r} for {model.name}; valid: {', '.join(sorted(field_names(cls)))}")
-    return {k: coerce(v, types_[k], k) if from_strings else v for k, v in options.items()}
+        raise ConfigError(f"unknown sampling option {unknown[0]!r} for {model.name}; valid: {', '.join(sorted(types_))}")
+    return {k: coerce(v, types_[k], k) if isinstance(v, str) else v for k, v in options.items()}
 
 
 class LanguageModel(nn.Module, abc.ABC):
@@ -170,20 +184,20 @@ class LanguageModel(nn.Module, abc.ABC):
     def nll(self, tokens: torch.Tensor, *, exact: bool = False, **opts) -> NLL:
         ...
 
+    def sample(self, num_samples: int, *, generator: torch.Generator | None = None, profile: bool = False,
+               **options) -> SampleOutput:
+        """``num_samples`` sequences; ``options`` are fields of ``sample_options_class`` (strings
+        are typed). ``profile=True`` times only the network passes (spec 8.5)."""
+        return self.generate(num_samples, self.options(options), generator=generator, profile=profile)
+
+    def options(self, given: dict) -> SampleOptions:
+        """The model's ``SampleOptions`` with ``given`` (checked and typed) over its defaults."""
+        return self.sample_options_class(**sample_options(self, given))
+
     @abc.abstractmethod
-    def sample(
-        self,
-        num_samples: int,
-        *,
-        length: int | None = None,
-        steps: int,
-        top_p: float = 1.0,
-        kv_cache: bool = True,
-        generator: torch.Generator | None = None,
-        profile: bool = False,
-        **opts,
-    ) -> SampleOutput:
-        ...
+    def generate(self, num_samples: int, options: SampleOptions, *, generator: torch.Generator | None = None,
+                 profile: bool = False) -> SampleOutput:
+        """Sampling with checked options (what ``sample`` calls)."""
 
     @classmethod
     def train_step_cost(cls, config: ModelConfig) -> float:
@@ -230,18 +244,15 @@ class LanguageModel(nn.Module, abc.ABC):
                 f"[{int(tokens.min())}, {int(tokens.max())}]: the data and the model use different vocabularies"
             )
 
-    def check_sample_args(self, length: int | None, steps: int, top_p: float) -> int:
-        length = self.config.length if length is None else int(length)
+    def sample_length(self, options: SampleOptions) -> int:
+        """The length to sample: ``options.length``, else the model's L; at least 2 and at most L."""
+        length = self.config.length if options.length is None else int(options.length)
         if not 2 <= length <= self.config.length:
             raise ConfigError(
                 f"{self.name} cannot sample length={length}: it was built for sequences of up to "
                 f"{self.config.length} tokens (and at least 2); pass length<= {self.config.length} "
                 f"or build the model with a larger length"
             )
-        if int(steps) < 1:
-            raise ConfigError(f"steps must be >= 1; got {steps}")
-        if not 0.0 < float(top_p) <= 1.0:
-            raise ConfigError(f"top_p must lie in (0, 1]; got {top_p}")
         return length
 
     def num_parameters(self) -> int:

@@ -15,9 +15,6 @@ def draw_samples(model, corpus, *, num_samples: int, batch_size: int, seed: int,
                  model_name: str, model_config: dict, corpus_spec: dict, checkpoint: str | None = None,
                  log=None) -> list[dict]:
     """``num_samples`` samples in batches, with one generator seeded by ``seed``."""
-    from esolm.interface import sample_options
-
-    options = sample_options(model, options)
     gen = torch.Generator(device=model.device).manual_seed(seed)
     records = []
     for start in range(0, num_samples, batch_size):

@@ -1,10 +1,12 @@
-"""Noise schedules, training-time sampling of t, and the binomial unmasking schedule
-(spec 3.1, 3.2, 5.7)."""
+"""Noise schedules, training-time sampling of t, the binomial unmasking schedule and
+Eso-LM's sampling schedule built on it (spec 3.1, 3.2, 5.7, 7.8)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
+
+from esolm.config import ConfigError
 
 SAMPLING_EPS = 1e-3  # t ~ [1e-3, 1) at training and evaluation (3.2)
 
@@ -64,6 +66,25 @@ def binomial_schedule(length: int, schedule: LogLinear, steps: int, generator=No
     counts = torch.bincount(bins, minlength=steps + 1)
     parallel = counts[:steps]
     return parallel[parallel > 0].tolist(), int(counts[steps])
+
+
+def eso_schedule(length: int, alpha_0_eval: float, steps: int, generator=None,
+                 eps: float = 1e-3) -> tuple[list[int], int]:
+    """Eso-LM's sampling schedule: per-step sizes k (sum = L) and n_MDM (spec 7.8 step 1).
+
+    The binomial schedule of LogLinear(alpha_0_eval) over ``steps`` steps gives the
+    non-empty parallel steps; the L - n_MDM tokens it leaves masked are then decoded one
+    per step. At alpha_0_eval = 1 any leftover (probability 0 in exact arithmetic) is
+    one more parallel step.
+    """
+    if not 0.0 <= float(alpha_0_eval) <= 1.0:
+        raise ConfigError(f"alpha_0_eval must lie in [0, 1] (1 = pure diffusion, 0 = AR); got {alpha_0_eval}")
+    if int(steps) < 1:
+        raise ConfigError(f"steps must be >= 1; got {steps}")
+    counts, left = binomial_schedule(length, LogLinear(alpha_0_eval, eps), int(steps), generator)
+    if alpha_0_eval == 1.0 and left:
+        counts, left = counts + [left], 0
+    return counts + [1] * left, length - left
 
 
 def expected_nfe(length: int, alpha_0: float, steps: int) -> float:

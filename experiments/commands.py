@@ -223,7 +223,7 @@ def cmd_sample(args) -> int:
     check_model_matches(args, state, ckpt)
     corpus = corpus_from_spec(state["corpus"])
     seed = coerce(call.get("seed", 0), int, "seed")
-    sample_opts = sample_options(model, routed["options"], from_strings=True)
+    sample_opts = sample_options(model, routed["options"])
     sample_opts.setdefault("steps", model.config.length)
     out = Path(args.out) if args.out else ckpt.parent / "samples" / (
         "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}.jsonl")

@@ -265,11 +265,9 @@ def job_sample(job: dict) -> tuple:
 def _time_model(model, job: dict, opts: dict) -> dict:
     import torch
 
-    from esolm.interface import sample_options
     from esolm.metrics import time_sampler
 
     c = job["config"]
-    opts = sample_options(model, opts)
     gen = torch.Generator().manual_seed(c["seed"])
     call = lambda profile: model.sample(c["batch_size"], generator=gen, profile=profile, **opts)  # noqa: E731
     prof = time_sampler(lambda: call(True), warmup=c["warmup"], trials=c["trials"], profile=True,
@@ -310,7 +308,7 @@ def job_longctx(job: dict) -> tuple:
     import torch
 
     from esolm import registry
-    from esolm.interface import sample_options, sync
+    from esolm.interface import sync
     from esolm.metrics.timing import summarize
 
     c = job["config"]
@@ -318,7 +316,7 @@ def job_longctx(job: dict) -> tuple:
     runs = []
     for e in entries:
         model = registry.build(e["model"], **c["fields"], **e["model_overrides"]).eval()
-        runs.append((e, model, sample_options(model, dict(e["options"], top_p=c["top_p"], kv_cache=e["kv_cache"]))))
+        runs.append((e, model, dict(e["options"], top_p=c["top_p"], kv_cache=e["kv_cache"])))
     gen = torch.Generator().manual_seed(c["seed"])
 
     def call(model, opts, profile: bool):

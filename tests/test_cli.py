@@ -80,6 +80,6 @@ def test_sample_options_from_the_command_line_get_the_types_of_the_interface(nam
     sample() leaves ``steps`` unannotated (the base class's annotation applies)."""
     from esolm.interface import sample_options
     model = registry.build(name, preset="smoke")
-    opts = sample_options(model, {"steps": "16", "top_p": "0.9", "kv_cache": "false"}, from_strings=True)
+    opts = sample_options(model, {"steps": "16", "top_p": "0.9", "kv_cache": "false"})
     assert opts == {"steps": 16, "top_p": 0.9, "kv_cache": False}
     assert type(opts["steps"]) is int

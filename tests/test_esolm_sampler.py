@@ -9,7 +9,7 @@ from esolm import masks, registry
 from esolm.config import ConfigError
 from esolm.eso import ordering as order
 from esolm.eso.sampler import decode, plan
-from esolm.schedules import expected_nfe
+from esolm.schedules import eso_schedule, expected_nfe
 
 VARIANTS = ["esolm-b", "esolm-a"]
 
@@ -43,7 +43,7 @@ def full_mask(model, num_clean: int, length: int):
 def test_schedule_sizes_sum_to_length_and_orders_have_an_ascending_tail(alpha_0_eval, steps):
     g = torch.Generator().manual_seed(0)
     for _ in range(50):
-        sizes, n_mdm = order.eso_schedule(32, alpha_0_eval, steps, g)
+        sizes, n_mdm = eso_schedule(32, alpha_0_eval, steps, g)
         assert sum(sizes) == 32 and min(sizes) >= 1
         assert sizes[len(sizes) - (32 - n_mdm):] == [1] * (32 - n_mdm)  # one token per sequential step
         assert len(sizes) - (32 - n_mdm) <= steps
@@ -62,7 +62,7 @@ def test_schedule_sizes_sum_to_length_and_orders_have_an_ascending_tail(alpha_0_
 def test_mean_nfe_matches_the_formula_and_table_13_within_one_percent():
     g = torch.Generator().manual_seed(0)
     for (alpha, steps), table in TABLE_13_NFE.items():
-        draws = [order.eso_schedule(1024, alpha, steps, g) for _ in range(100)]
+        draws = [eso_schedule(1024, alpha, steps, g) for _ in range(100)]
         nfe = sum(len(s) for s, _ in draws) / len(draws)
         n_mdm = sum(n for _, n in draws) / len(draws)
         assert nfe == pytest.approx(expected_nfe(1024, alpha, steps), rel=0.01), (alpha, steps)
@@ -72,9 +72,9 @@ def test_mean_nfe_matches_the_formula_and_table_13_within_one_percent():
 
 def test_eso_schedule_rejects_bad_arguments():
     with pytest.raises(ConfigError, match="alpha_0_eval"):
-        order.eso_schedule(16, 1.5, 4)
+        eso_schedule(16, 1.5, 4)
     with pytest.raises(ConfigError, match="steps"):
-        order.eso_schedule(16, 0.5, 0)
+        eso_schedule(16, 0.5, 0)
 
 
 # --------------------------------------------------------------------- chunking (7.8)
@@ -187,7 +187,7 @@ def test_block_sampler_nfe_is_the_number_of_blocks_and_accepts_subcontext_names(
     assert model.sample(2, steps=99, sampler="block", subcontext_len=8, subcontext_shuffle=False).nfe == 8
     with pytest.raises(ConfigError, match="sampler"):
         model.sample(2, steps=4, sampler="ancestral")
-    with pytest.raises(ConfigError, match="unknown Eso-LM sampling option"):
+    with pytest.raises(ConfigError, match="unknown sampling option .temperature. for esolm-b"):
         model.sample(2, steps=4, temperature=0.5)
 
 

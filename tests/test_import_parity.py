@@ -8,7 +8,6 @@ through its own likelihood and sampler entry points; live or perturbed weights m
 """
 import json
 import os
-import pickle
 import sys
 from pathlib import Path
 

@@ -320,7 +320,6 @@ def test_a_preset_can_time_one_clock_only_halving_the_timing_stages(tmp_path, mo
     import functools
 
     from esolm import registry
-    from esolm.checkpoint import load_model
     from experiments import jobs
 
     preset = micro()

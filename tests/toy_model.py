@@ -55,12 +55,11 @@ class ToyLM(LanguageModel):
         return NLL(per_sequence=nll, num_tokens=torch.full_like(nll, tokens.shape[1] - 1, dtype=torch.long))
 
     @torch.no_grad()
-    def sample(self, num_samples, *, length=None, steps=None, top_p=1.0, kv_cache=True, generator=None,
-               profile=False, temperature: float = 1.0, **opts) -> SampleOutput:
-        length = self.check_sample_args(length, steps or 1, top_p)
+    def generate(self, num_samples, options, *, generator=None, profile=False) -> SampleOutput:
+        length, top_p = self.sample_length(options), options.top_p
         clock = Clock(self.device)
         with clock.region():
-            logits = (self.logits[:length] / float(temperature)).expand(num_samples, length, -1).clone()
+            logits = (self.logits[:length] / float(options.temperature)).expand(num_samples, length, -1).clone()
             logits[..., self.config.mask_id] = float("-inf")  # a sample holds no mask
         flat = sample_categorical(logits.reshape(-1, logits.shape[-1]), top_p, generator)
         tokens = flat.view(num_samples, length)

@@ -92,6 +92,13 @@ class EsoSampleOptions(SampleOptions):
     subcontext_len: int | None = None  # alias of block_steps
     subcontext_shuffle: bool | None = None  # alias of block_shuffle
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.subcontext_len is not None and self.block_steps is None:
+            self.block_steps = self.subcontext_len
+        if self.subcontext_shuffle is not None:
+            self.block_shuffle = self.subcontext_shuffle
+
 
 class EsoLM(LanguageModel, abc.ABC):
     """The shared Eso-LM: hybrid NELBO, IW exact likelihood and the sampler of sampler.py.
@@ -249,15 +256,9 @@ class EsoLM(LanguageModel, abc.ABC):
         < num_clean are clean; ``causal`` is the additive causal [L, L] mask for cached steps."""
 
     @in_inference_mode
-    def sample(self, num_samples, *, length=None, steps, top_p=1.0, kv_cache=True, generator=None,
-               profile=False, alpha_0_eval: float | None = None, sampler: str = "binomial",
-               block_steps: int | None = None, block_shuffle: bool = True, subcontext_len: int | None = None,
-               subcontext_shuffle: bool | None = None, **opts) -> SampleOutput:
+    def generate(self, num_samples, options, *, generator=None, profile=False) -> SampleOutput:
         """See esolm.eso.sampler.sample (spec 7.8)."""
-        return eso_sample(self, num_samples, length=length, steps=steps, top_p=top_p, kv_cache=kv_cache,
-                          generator=generator, profile=profile, alpha_0_eval=alpha_0_eval, sampler=sampler,
-                          block_steps=block_steps, block_shuffle=block_shuffle, subcontext_len=subcontext_len,
-                          subcontext_shuffle=subcontext_shuffle, **opts)
+        return eso_sample(self, num_samples, options, generator=generator, profile=profile)
 
 
 class EsoLMB(EsoLM):

@@ -10,7 +10,6 @@ from __future__ import annotations
 import torch
 
 from esolm.config import ConfigError
-from esolm.schedules import LogLinear, binomial_schedule
 
 # how each group of the sort is ordered (7.4)
 SHUFFLE = "shuffle"  # clean and masks each in random order (diffusion half, A and B)
@@ -61,24 +60,6 @@ def ungather(y: torch.Tensor, pi: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ sampling (7.8)
-def eso_schedule(length: int, alpha_0_eval: float, steps: int, generator=None,
-                 eps: float = 1e-3) -> tuple[list[int], int]:
-    """Per-step sizes k (sum = L) and n_MDM (spec 7.8 step 1).
-
-    The binomial schedule of LogLinear(alpha_0_eval) over ``steps`` steps gives the
-    non-empty parallel steps; the L - n_MDM tokens it leaves masked are then decoded one
-    per step. At alpha_0_eval = 1 any leftover (probability 0 in exact arithmetic) is
-    one more parallel step.
-    """
-    _check_alpha(alpha_0_eval, "alpha_0_eval")
-    if int(steps) < 1:
-        raise ConfigError(f"steps must be >= 1; got {steps}")
-    counts, left = binomial_schedule(length, LogLinear(alpha_0_eval, eps), int(steps), generator)
-    if alpha_0_eval == 1.0 and left:
-        counts, left = counts + [left], 0
-    return counts + [1] * left, length - left
-
-
 def sampling_orders(num_samples: int, length: int, n_mdm: int, generator=None, device=None) -> torch.Tensor:
     """sigma [B, L]: one uniform permutation per sample with the sequential tail (slots
     n_MDM..L-1) sorted ascending, so the tail is a random subset decoded left to right (7.8)."""

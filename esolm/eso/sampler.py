@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from esolm import masks
-from esolm.config import ConfigError, coerce
+from esolm.config import ConfigError
 from esolm.eso import ordering as order
 from esolm.interface import Clock, SampleOutput
 from esolm.kv_cache import KVCache
+from esolm.schedules import eso_schedule
 from esolm.sampling import sample_categorical
 
 
@@ -84,7 +85,7 @@ def plan(model, num_samples: int, length: int, steps: int, alpha_0_eval: float, 
     """(sigma [B, L], sizes, n_MDM) of the binomial (7.8) or the block sampler."""
     dev = model.device
     if sampler == "binomial":
-        sizes, n_mdm = order.eso_schedule(length, alpha_0_eval, steps, generator, model.config.schedule_eps)
+        sizes, n_mdm = eso_schedule(length, alpha_0_eval, steps, generator, model.config.schedule_eps)
         return order.sampling_orders(num_samples, length, n_mdm, generator, dev), sizes, n_mdm
     if sampler == "block":
         sizes, sigma, n_mdm = order.block_schedule(length, block_steps or steps, alpha_0_eval,
@@ -93,33 +94,26 @@ def plan(model, num_samples: int, length: int, steps: int, alpha_0_eval: float, 
     raise ConfigError(f"unknown Eso-LM sampler {sampler!r}; choose 'binomial' or 'block'")
 
 
-def sample(model, num_samples: int, *, length=None, steps: int, top_p: float = 1.0, kv_cache: bool = True,
-           generator=None, profile: bool = False, alpha_0_eval=None, sampler: str = "binomial",
-           block_steps: int | None = None, block_shuffle: bool = True, subcontext_len: int | None = None,
-           subcontext_shuffle: bool | None = None, **opts) -> SampleOutput:
-    """Eso-LM sampling (spec 7.8); tokens come back in natural order.
+def sample(model, num_samples: int, options, *, generator=None, profile: bool = False) -> SampleOutput:
+    """Eso-LM sampling (spec 7.8) with ``options`` (EsoSampleOptions); tokens come back in
+    natural order.
 
-    alpha_0_eval: the sampling alpha_0 (None = config.alpha_0_eval, else the training one).
-    Option values may be strings (from the command line); they are typed here.
+    options.alpha_0_eval: the sampling alpha_0 (None = config.alpha_0_eval, else the training one).
     sampler="binomial": the binomial schedule over ``steps`` and one random order per sample.
-    sampler="block": the subcontext sampler, ``block_steps`` (alias subcontext_len, default
-    ``steps``) residue classes, ``block_shuffle`` (alias subcontext_shuffle).
+    sampler="block": the subcontext sampler, ``block_steps`` (default ``steps``) residue classes,
+    shuffled within each class when ``block_shuffle``.
     NFE = number of steps = network calls. profile=True times only the network calls on
     mask inputs (spec 8.5) and returns all-mask tokens.
     """
-    if opts:
-        raise ConfigError(f"unknown Eso-LM sampling option(s) {sorted(opts)}; valid: alpha_0_eval, sampler, "
-                          f"block_steps, block_shuffle (aliases subcontext_len, subcontext_shuffle)")
-    length = model.check_sample_args(length, steps, top_p)
+    length, steps, top_p = model.sample_length(options), options.required_steps(model.name), options.top_p
+    alpha_0_eval, sampler = options.alpha_0_eval, options.sampler
     if alpha_0_eval is None:
         alpha_0_eval = model.config.alpha_0_eval if model.config.alpha_0_eval is not None else model.config.alpha_0
-    block_steps = coerce(subcontext_len if block_steps is None else block_steps, int | None, "block_steps")
-    block_shuffle = coerce(block_shuffle if subcontext_shuffle is None else subcontext_shuffle, bool, "block_shuffle")
     clock = Clock(model.device)
     with clock.region(not profile):
-        sigma, sizes, n_mdm = plan(model, num_samples, length, int(steps), float(alpha_0_eval), sampler,
-                                   block_steps, block_shuffle, generator)
-        for step in decode(model, sigma, sizes, n_mdm, top_p=top_p, kv_cache=kv_cache,
+        sigma, sizes, n_mdm = plan(model, num_samples, length, steps, float(alpha_0_eval), sampler,
+                                   options.block_steps, options.block_shuffle, generator)
+        for step in decode(model, sigma, sizes, n_mdm, top_p=top_p, kv_cache=options.kv_cache,
                            generator=generator, clock=clock, profile=profile):
             pass
         tokens = order.ungather(step.tokens, sigma)
