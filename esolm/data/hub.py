@@ -11,13 +11,11 @@ Both drop the remainder of every processing batch of WRAP_BATCH documents.
 """
 from __future__ import annotations
 
-import http.client
 import os
 import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 
@@ -35,45 +33,90 @@ OWT_HELD_OUT = 100_000  # the last 100k OWT documents are validation = test (spe
 # processing batch"; 1000 is the batch size of a batched datasets.map (INFERRED).
 WRAP_BATCH = 1000
 OPTIONS = dict(data_dir=None, max_documents=None)
-_TRUE = ("1", "true", "yes", "on")
-_REACHABLE: dict[tuple, bool] = {}
+PING_REPO, PING_FILE = "openai-community/gpt2", "config.json"  # what the reachability check asks for
+_REACHABLE: dict[str, bool] = {}  # endpoint -> answered
 
 
 # ------------------------------------------------------------------ reachability
-def offline_requested() -> bool:
-    """HF_HUB_OFFLINE / HF_DATASETS_OFFLINE / TRANSFORMERS_OFFLINE is set to a true value."""
-    keys = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in keys)
+def offline_requested(datasets: bool = False) -> bool:
+    """Offline mode as huggingface_hub has it (``huggingface_hub.constants.HF_HUB_OFFLINE``, from
+    HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE when it was imported); with ``datasets``, also as
+    ``datasets`` has it (``datasets.config.HF_DATASETS_OFFLINE``, from HF_DATASETS_OFFLINE; this
+    imports datasets, a few seconds)."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return True
+    if datasets:
+        import datasets.config
+
+        return bool(datasets.config.HF_DATASETS_OFFLINE)
+    return False
 
 
-def probe(host: str, port: int = 443, timeout: float = 2.0) -> bool:
-    """Does ``https://host:port/`` answer a HEAD request with a verified certificate within
-    ``timeout`` seconds? (A bare TCP connect is not enough: transparent proxies accept those.)"""
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """What a request of huggingface_hub raises when no answer comes: OSError (OfflineModeIsEnabled,
+    requests' errors) and the transport errors of httpx / httpx2, whichever it runs on."""
+    import importlib
+
+    errors: list[type[BaseException]] = [OSError]
+    for module in ("httpx2", "httpx"):
+        try:
+            errors.append(importlib.import_module(module).TransportError)
+        except (ImportError, AttributeError):
+            pass
+    return tuple(errors)
+
+
+def ask_hub(endpoint: str, timeout: float = 2.0) -> bool:
+    """Does the hub at ``endpoint`` answer (below 500) a HEAD of a small public file, asked
+    through huggingface_hub (``get_hf_file_metadata``: no retries, no token) within ``timeout``
+    seconds? False at once in offline mode (huggingface_hub raises OfflineModeIsEnabled)."""
+    from huggingface_hub import get_hf_file_metadata, get_session
+    from huggingface_hub.errors import HfHubHTTPError
+
+    get_session()  # its HTTP client, made here: the timeout is for the network alone
     ok: list[bool] = []
 
     def ask():
         try:
-            conn = http.client.HTTPSConnection(host, port, timeout=timeout)
-            conn.request("HEAD", "/")
-            ok.append(conn.getresponse().status < 500)
-            conn.close()
-        except (OSError, http.client.HTTPException):
+            url = f"{endpoint.rstrip('/')}/{PING_REPO}/resolve/main/{PING_FILE}"  # hf_hub_url's own form
+            get_hf_file_metadata(url, timeout=timeout, token=False)
+            ok.append(True)
+        except HfHubHTTPError as e:  # an answer: reachable, unless the server is failing
+            status = getattr(getattr(e, "response", None), "status_code", None)
+            ok.append(status is not None and status < 500)
+        except _network_errors():
             ok.append(False)
 
-    thread = threading.Thread(target=ask, daemon=True)  # DNS lookups ignore socket timeouts
+    thread = threading.Thread(target=ask, daemon=True)  # DNS lookups ignore the request's timeout
     thread.start()
     thread.join(timeout)
     return bool(ok and ok[0])
 
 
+def probe(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
+    """``ask_hub("https://host:port")``, once per process and endpoint; False at once in offline
+    mode (not remembered: turning offline mode off asks again)."""
+    return _reachable(f"https://{host}" + ("" if port == 443 else f":{port}"), timeout)
+
+
 def hub_reachable(timeout: float = 2.0) -> bool:
-    """False at once when offline mode is requested, else one probe of the hub per process."""
-    if offline_requested():
+    """False at once in huggingface_hub's offline mode, else whether its hub
+    (``constants.ENDPOINT``, from HF_ENDPOINT) answers, asked once per process."""
+    from huggingface_hub import constants
+
+    return _reachable(constants.ENDPOINT, timeout)
+
+
+def _reachable(endpoint: str, timeout: float) -> bool:
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # huggingface_hub refuses every request; nothing to remember
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    if host not in _REACHABLE:
-        _REACHABLE[host] = probe(host, 443, timeout)
-    return _REACHABLE[host]
+    if endpoint not in _REACHABLE:
+        _REACHABLE[endpoint] = ask_hub(endpoint, timeout)
+    return _REACHABLE[endpoint]
 
 
 # ------------------------------------------------------------------ fetching the raw data
@@ -91,10 +134,12 @@ def fetch_message(corpus: str, local: Path) -> str:
 
 
 def _in_hf_cache(repo: str) -> bool:
-    """Does the local Hugging Face cache hold anything of ``repo``? (No imports, no network.)"""
-    home = Path(os.environ.get("HF_HOME", Path.home() / ".cache" / "huggingface")).expanduser()
-    data_cache = Path(os.environ.get("HF_DATASETS_CACHE", home / "datasets")).expanduser()
-    hub_cache = Path(os.environ.get("HF_HUB_CACHE", home / "hub")).expanduser()
+    """Does the local Hugging Face cache hold anything of ``repo``? (No network; the hub's cache
+    folder as huggingface_hub has it, the datasets cache by datasets' own rule without importing it.)"""
+    from huggingface_hub import constants
+
+    hub_cache = Path(constants.HF_HUB_CACHE).expanduser()
+    data_cache = Path(os.environ.get("HF_DATASETS_CACHE", Path(constants.HF_HOME) / "datasets")).expanduser()
     name = repo.rpartition("/")[2]
     patterns = [(data_cache, f"*{name}*"), (hub_cache, f"datasets--*{name}")]
     return any(folder.is_dir() and any(folder.glob(p)) for folder, p in patterns)
@@ -130,7 +175,7 @@ def open_dataset(corpus: str, data_dir: str | Path | None, cache_dir=None):
         log(f"reading {repo} from {local}")
         raw = datasets.load_from_disk(str(local))
         return raw if isinstance(raw, datasets.DatasetDict) else datasets.DatasetDict(train=raw)
-    online = hub_reachable()
+    online = hub_reachable() and not offline_requested(datasets=True)  # datasets imported only when online
     if not online and not _in_hf_cache(repo):
         raise ConfigError(fetch_message(corpus, local))
     import datasets
@@ -191,7 +236,7 @@ def build(corpus: str, *, length: int, vocab_size=None, tokenizer: str | None = 
     folder = cache_root(cache_dir) / "corpora" / f"{corpus}-L{length}-{info['tokenizer']}-{key[:12]}"
     loaded = load_splits(folder)
     raw = open_dataset(corpus, opts["data_dir"], cache_dir) if loaded is None else None
-    tok = load_tokenizer(info["tokenizer"])
+    tok = load_tokenizer(info["tokenizer"], cache_dir)
     if loaded is None:
         parts = _paper_splits(corpus, raw)
         if limit is not None:

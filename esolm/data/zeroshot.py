@@ -139,7 +139,7 @@ def build(name: str, *, length: int, vocab_size=None, tokenizer: str | None = No
     loaded = None if opts["data_dir"] else load_splits(folder)  # local stand-ins are re-read (they may change)
     if loaded is None:
         texts = [detokenize(name, t) for t in read_texts(name, opts["data_dir"], opts["max_documents"])]
-        tok = load_tokenizer(tok_name)  # after the data is known to be there (a slow import)
+        tok = load_tokenizer(tok_name, cache_dir)  # after the data is known to be there (a slow import)
         arr = pack_framed(tok.encode_batch(texts), length, tok.bos_id, tok.eos_id)
         if len(arr) == 0:
             raise ConfigError(f"zeroshot:{name} is shorter than one sequence of length {length}")
@@ -153,6 +153,6 @@ def build(name: str, *, length: int, vocab_size=None, tokenizer: str | None = No
             log(f"cached zeroshot:{name}: {len(arr)}x{length} at {folder}")
             splits = load_splits(folder)[0]
     else:
-        splits, tok = loaded[0], load_tokenizer(tok_name)
+        splits, tok = loaded[0], load_tokenizer(tok_name, cache_dir)
     settings = dict(vocab_size=None, tokenizer=tok_name, seed=int(seed), **opts)
     return Corpus(f"zeroshot:{name}", tok, length, splits, key, settings=settings)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import abc
 import math
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from esolm.config import ConfigError
+from esolm.data.hub import hub_reachable
 from esolm.metrics.genppl import score_rows
 
 
@@ -276,32 +276,12 @@ def from_pretrained(spec: str, *loaders, what: str = "evaluator"):
     try:
         return tuple(loader.from_pretrained(spec, local_files_only=True) for loader in loaders)
     except Exception as e:  # OSError when absent, ValueError for a config the loader cannot take, ...
-        if local or _hub_offline() or not _hub_reachable():
+        if local or not hub_reachable():  # False at once in huggingface_hub's offline mode
             raise ConfigError(_load_failure(what, spec, local, True, e)) from None
     try:
         return tuple(loader.from_pretrained(spec) for loader in loaders)
     except Exception as e:
         raise ConfigError(_load_failure(what, spec, local, False, e)) from None
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to the hub opens (assumed yes behind an HTTPS proxy)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy"):
-        return True
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
-
-
-def _hub_offline() -> bool:
-    return any(os.environ.get(k, "").strip().lower() in ("1", "true", "yes", "on")
-               for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 def _load_failure(what: str, spec: str, local: bool, offline: bool, error: Exception) -> str:
