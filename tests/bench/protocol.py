@@ -9,14 +9,13 @@ whole clean prefix at every step.
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, field
 
 import pytest
 import torch
+from torch.utils.benchmark import Timer
 
 from esolm import registry
-from esolm.interface import sync
 
 # MDLM and Eso-LM: T = 10^6, about one token per step (8.6), as Eso-LM declares it
 FIRST_HITTING_T = registry.model_class("esolm-b").capabilities.nfe_equals_l["steps"]
@@ -114,24 +113,35 @@ def backbone_summary(model) -> dict:
 
 
 def sampler(method: Method, model, cache: bool, settings: Settings):
-    """A function running one batch-1 sample at NFE = L; returns the SampleOutput. The global
-    RNG is reseeded per run (the samplers draw on both the CPU and the device)."""
-    seed = [settings.seed]
+    """``run(seed=None)``: one batch-1 sample at NFE = L; returns the SampleOutput. The global RNG
+    is reseeded per call (the samplers draw on both the CPU and the device): with ``seed``, or
+    else with the next of settings.seed + 1, + 2, ..."""
+    count = [settings.seed]
 
-    def run():
-        seed[0] += 1
-        torch.manual_seed(seed[0])
+    def run(seed: int | None = None):
+        if seed is None:
+            count[0] += 1
+            seed = count[0]
+        torch.manual_seed(seed)
         return model.sample(1, top_p=1.0, kv_cache=cache, **method.options)
     return run
 
 
-def timed(fn, device) -> tuple[float, object]:
-    """(seconds, result) of one call bracketed by device synchronization."""
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    return time.perf_counter() - t0, out
+def output_seed(settings: Settings) -> int:
+    """The seed of the untimed call whose output (tokens, NFE) a sampling record reports: that of
+    the last measured round of the ``run`` sequence (settings.seed + warm-up + rounds), so the
+    deterministic figures do not depend on how many calls the timer makes."""
+    return settings.seed + settings.warmup + settings.rounds
+
+
+def timed(fn) -> float:
+    """Seconds of one call of ``fn``, as ``torch.utils.benchmark.Timer`` measures it at the current
+    torch thread count, synchronizing the accelerator around the call: ``blocked_autorange`` with
+    min_run_time=0 makes one warm-up call (its choice of a block of one call) and then times one."""
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=0)
+    assert m.number_per_run == 1 and len(m.raw_times) == 1, (m.number_per_run, m.raw_times)
+    return m.raw_times[0]
 
 
 def load() -> float:

@@ -7,7 +7,8 @@ import torch
 
 from esolm.metrics.timing import summarize
 from estimate import SubsampledNetwork
-from protocol import FIRST_HITTING_T, METHODS, STORE, backbone_summary, build, configurations, load, sampler, timed
+from protocol import (FIRST_HITTING_T, METHODS, STORE, backbone_summary, build, configurations, load, output_seed,
+                      sampler, timed)
 
 
 def pytest_generate_tests(metafunc):
@@ -22,25 +23,33 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("pair", pairs, ids=[f"L{L}-{k}-V{s.alt_vocab_size}" for L, k in pairs])
 
 
+def subsampled(run, model, stride: int, nets: list):
+    """``run`` with 1 network call in ``stride`` computed (estimate.py); each call appends its
+    SubsampledNetwork to ``nets``."""
+    def call(seed=None):
+        with SubsampledNetwork(model, stride) as net:
+            out = run(seed)
+        nets.append(net)
+        return out
+    return call
+
+
 def measure(benchmark, run, model, settings, stride=None) -> tuple[list[float], object, dict | None]:
-    """Warm-up, then ``rounds`` timed runs through pytest-benchmark; per-round seconds (the
-    full-run estimate when ``stride`` subsamples the network), the last output, the subsample info."""
-    seconds, last = [], {}
+    """Warm-up, then ``rounds`` runs through pytest-benchmark, each timed by ``timed``
+    (torch.utils.benchmark); per-round seconds (the full-run estimate when ``stride``
+    subsamples the network), the output of one untimed run with ``output_seed`` (subsampled
+    alike), and the subsample info of the last timed run."""
+    seconds, nets = [], []
+    call = run if stride is None else subsampled(run, model, stride, nets)
 
     def once():
-        if stride is None:
-            secs, out = timed(run, settings.device)
-            info = None
-        else:
-            with SubsampledNetwork(model, stride) as net:
-                wall, out = timed(run, settings.device)
-            secs, info = net.estimated_seconds(wall), net.summary()
-        seconds.append(secs)
-        last.update(out=out, info=info)
+        secs = timed(call)
+        seconds.append(secs if stride is None else nets[-1].estimated_seconds(secs))
 
     benchmark.pedantic(once, rounds=settings.rounds, warmup_rounds=settings.warmup, iterations=1)
     del seconds[:settings.warmup]
-    return seconds, last["out"], last["info"]
+    info = nets[-1].summary() if nets else None
+    return seconds, call(output_seed(settings)), info
 
 
 def record(method, model, cache, L, seconds, out, info, before) -> dict:
@@ -67,15 +76,15 @@ def test_sampling_time_at_nfe_equals_length(benchmark, bench, configuration):
     assert out.tokens.shape == (1, L) and out.nfe >= L - 1 - 3 * (1 + L * L // (2 * FIRST_HITTING_T))
     if expensive and stride is None and L == max(x for x in s.lengths if x <= s.full_upto):
         # the estimator, checked against the full runs just measured (same L, same sampler)
-        estimates = []
+        estimates, nets = [], []
+        call = subsampled(run, model, max(1, L // s.timed_calls), nets)
         for _ in range(s.rounds):
-            with SubsampledNetwork(model, max(1, L // s.timed_calls)) as net:
-                wall, _ = timed(run, s.device)
-            estimates.append(net.estimated_seconds(wall))
+            wall = timed(call)
+            estimates.append(nets[-1].estimated_seconds(wall))
         est = summarize(estimates)["median"]
         bench.checks.append(dict(method=key, label=method.label, cache=cache, length=L,
                                  full_median_s=rec["seconds"]["median"], estimate_median_s=est,
-                                 estimate_over_full=est / rec["seconds"]["median"], subsample=net.summary()))
+                                 estimate_over_full=est / rec["seconds"]["median"], subsample=nets[-1].summary()))
 
 
 def test_cached_pair_with_the_other_vocabulary(benchmark, bench, pair):
@@ -96,13 +105,15 @@ def test_where_a_cached_step_spends_its_time(benchmark, bench, key):
     s, method = bench.settings, METHODS[key]
     L = max(s.lengths)
     model = build(method, s, L)
-    runs = []  # (wall seconds, network seconds) of the same run
+    runs, calls = [], []  # (wall seconds, network seconds, output) of the same run; every call's output
+
+    def profiled():  # the same seed every call: the same run
+        torch.manual_seed(s.seed)
+        calls.append(model.sample(1, top_p=1.0, kv_cache=True, profile=True, **method.options))
 
     def once():
-        torch.manual_seed(s.seed)
-        wall, out = timed(lambda: model.sample(1, top_p=1.0, kv_cache=True, profile=True, **method.options),
-                          s.device)
-        runs.append((wall, out.seconds, out))
+        wall = timed(profiled)
+        runs.append((wall, calls[-1].seconds, calls[-1]))  # the timed call is the timer's last one
 
     benchmark.pedantic(once, rounds=s.rounds, warmup_rounds=s.warmup, iterations=1)
     del runs[:s.warmup]
