@@ -17,6 +17,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import pandas as pd
+import seaborn as sns
 
 from analysis import store as S
 from analysis.pareto import group_styles, save, setup_style
@@ -59,6 +60,31 @@ def _displays(results: Path, frame: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([train[cols], frame[["group"]]], ignore_index=True)
 
 
+def dash(i: int):
+    """The i-th model of a method: solid, dashed, dotted, dash-dot (seaborn dash specs: matplotlib's
+    own patterns, scaled by the line width as "--", ":" and "-." are)."""
+    name = ("", "lines.dashed_pattern", "lines.dotted_pattern", "lines.dashdot_pattern")[i % 4]
+    return tuple(matplotlib.rcParams[name]) if name else ""
+
+
+def draw_curves(ax, frame: pd.DataFrame, styles: dict) -> None:
+    """A training line per model (sns.lineplot, hue and style by model: its method's colour, a line
+    style per model of one method) and its validation points as dots, with the models' legend."""
+    curves = frame.assign(model=frame["label"].astype(str) + " (train)", tokens_m=frame["tokens"] / 1e6)
+    first = curves.drop_duplicates("model")
+    order = list(first["model"])
+    palette = dict(zip(order, first["group"].map(lambda g: styles[g]["colour"])))
+    dashes = dict(zip(order, first.groupby("group", sort=False).cumcount().map(dash)))
+    sns.lineplot(data=curves, x="tokens_m", y="train_nll", hue="model", style="model", hue_order=order,
+                 style_order=order, palette=palette, dashes=dashes, estimator=None, sort=False, lw=1.3, ax=ax)
+    valid = curves.dropna(subset=["valid_nll"])  # drawn model after model, as the lines are
+    valid = valid.sort_values("model", key=lambda m: m.map(order.index), kind="stable")
+    if len(valid):
+        sns.scatterplot(data=valid, x="tokens_m", y="valid_nll", hue="model", hue_order=order, palette=palette,
+                        s=36, linewidth=0, zorder=3, legend=False, ax=ax)
+    sns.move_legend(ax, "best", fontsize=7, ncol=2, title=None)
+
+
 def draw_learning_curves(results: Path) -> list[Path]:
     """Write the CSV and the figure; returns their paths (none when no log is found)."""
     results = Path(results)
@@ -70,21 +96,11 @@ def draw_learning_curves(results: Path) -> list[Path]:
     frame.to_csv(tmp, index=False)
     tmp.replace(csv)
     setup_style()
-    styles = group_styles(_displays(results, frame))
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    seen: dict = {}  # models of one method share its colour; their line styles differ
-    for label, part in frame.groupby("label", sort=False):
-        group = part["group"].iloc[0]
-        color, i = styles[group]["colour"], seen.setdefault(group, 0)
-        seen[group] += 1
-        style = ["-", "--", ":", "-."][i % 4]
-        ax.plot(part["tokens"] / 1e6, part["train_nll"], style, color=color, lw=1.3, label=f"{label} (train)")
-        valid = part.dropna(subset=["valid_nll"])
-        ax.plot(valid["tokens"] / 1e6, valid["valid_nll"], "o", color=color, ms=5)
+    draw_curves(ax, frame, group_styles(_displays(results, frame)))
     ax.set_xlabel("training tokens (millions)")
     ax.set_ylabel("NLL bound, nats/token (dots: validation)")
     ax.set_title(f"Learning curves: {results.name} (lines: training loss, mean of {WINDOW} steps)")
-    ax.legend(fontsize=7, ncol=2)
     (results / "figures").mkdir(parents=True, exist_ok=True)
     return [csv, *save(fig, results / "figures" / "learning_curves")]
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
+import matplotlib.markers
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
@@ -156,6 +157,39 @@ def save(fig, path_stem: Path) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------ drawing
+def look(row: pd.Series) -> str:
+    """The name of a row's look (its hue and style level in the figures): the method and, for a
+    shaded one, the value it shades by ("Eso-LM (B) | alpha_0 = 0.25")."""
+    field, value = shade(row)
+    return f"{row['group']} | {field} = {value:g}" if field else str(row["group"])
+
+
+def looks(points: pd.DataFrame) -> tuple[pd.Series, dict, dict]:
+    """Each row's look, and the palette and markers of the looks (point_style of their first row),
+    as seaborn's hue/style levels, `palette` and `markers` take them."""
+    names = pd.Series([look(r) for _, r in points.iterrows()], index=points.index, dtype=object)
+    first = points.loc[~names.duplicated()]
+    st = {names[i]: point_style(r) for i, r in first.iterrows()}
+    return names, {k: v["color"] for k, v in st.items()}, {k: v["marker"] for k, v in st.items()}
+
+
+def _filled(marker) -> bool:
+    return matplotlib.markers.MarkerStyle(marker).is_filled()
+
+
+def scatter_looks(ax, data: pd.DataFrame, x: str, y: str, *, palette: dict, markers: dict, **kws) -> None:
+    """sns.scatterplot of `data` by its `_look` column (hue and style); seaborn will not mix filled
+    and line-art markers in one call, so a declared line-art marker gets a call of its own (without
+    an edge colour, which line art has none of)."""
+    for filled in (True, False):
+        part = data.loc[data["_look"].map(lambda k: _filled(markers[k]) == filled)]
+        if len(part):
+            levels = list(dict.fromkeys(part["_look"]))
+            sns.scatterplot(data=part, x=x, y=y, hue="_look", style="_look", hue_order=levels, style_order=levels,
+                            palette={k: palette[k] for k in levels}, markers={k: markers[k] for k in levels},
+                            legend=False, ax=ax, **{k: v for k, v in kws.items() if filled or k != "edgecolor"})
+
+
 def draw_panel(ax, points: pd.DataFrame, x: str, y: str, styles: dict, *, metric: X.Metric, by: str = "group"):
     """Points (faded off the frontier), each method's frontier line, the reference (AR) as a
     star, an x on collapsed samples; a method with no time at all (the paper's AR) as a dashed
@@ -164,19 +198,22 @@ def draw_panel(ax, points: pd.DataFrame, x: str, y: str, styles: dict, *, metric
     pts = points.loc[points[y].notna()].copy()
     timed = pts.loc[pts[x].notna()].copy()
     timed["_front"] = frontier(timed, x, y, by=by, maximize_y=maximize)
-    for _, row in timed.iterrows():
-        st = point_style(row)
-        big = styles[row["group"]]["reference"]
-        ax.scatter(row[x], row[y], s=260 if big else 46, color=st["color"], marker=st["marker"], zorder=4,
-                   alpha=1.0 if row["_front"] else 0.35, edgecolor="black" if row["_front"] else "none",
-                   linewidth=0.6)
-    for _, g in timed.loc[timed["_front"]].groupby(by, sort=False):
-        g = g.sort_values(x)
-        if len(g) > 1:
-            color = styles[g["group"].iloc[0]]["colour"] if by == "group" else point_style(g.iloc[0])["color"]
-            ax.plot(g[x], g[y], color=color, lw=1.8, zorder=3)
+    timed["_look"], palette, markers = looks(timed)
+    timed["_reference"] = timed["group"].map(lambda g: bool(styles[g]["reference"]))
+    for on, kws in ((False, dict(alpha=0.35, edgecolor="none")), (True, dict(alpha=1.0, edgecolor="black"))):
+        scatter_looks(ax, timed.loc[timed["_front"].eq(on)], x, y, palette=palette, markers=markers,
+                      size="_reference", sizes={True: 260, False: 46}, linewidth=0.6, zorder=4, **kws)
+    front = timed.loc[timed["_front"]]
+    front = front.loc[front.groupby(by, sort=False)[x].transform("size") > 1]
+    if len(front):
+        colour = {r[by]: styles[r["group"]]["colour"] if by == "group" else point_style(r)["color"]
+                  for _, r in front.drop_duplicates(by).iterrows()}
+        sns.lineplot(data=front, x=x, y=y, hue=by, hue_order=list(colour), palette=colour, estimator=None, sort=True,
+                     lw=1.8, zorder=3, legend=False, ax=ax)
     low = timed.loc[collapsed(pts).reindex(timed.index, fill_value=False)]
-    ax.scatter(low[x], low[y], s=70, marker="x", color="#555555", linewidth=1.2, zorder=5)
+    if len(low):
+        sns.scatterplot(data=low, x=x, y=y, marker="x", color="#555555", s=70, linewidth=1.2, zorder=5, legend=False,
+                        ax=ax)
     for _, row in pts.loc[~pts["group"].isin(timed["group"])].iterrows():  # a method with no times: a level
         ax.axhline(row[y], color=styles[row["group"]]["colour"], ls="--", lw=1.2, zorder=2)
     ax.set_xscale("log")
