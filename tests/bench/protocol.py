@@ -8,6 +8,7 @@ whole clean prefix at every step.
 """
 from __future__ import annotations
 
+import itertools
 import os
 from dataclasses import asdict, dataclass, field
 
@@ -112,36 +113,32 @@ def backbone_summary(model) -> dict:
                 head_parameters=model.backbone.head.weight.numel() + model.backbone.head.bias.numel())
 
 
-def sampler(method: Method, model, cache: bool, settings: Settings):
-    """``run(seed=None)``: one batch-1 sample at NFE = L; returns the SampleOutput. The global RNG
-    is reseeded per call (the samplers draw on both the CPU and the device): with ``seed``, or
-    else with the next of settings.seed + 1, + 2, ..."""
-    count = [settings.seed]
-
-    def run(seed: int | None = None):
-        if seed is None:
-            count[0] += 1
-            seed = count[0]
+def sampler(method: Method, model, cache: bool):
+    """``run(seed)``: one batch-1 sample at NFE = L with the global RNG seeded by ``seed`` (the
+    samplers draw on both the CPU and the device); returns the SampleOutput."""
+    def run(seed: int):
         torch.manual_seed(seed)
         return model.sample(1, top_p=1.0, kv_cache=cache, **method.options)
     return run
 
 
-def output_seed(settings: Settings) -> int:
-    """The seed of the untimed call whose output (tokens, NFE) a sampling record reports: that of
-    the last measured round of the ``run`` sequence (settings.seed + warm-up + rounds), so the
-    deterministic figures do not depend on how many calls the timer makes."""
-    return settings.seed + settings.warmup + settings.rounds
+def round_seeds(settings: Settings):
+    """The seed of each round, warm-up rounds first: settings.seed + 1, + 2, ... (the last
+    measured round's output is the one a sampling record reports)."""
+    return itertools.count(settings.seed + 1)
 
 
-def timed(fn) -> float:
-    """Seconds of one call of ``fn``, as ``torch.utils.benchmark.Timer`` measures it at the current
-    torch thread count, synchronizing the accelerator around the call: ``blocked_autorange`` with
-    min_run_time=0 makes one warm-up call (its choice of a block of one call) and then times one."""
-    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=torch.get_num_threads())
+def timed(fn) -> tuple[float, object]:
+    """(seconds, result) of one call of ``fn``, as ``torch.utils.benchmark.Timer`` measures it at
+    the current torch thread count, synchronizing the accelerator around the call:
+    ``blocked_autorange`` with min_run_time=0 makes one warm-up call (its choice of a block of
+    one call) and then times one, whose result this returns."""
+    results: list = []
+    timer = Timer(stmt="results.append(fn())", globals={"fn": fn, "results": results},
+                  num_threads=torch.get_num_threads())
     m = timer.blocked_autorange(min_run_time=0)
     assert m.number_per_run == 1 and len(m.raw_times) == 1, (m.number_per_run, m.raw_times)
-    return m.raw_times[0]
+    return m.raw_times[0], results[-1]
 
 
 def load() -> float:

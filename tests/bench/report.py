@@ -104,7 +104,7 @@ def build(settings, records, training, likelihood, checks, steps, notes) -> dict
         protocol=("spec 8.6: batch 1, NFE = L, top_p = 1 (no nucleus), first-hitting regime; "
                   "seconds = wall time of one model.sample(...) as torch.utils.benchmark.Timer measures it "
                   "(blocked_autorange: one warm-up call, then one timed call, the accelerator synchronized), "
-                  "warm-up rounds excluded; NFE from one untimed run; ratios are of medians measured in this session; "
+                  "warm-up rounds excluded; NFE from the last round's timed call; ratios are of medians measured in this session; "
                   f"tokens drawn in float64 by {sampling.DRAW} (esolm.sampling.DRAW)"),
         sampling=records,
         estimator_check=checks,

@@ -7,7 +7,7 @@ import torch
 
 from esolm.metrics.timing import summarize
 from estimate import SubsampledNetwork
-from protocol import (FIRST_HITTING_T, METHODS, STORE, backbone_summary, build, configurations, load, output_seed,
+from protocol import (FIRST_HITTING_T, METHODS, STORE, backbone_summary, build, configurations, load, round_seeds,
                       sampler, timed)
 
 
@@ -26,7 +26,7 @@ def pytest_generate_tests(metafunc):
 def subsampled(run, model, stride: int, nets: list):
     """``run`` with 1 network call in ``stride`` computed (estimate.py); each call appends its
     SubsampledNetwork to ``nets``."""
-    def call(seed=None):
+    def call(seed):
         with SubsampledNetwork(model, stride) as net:
             out = run(seed)
         nets.append(net)
@@ -36,20 +36,23 @@ def subsampled(run, model, stride: int, nets: list):
 
 def measure(benchmark, run, model, settings, stride=None) -> tuple[list[float], object, dict | None]:
     """Warm-up, then ``rounds`` runs through pytest-benchmark, each timed by ``timed``
-    (torch.utils.benchmark); per-round seconds (the full-run estimate when ``stride``
-    subsamples the network), the output of one untimed run with ``output_seed`` (subsampled
-    alike), and the subsample info of the last timed run."""
-    seconds, nets = [], []
+    (torch.utils.benchmark) with its round's seed; per-round seconds (the full-run estimate when
+    ``stride`` subsamples the network), the last round's output and the subsample info of its
+    timed run."""
+    seconds, outs, nets = [], [], []
     call = run if stride is None else subsampled(run, model, stride, nets)
+    seeds = round_seeds(settings)
 
     def once():
-        secs = timed(call)
+        seed = next(seeds)
+        secs, out = timed(lambda: call(seed))
         seconds.append(secs if stride is None else nets[-1].estimated_seconds(secs))
+        outs.append(out)
 
     benchmark.pedantic(once, rounds=settings.rounds, warmup_rounds=settings.warmup, iterations=1)
     del seconds[:settings.warmup]
     info = nets[-1].summary() if nets else None
-    return seconds, call(output_seed(settings)), info
+    return seconds, outs[-1], info
 
 
 def record(method, model, cache, L, seconds, out, info, before) -> dict:
@@ -64,7 +67,7 @@ def test_sampling_time_at_nfe_equals_length(benchmark, bench, configuration):
     L, key, cache = configuration
     s, method = bench.settings, METHODS[key]
     model = build(method, s, L)
-    run = sampler(method, model, cache, s)
+    run = sampler(method, model, cache)
     expensive = not (cache and method.has_cache)  # MDLM, or a sampler recomputing its prefix
     stride = max(1, L // s.timed_calls) if expensive and L > s.full_upto else None
     before = load()
@@ -78,8 +81,8 @@ def test_sampling_time_at_nfe_equals_length(benchmark, bench, configuration):
         # the estimator, checked against the full runs just measured (same L, same sampler)
         estimates, nets = [], []
         call = subsampled(run, model, max(1, L // s.timed_calls), nets)
-        for _ in range(s.rounds):
-            wall = timed(call)
+        for seed in range(s.seed + 1, s.seed + 1 + s.rounds):
+            wall, _ = timed(lambda: call(seed))
             estimates.append(nets[-1].estimated_seconds(wall))
         est = summarize(estimates)["median"]
         bench.checks.append(dict(method=key, label=method.label, cache=cache, length=L,
@@ -94,7 +97,7 @@ def test_cached_pair_with_the_other_vocabulary(benchmark, bench, pair):
     s, method = bench.settings, METHODS[key]
     model = build(method, s, L, vocab_size=s.alt_vocab_size)
     before = load()
-    seconds, out, info = measure(benchmark, sampler(method, model, True, s), model, s)
+    seconds, out, info = measure(benchmark, sampler(method, model, True), model, s)
     bench.sampling.append(record(method, model, True, L, seconds, out, info, before))
 
 
@@ -105,15 +108,15 @@ def test_where_a_cached_step_spends_its_time(benchmark, bench, key):
     s, method = bench.settings, METHODS[key]
     L = max(s.lengths)
     model = build(method, s, L)
-    runs, calls = [], []  # (wall seconds, network seconds, output) of the same run; every call's output
+    runs = []  # (wall seconds, network seconds, output) of the same run
 
     def profiled():  # the same seed every call: the same run
         torch.manual_seed(s.seed)
-        calls.append(model.sample(1, top_p=1.0, kv_cache=True, profile=True, **method.options))
+        return model.sample(1, top_p=1.0, kv_cache=True, profile=True, **method.options)
 
     def once():
-        wall = timed(profiled)
-        runs.append((wall, calls[-1].seconds, calls[-1]))  # the timed call is the timer's last one
+        wall, out = timed(profiled)
+        runs.append((wall, out.seconds, out))
 
     benchmark.pedantic(once, rounds=s.rounds, warmup_rounds=s.warmup, iterations=1)
     del runs[:s.warmup]

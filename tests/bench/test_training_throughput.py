@@ -37,7 +37,7 @@ def test_training_tokens_per_second(benchmark, bench, entry):
 
     seconds = []
     before = load()
-    benchmark.pedantic(lambda: seconds.append(timed(step)), rounds=s.rounds,
+    benchmark.pedantic(lambda: seconds.append(timed(step)[0]), rounds=s.rounds,
                        warmup_rounds=s.warmup, iterations=1)
     del seconds[:s.warmup]
     st = summarize(seconds)
