@@ -30,8 +30,10 @@ from esolm.log import log  # noqa: E402
 
 def _common_model_args(p: argparse.ArgumentParser, checkpoint: bool = False) -> None:
     p.add_argument("--model", help="registry name (see `run.py models`)")
+    from esolm.runs import RUNS
+
     p.add_argument("--preset", default="tiny", help="the run name whose data, backbone and training to use: "
-                                                    "smoke | tiny | cpu | small | paper-owt | paper-lm1b (default: tiny)")
+                                                    f"{' | '.join(RUNS)} (default: tiny)")
     p.add_argument("--corpus", default=None,
                    help="synthetic | shakespeare | text:PATH | owt | lm1b (default: the run name's, data.corpus)")
     if checkpoint:

@@ -28,6 +28,19 @@ def test_models_lists_every_registered_model_with_capabilities():
     assert "kv_cache" in out and "exact_likelihood" in out
 
 
+def test_help_lists_every_key_of_the_run_config_with_its_default_type_and_meaning():
+    from esolm import runs
+    from esolm.config import field_names
+
+    out = run("train", "--help").stdout
+    tiny = runs.get("tiny")
+    for section in ("data", "backbone", "train"):
+        for name in field_names(type(getattr(tiny, section))):
+            assert f"{section}.{name}=" in out, f"{section}.{name}"
+    assert "train.steps=300  (int) optimizer steps" in out  # the field's own line comment
+    assert "model: the model's config fields" in out
+
+
 def test_alpha_0_outside_0_1_is_refused_with_one_message(tmp_path):
     proc = run("train", "--model", "esolm-b", "--corpus", "synthetic", "--preset", "smoke", "--out", str(tmp_path),
                "alpha_0=2", ok=False)
