@@ -209,7 +209,7 @@ def c3(df, anch, rules) -> Claim:
     c.status = verdict([trend, below])
     for ds in ("LM1B", "OWT"):
         p = _anchor(anch, "1", dataset=ds, estimator="nelbo")
-        p = p.loc[p["method"].isin(["BD3-LM", "MDLM"])].sort_values("block_size", ascending=False, na_position="first")
+        p = p.loc[p["method"].isin([FAMILY_BD3, FAMILY_MDLM])].sort_values("block_size", ascending=False, na_position="first")
         c.paper += ("; " if c.paper else "") + f"{ds}: " + " > ".join(
             f"{v:g} ({g})" for g, v in zip(p["group"], p["value"]))
     return c
