@@ -76,6 +76,11 @@ class BD3SampleOptions(SampleOptions):
     nucleus: Literal["bd3", "eso"] = "bd3"  # BD3-LM's own top-p filter, or spec 5.6's
     reference_grid: bool = False  # the authors' per-block grid linspace(1, 0, T') (docs/reference_switches.md)
 
+    def __post_init__(self):
+        super().__post_init__()
+        if self.steps_per_block is not None and int(self.steps_per_block) < 1:
+            raise ConfigError(f"steps_per_block must be >= 1; got {self.steps_per_block}")
+
 
 class BD3LM(LanguageModel):
     config_class = BD3Config
@@ -285,15 +290,11 @@ class BD3LM(LanguageModel):
         return self.search_clip_interval(batches) if self.config.clip else None
 
     # -- sampling (6.4) ---------------------------------------------------------------------------
-    def sample(self, num_samples, *, generator=None, profile=False, on_step=None, **options) -> SampleOutput:
-        """As ``LanguageModel.sample``; ``on_step(block, z, logits)`` sees every denoising pass."""
-        return self.generate(num_samples, self.options(options), generator=generator, profile=profile,
-                             on_step=on_step)
-
     @in_inference_mode
     def generate(self, num_samples, options, *, generator=None, profile=False, on_step=None) -> SampleOutput:
         """Block by block (6.4), BOS first; ``steps`` is the total T and each block gets
-        T' = T / (L / L') steps unless ``steps_per_block`` is given.
+        T' = T / (L / L') steps unless ``steps_per_block`` is given. ``on_step(block, z, logits)``
+        (a test hook: ``sample(..., hooks=dict(on_step=f))``) sees every denoising pass.
 
         sampler: "ancestral" (5.5 with r = s/t and p(x0) reused while nothing changes) or
         "first_hitting" (one uniformly chosen masked position per step and row; needs T' >= L').
@@ -327,8 +328,6 @@ class BD3LM(LanguageModel):
         n_blocks, steps = length // bs, options.steps
         if options.steps_per_block is not None:
             steps_per_block = int(options.steps_per_block)
-            if steps_per_block < 1:
-                raise ConfigError(f"steps_per_block must be >= 1; got {steps_per_block}")
         elif steps is None or int(steps) < n_blocks or int(steps) % n_blocks:
             raise ConfigError(
                 f"steps={steps} must be a positive multiple of the number of blocks L/L' = {n_blocks} "

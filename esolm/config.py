@@ -76,8 +76,10 @@ def field_names(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls)]
 
 
+@functools.cache
 def field_types(cls) -> dict:
-    """Field name -> resolved annotation of dataclass ``cls``."""
+    """Field name -> resolved annotation of dataclass ``cls`` (resolved once per class; do not
+    modify the returned dict)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
 

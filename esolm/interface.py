@@ -61,7 +61,7 @@ class SampleOptions:
     top_p: float = 1.0  # nucleus mass (spec 5.6); 1 keeps the whole distribution
     kv_cache: bool = True  # reuse keys and values (exact) where the model has a KV cache
 
-    def __post_init__(self):
+    def __post_init__(self):  # the one check of each shared option (the samplers trust them)
         if self.steps is not None and int(self.steps) < 1:
             raise ConfigError(f"steps must be >= 1; got {self.steps}")
         if not 0.0 < float(self.top_p) <= 1.0:
@@ -185,10 +185,13 @@ class LanguageModel(nn.Module, abc.ABC):
         ...
 
     def sample(self, num_samples: int, *, generator: torch.Generator | None = None, profile: bool = False,
-               **options) -> SampleOutput:
+               hooks: dict | None = None, **options) -> SampleOutput:
         """``num_samples`` sequences; ``options`` are fields of ``sample_options_class`` (strings
-        are typed). ``profile=True`` times only the network passes (spec 8.5)."""
-        return self.generate(num_samples, self.options(options), generator=generator, profile=profile)
+        are typed). ``profile=True`` times only the network passes (spec 8.5). ``hooks`` are
+        keyword arguments of the model's ``generate`` handed on as they are (test hooks, such as
+        BD3-LM's ``on_step``)."""
+        return self.generate(num_samples, self.options(options), generator=generator, profile=profile,
+                             **(hooks or {}))
 
     def options(self, given: dict) -> SampleOptions:
         """The model's ``SampleOptions`` with ``given`` (checked and typed) over its defaults."""

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 
 import torch
 
-from esolm.config import ConfigError
 
 SAMPLING_EPS = 1e-3  # t ~ [1e-3, 1) at training and evaluation (3.2)
 
@@ -75,12 +74,9 @@ def eso_schedule(length: int, alpha_0_eval: float, steps: int, generator=None,
     The binomial schedule of LogLinear(alpha_0_eval) over ``steps`` steps gives the
     non-empty parallel steps; the L - n_MDM tokens it leaves masked are then decoded one
     per step. At alpha_0_eval = 1 any leftover (probability 0 in exact arithmetic) is
-    one more parallel step.
+    one more parallel step. The sampling options check ``alpha_0_eval`` in [0, 1] and
+    ``steps`` >= 1 (EsoSampleOptions).
     """
-    if not 0.0 <= float(alpha_0_eval) <= 1.0:
-        raise ConfigError(f"alpha_0_eval must lie in [0, 1] (1 = pure diffusion, 0 = AR); got {alpha_0_eval}")
-    if int(steps) < 1:
-        raise ConfigError(f"steps must be >= 1; got {steps}")
     counts, left = binomial_schedule(length, LogLinear(alpha_0_eval, eps), int(steps), generator)
     if alpha_0_eval == 1.0 and left:
         counts, left = counts + [left], 0

@@ -498,3 +498,19 @@ def test_footnote_markers_of_table1_are_the_specs():
         row = next(x for x in _tables(spec)[0][1:] if x[0] == r["row"])
         cell = row[_tables(spec)[0][0].index(r["column"])]
         assert "".join(ch for ch in cell.split(" ")[0] if ch in marks) == "".join(n for n in r["notes"] if n in marks)
+
+
+def test_the_default_backbone_is_the_spec_tiny_row_and_the_paper_runs_the_small_row():
+    """spec-tiny and the benchmarks rely on the defaults of esolm.runs.Backbone being spec 2.1's tiny."""
+    from esolm import runs
+    from esolm.config import ModelConfig
+
+    rows = {r[0]: r for r in _tables(_section(_spec_text(), "2.1"))[0][1:]}
+
+    def row(b):
+        return [str(b.d_model), str(b.n_layers), str(b.n_heads), str(b.d_model // b.n_heads), str(b.cond_dim),
+                str(ModelConfig.mlp_ratio), str(b.dropout)]
+
+    assert row(runs.Backbone()) == rows["tiny"][1:]
+    assert runs.get("spec-tiny").backbone == runs.Backbone()
+    assert row(runs.get("paper-owt").backbone) == rows["small (all paper models)"][1:]

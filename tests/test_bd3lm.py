@@ -119,7 +119,7 @@ def test_every_sampler_step_sees_the_logits_of_the_training_pass(kv_cache, sampl
     model = randomized()
     seen = []
     out = model.sample(2, steps=16, top_p=0.9, kv_cache=kv_cache, sampler=sampler,
-                       generator=torch.Generator().manual_seed(1), on_step=lambda b, z, lg: seen.append((b, z, lg)))
+                       generator=torch.Generator().manual_seed(1), hooks=dict(on_step=lambda b, z, lg: seen.append((b, z, lg))))
     assert len(seen) == out.extra["denoise_passes"] > 0
     for b, z, logits in seen:
         s, e = 4 * b, 4 * b + 4
@@ -339,7 +339,7 @@ def test_first_hitting_unmasks_exactly_one_position_per_row_and_step():
     model = randomized()
     counts = []
     model.sample(3, steps=16, sampler="first_hitting", generator=torch.Generator().manual_seed(0),
-                 on_step=lambda b, z, lg: counts.append((b, (z[:, 4 * b:4 * b + 4] == model.config.mask_id).sum(1))))
+                 hooks=dict(on_step=lambda b, z, lg: counts.append((b, (z[:, 4 * b:4 * b + 4] == model.config.mask_id).sum(1)))))
     per_block = {}
     for b, c in counts:
         per_block.setdefault(b, []).append(c)
@@ -369,6 +369,8 @@ def test_sample_arguments_are_checked_with_the_fix_in_the_message():
         model.sample(1, length=10, steps=10)
     with pytest.raises(ConfigError, match="sampler must be one of"):
         model.sample(1, steps=8, sampler="greedy")
+    with pytest.raises(ConfigError, match="steps_per_block must be >= 1; got 0"):
+        model.options(dict(steps_per_block="0"))  # refused when the options are made, typed from the CLI string
     assert model.sample(1, length=8, steps_per_block=3).extra["steps_per_block"] == 3
 
 

@@ -370,18 +370,20 @@ def test_hub_probe_gives_up_within_its_timeout_and_respects_offline_mode(monkeyp
 
     assert os.environ.get("HF_HUB_OFFLINE") == "1" and hub_constants.HF_HUB_OFFLINE  # tests/conftest.py
     t0 = time.perf_counter()
-    assert hub.offline_requested() and hub.hub_reachable() is False and hub.probe("127.0.0.1", 9) is False
+    assert hub.offline_requested() and hub.hub_reachable() is False
+    assert hub.hub_reachable("https://127.0.0.1:9") is False
     assert time.perf_counter() - t0 < 0.5
     monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)  # let huggingface_hub send the request
     monkeypatch.setattr(hub, "_REACHABLE", {})
     with socket.socket() as silent:  # accepts connections but never answers the TLS handshake
         silent.bind(("127.0.0.1", 0))
         silent.listen()
+        endpoint = f"https://127.0.0.1:{silent.getsockname()[1]}"
         t0 = time.perf_counter()
-        assert hub.probe("127.0.0.1", silent.getsockname()[1], timeout=0.5) is False
+        assert hub.hub_reachable(endpoint, timeout=0.5) is False
         assert time.perf_counter() - t0 < 1.5
         t0 = time.perf_counter()  # asked once per process: the answer is remembered
-        assert hub.probe("127.0.0.1", silent.getsockname()[1], timeout=0.5) is False
+        assert hub.hub_reachable(endpoint, timeout=0.5) is False
         assert time.perf_counter() - t0 < 0.1
 
 

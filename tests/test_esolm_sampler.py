@@ -70,11 +70,13 @@ def test_mean_nfe_matches_the_formula_and_table_13_within_one_percent():
         assert n_mdm == pytest.approx(alpha * 1024, abs=0.01 * 1024)
 
 
-def test_eso_schedule_rejects_bad_arguments():
-    with pytest.raises(ConfigError, match="alpha_0_eval"):
-        eso_schedule(16, 1.5, 4)
-    with pytest.raises(ConfigError, match="steps"):
-        eso_schedule(16, 0.5, 0)
+@pytest.mark.parametrize("sampler", ["binomial", "block"])
+def test_sampling_options_refuse_a_bad_alpha_0_eval_or_steps_for_either_sampler(sampler):
+    model = randomized("esolm-b", alpha_0=0.5)
+    with pytest.raises(ConfigError, match=r"alpha_0_eval must lie in \[0, 1\]"):
+        model.sample(1, steps=4, alpha_0_eval=1.5, sampler=sampler)
+    with pytest.raises(ConfigError, match="steps must be >= 1"):
+        model.sample(1, steps=0, alpha_0_eval=0.5, sampler=sampler)
 
 
 # --------------------------------------------------------------------- chunking (7.8)

@@ -95,25 +95,15 @@ def ask_hub(endpoint: str, timeout: float = 2.0) -> bool:
     return bool(ok and ok[0])
 
 
-def probe(host: str = "huggingface.co", port: int = 443, timeout: float = 2.0) -> bool:
-    """``ask_hub("https://host:port")``, once per process and endpoint; False at once in offline
-    mode (not remembered: turning offline mode off asks again)."""
-    return _reachable(f"https://{host}" + ("" if port == 443 else f":{port}"), timeout)
-
-
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """False at once in huggingface_hub's offline mode, else whether its hub
-    (``constants.ENDPOINT``, from HF_ENDPOINT) answers, asked once per process."""
+def hub_reachable(endpoint: str | None = None, timeout: float = 2.0) -> bool:
+    """False at once in huggingface_hub's offline mode (not remembered: turning it off asks
+    again), else whether the hub at ``endpoint`` (default ``constants.ENDPOINT``, from
+    HF_ENDPOINT) answers ``ask_hub``, asked once per process and endpoint."""
     from huggingface_hub import constants
 
-    return _reachable(constants.ENDPOINT, timeout)
-
-
-def _reachable(endpoint: str, timeout: float) -> bool:
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:  # huggingface_hub refuses every request; nothing to remember
+    if offline_requested():  # huggingface_hub refuses every request; nothing to remember
         return False
+    endpoint = endpoint or constants.ENDPOINT
     if endpoint not in _REACHABLE:
         _REACHABLE[endpoint] = ask_hub(endpoint, timeout)
     return _REACHABLE[endpoint]

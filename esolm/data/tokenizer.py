@@ -245,7 +245,7 @@ def _gpt2_from_ranks(ranks_path: Path, cache_dir: str | Path | None = None):
     backend.add_special_tokens([AddedToken(EOT, special=True, normalized=False)])  # keeps id len(ranks)
     save_text(path, backend.to_str())
     log(f"built the GPT-2 BPE from {ranks_path} in {time.perf_counter() - t0:.1f} s; cached at {path}")
-    return Backend.from_file(str(path))
+    return backend
 
 
 def _last_merge(token: bytes, rank: int, ranks: dict[bytes, int], ranks_path: Path) -> tuple[bytes, bytes]:

@@ -94,6 +94,8 @@ class EsoSampleOptions(SampleOptions):
 
     def __post_init__(self):
         super().__post_init__()
+        if self.alpha_0_eval is not None and not 0.0 <= float(self.alpha_0_eval) <= 1.0:
+            raise ConfigError(f"alpha_0_eval must lie in [0, 1] (1 = pure diffusion, 0 = AR); got {self.alpha_0_eval}")
         if self.subcontext_len is not None and self.block_steps is None:
             self.block_steps = self.subcontext_len
         if self.subcontext_shuffle is not None:

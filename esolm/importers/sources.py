@@ -252,12 +252,12 @@ def _hf_weights(folder: Path) -> dict:
 def fetch_hf(repo: str) -> Path:
     """Download ``config.json`` and the weights of ``repo`` through huggingface_hub; offline, one
     message saying what to download and where to put it."""
-    from esolm.data.hub import offline_requested, probe
+    from esolm.data.hub import hub_reachable
 
     how = (f"on a machine with internet run `huggingface-cli download {repo} config.json model.safetensors "
            f"--local-dir checkpoints/{repo.replace('/', '_')}`, copy that folder here and pass it as the source "
            f"(python experiments/run.py import checkpoints/{repo.replace('/', '_')} --out DIR)")
-    if offline_requested() or not probe("huggingface.co"):
+    if not hub_reachable():  # False at once in offline mode
         raise ConfigError(f"cannot fetch hf:{repo}: the Hugging Face hub is unreachable (offline); {how}")
     try:
         from huggingface_hub import snapshot_download

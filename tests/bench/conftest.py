@@ -54,15 +54,16 @@ class Session:
     settings: protocol.Settings
     quick: bool
     out: str | None
-    sampling: list = field(default_factory=list)
-    training: list = field(default_factory=list)
-    likelihood: list = field(default_factory=list)
-    checks: list = field(default_factory=list)
-    steps: list = field(default_factory=list)
-    notes: list = field(default_factory=list)
-    written: list = field(default_factory=list)
-    text: str = ""
+    # the report's tables (report.TABLES) -> the records the benchmarks measured for it
+    records: dict = field(default_factory=lambda: {table: [] for table in report.TABLES})
+    notes: list = field(default_factory=list)  # lines of the report's notes
+    written: list = field(default_factory=list)  # the report files written
+    text: str = ""  # the terminal summary
     load_start: float = 0.0
+
+    def add(self, table: str, record: dict):
+        """File one measured record under the report's table ``table``."""
+        self.records[table].append(record)
 
 
 def pytest_configure(config):
@@ -93,7 +94,7 @@ def bench(request):
 
 def pytest_sessionfinish(session, exitstatus):
     store: Session = session.config.stash.get(STORE, None)
-    if store is None or not (store.sampling or store.training or store.likelihood or store.steps):
+    if store is None or not any(store.records[table] for table in report.MEASURED):
         return
     s = store.settings
     store.notes += [
@@ -103,13 +104,12 @@ def pytest_sessionfinish(session, exitstatus):
         f" about {s.timed_calls} network calls per kind computed, the rest charged by interpolation; "
         "everything else in the sampler runs for real",
     ]
-    doc = report.build(s, store.sampling, store.training, store.likelihood, store.checks, store.steps,
-                       store.notes)
+    doc = report.build(s, store.records, store.notes)
     device = "cuda" if s.device.startswith("cuda") else "cpu"
     folder = report.ROOT / "results" / "bench"
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M")
     path = Path(store.out) if store.out else folder / f"{device}-{stamp}{'-quick' if store.quick else ''}.json"
-    measured = {(r["length"], r["method"], r["cache"]) for r in store.sampling if r["vocab_size"] == s.vocab_size}
+    measured = {(r["length"], r["method"], r["cache"]) for r in store.records["sampling"] if r["vocab_size"] == s.vocab_size}
     complete = measured >= set(protocol.configurations(s))  # -k or -x runs never replace "latest"
     latest = folder / f"{device}-latest.json" if complete and not (store.quick or store.out) else None
     store.written = report.write(doc, path, latest)

@@ -91,8 +91,15 @@ def targets(table: dict) -> list[dict]:
     return out
 
 
-def build(settings, records, training, likelihood, checks, steps, notes) -> dict:
-    """The JSON document of one session."""
+# the document's tables of measured records, each filled by the benchmarks (Session.add); the
+# first four are measurements, the estimator check only compares two of them
+MEASURED = ("sampling", "per_step", "training", "likelihood")
+TABLES = MEASURED + ("estimator_check",)
+
+
+def build(settings, tables: dict, notes) -> dict:
+    """The JSON document of one session; ``tables`` maps each of TABLES to its records."""
+    records = tables["sampling"]
     primary = ratios(records, settings.vocab_size)
     alt = ratios(records, settings.alt_vocab_size) if settings.alt_vocab_size else {}
     return dict(
@@ -107,16 +114,16 @@ def build(settings, records, training, likelihood, checks, steps, notes) -> dict
                   "warm-up rounds excluded; NFE from the last round's timed call; ratios are of medians measured in this session; "
                   f"tokens drawn in float64 by {sampling.DRAW} (esolm.sampling.DRAW)"),
         sampling=records,
-        estimator_check=checks,
-        per_step=steps,
+        estimator_check=tables["estimator_check"],
+        per_step=tables["per_step"],
         ratios={str(L): r for L, r in primary.items()},
         ratios_alt_vocab={str(L): r for L, r in alt.items()},
         paper=dict(source="v4 Table 11 (results/paper_anchors.json); A6000 GPU, OWT models, L = 2048 / 8192",
                    seconds={k: {str(L): s for L, s in v.items()} for k, v in paper_times().items()},
                    ratios={k: {str(L): s for L, s in v.items()} for k, v in paper_ratios().items()}),
         targets=targets(primary),
-        training=training,
-        likelihood=likelihood,
+        training=tables["training"],
+        likelihood=tables["likelihood"],
         notes=notes,
     )
 

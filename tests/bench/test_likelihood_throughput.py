@@ -35,8 +35,8 @@ def test_exact_likelihood_sequences_per_second(benchmark, bench, entry):
     benchmark.pedantic(once, rounds=s.rounds, warmup_rounds=s.warmup, iterations=1)
     del seconds[:s.warmup]
     st = summarize(seconds)
-    bench.likelihood.append(dict(model=key, label=METHODS[key].label, length=L, batch=B, orders=orders,
-                                 passes_per_sequence=passes, seconds=st, sequences_per_second=B / st["median"],
-                                 load_before=before, load_after=load()))
+    bench.add("likelihood", dict(model=key, label=METHODS[key].label, length=L, batch=B, orders=orders,
+                                      passes_per_sequence=passes, seconds=st, sequences_per_second=B / st["median"],
+                                      load_before=before, load_after=load()))
     nll = outs[-1]
     assert nll.per_sequence.shape == (B,) and bool(torch.isfinite(nll.per_sequence).all())

@@ -74,7 +74,7 @@ def test_sampling_time_at_nfe_equals_length(benchmark, bench, configuration):
     seconds, out, info = measure(benchmark, run, model, s, stride)
     rec = record(method, model, cache, L, seconds, out, info, before)
     benchmark.extra_info.update(nfe=rec["nfe"], mode=rec["mode"], median_s=rec["seconds"]["median"])
-    bench.sampling.append(rec)
+    bench.add("sampling", rec)
     # first hitting with T steps: about L^2 / 2T pairs of tokens share a step (2 at L = 2048)
     assert out.tokens.shape == (1, L) and out.nfe >= L - 1 - 3 * (1 + L * L // (2 * FIRST_HITTING_T))
     if expensive and stride is None and L == max(x for x in s.lengths if x <= s.full_upto):
@@ -85,9 +85,9 @@ def test_sampling_time_at_nfe_equals_length(benchmark, bench, configuration):
             wall, _ = timed(lambda: call(seed))
             estimates.append(nets[-1].estimated_seconds(wall))
         est = summarize(estimates)["median"]
-        bench.checks.append(dict(method=key, label=method.label, cache=cache, length=L,
-                                 full_median_s=rec["seconds"]["median"], estimate_median_s=est,
-                                 estimate_over_full=est / rec["seconds"]["median"], subsample=nets[-1].summary()))
+        bench.add("estimator_check", dict(method=key, label=method.label, cache=cache, length=L,
+                                          full_median_s=rec["seconds"]["median"], estimate_median_s=est,
+                                          estimate_over_full=est / rec["seconds"]["median"], subsample=nets[-1].summary()))
 
 
 def test_cached_pair_with_the_other_vocabulary(benchmark, bench, pair):
@@ -98,7 +98,7 @@ def test_cached_pair_with_the_other_vocabulary(benchmark, bench, pair):
     model = build(method, s, L, vocab_size=s.alt_vocab_size)
     before = load()
     seconds, out, info = measure(benchmark, sampler(method, model, True), model, s)
-    bench.sampling.append(record(method, model, True, L, seconds, out, info, before))
+    bench.add("sampling", record(method, model, True, L, seconds, out, info, before))
 
 
 @pytest.mark.parametrize("key", ["ar", "esolm-b"])
@@ -125,9 +125,9 @@ def test_where_a_cached_step_spends_its_time(benchmark, bench, key):
     outs = [o for _, _, o in runs]
     nfe = outs[-1].nfe
     ops = ops_per_step(model, method, min(s.lengths))
-    bench.steps.append(dict(method=key, label=method.label, length=L, nfe=nfe, wall_ms_per_step=1e3 * wall / nfe,
-                            network_ms_per_step=1e3 * net / nfe, other_ms_per_step=1e3 * (wall - net) / nfe,
-                            network_share=net / wall, **ops))
+    bench.add("per_step", dict(method=key, label=method.label, length=L, nfe=nfe, wall_ms_per_step=1e3 * wall / nfe,
+                               network_ms_per_step=1e3 * net / nfe, other_ms_per_step=1e3 * (wall - net) / nfe,
+                               network_share=net / wall, **ops))
     bench.notes.append(f"{method.label} with cache, L={L}: {1e3 * wall / nfe:.2f} ms per step, of which "
                        f"{1e3 * net / nfe:.2f} ms in the network ({100 * net / wall:.0f}%) and "
                        f"{1e3 * (wall - net) / nfe:.2f} ms drawing tokens and bookkeeping; "

@@ -41,7 +41,7 @@ def test_training_tokens_per_second(benchmark, bench, entry):
                        warmup_rounds=s.warmup, iterations=1)
     del seconds[:s.warmup]
     st = summarize(seconds)
-    bench.training.append(dict(model=key, label=label, overrides=overrides, length=L, batch=B,
-                               dropout=model.config.dropout, seconds=st, tokens_per_second=B * L / st["median"],
-                               load_before=before, load_after=load()))
+    bench.add("training", dict(model=key, label=label, overrides=overrides, length=L, batch=B,
+                                    dropout=model.config.dropout, seconds=st, tokens_per_second=B * L / st["median"],
+                                    load_before=before, load_after=load()))
     assert all(p.grad is not None for p in model.backbone.blocks[0].parameters())
