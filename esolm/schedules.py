@@ -74,8 +74,8 @@ def eso_schedule(length: int, alpha_0_eval: float, steps: int, generator=None,
     The binomial schedule of LogLinear(alpha_0_eval) over ``steps`` steps gives the
     non-empty parallel steps; the L - n_MDM tokens it leaves masked are then decoded one
     per step. At alpha_0_eval = 1 any leftover (probability 0 in exact arithmetic) is
-    one more parallel step. The sampling options check ``alpha_0_eval`` in [0, 1] and
-    ``steps`` >= 1 (EsoSampleOptions).
+    one more parallel step. The arguments are checked where the options are made:
+    ``steps`` >= 1 in SampleOptions, ``alpha_0_eval`` in [0, 1] in EsoSampleOptions.
     """
     counts, left = binomial_schedule(length, LogLinear(alpha_0_eval, eps), int(steps), generator)
     if alpha_0_eval == 1.0 and left:
