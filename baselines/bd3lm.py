@@ -304,7 +304,8 @@ class BD3LM(LanguageModel):
         included (the last block is never stored: nothing reads it).
         reference_grid: the authors' per-block grid t = linspace(1, 0, T') with s = t - 1/T'
         (ancestral only; off by default): its last step sits at t = 0 and fills every mask still
-        there with one fixed token, REFERENCE_FILL_TOKEN (docs/reference_switches.md).
+        there as the authors' division by t = 0 does (bd3lm_sampler.reference_fill: the lowest
+        id outside the nucleus, else id 0; docs/reference_switches.md).
         """
         length = self.sample_length(options)
         steps_per_block = self._steps_per_block(length, options)

@@ -15,9 +15,8 @@ import torch
 from esolm.sampling import draw, nucleus_filter
 
 REFERENCE_FILL_TOKEN = 0
-"""What the reference grid's last step (t = 0) writes into every mask left in the block: the
-authors' update divides by t = 0 there, so its draw is no draw but one fixed index for every
-position; we model that index as token id 0 (docs/reference_switches.md)."""
+"""What the reference grid's last step (t = 0) writes at a position whose nucleus-filtered p(x0)
+has no zero entry (besides the mask's): see :func:`reference_fill`."""
 
 
 def bd3_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -33,10 +32,28 @@ def bd3_nucleus(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     return logits.masked_fill(~keep, float("-inf"))
 
 
+def filtered_logits(logits: torch.Tensor, top_p: float, nucleus: str) -> torch.Tensor:
+    """float64 ``logits`` with the tokens outside the nucleus (``nucleus``: bd3 or the spec's) at -inf."""
+    return bd3_nucleus(logits, top_p) if nucleus == "bd3" else nucleus_filter(logits, top_p)
+
+
 def draw_tokens(logits: torch.Tensor, top_p: float, nucleus: str, generator=None) -> torch.Tensor:
     """One token per row of ``logits`` [k, V]: nucleus filter, then the float64 draw (5.6, 13)."""
-    filtered = bd3_nucleus(logits, top_p) if nucleus == "bd3" else nucleus_filter(logits, top_p)
-    return draw(filtered, generator)
+    return draw(filtered_logits(logits, top_p, nucleus), generator)
+
+
+def reference_fill(logits: torch.Tensor, top_p: float, nucleus: str, mask_id: int) -> torch.Tensor:
+    """What the authors' BD3-LM update writes at t = 0 (reference grid), one id per row of
+    ``logits`` [k, V]: there the stay probability s/t is a negative number over zero, so every
+    token's weight becomes p(x0) times infinity (NaN where p(x0) is exactly zero, e.g. outside
+    the nucleus), the mask's weight is set to -inf, and the Gumbel argmax returns the first NaN:
+    the lowest id, other than the mask, whose filtered p(x0) is zero; where no entry is zero
+    every weight is +inf and the argmax returns id 0 (REFERENCE_FILL_TOKEN). A property of the
+    row, not a fixed id (docs/reference_switches.md)."""
+    zero = filtered_logits(logits, top_p, nucleus).softmax(dim=-1) == 0
+    zero[..., mask_id] = False
+    first = zero.to(torch.uint8).argmax(dim=-1)  # argmax returns the first of equal maxima
+    return torch.where(zero.any(dim=-1), first, torch.full_like(first, REFERENCE_FILL_TOKEN))
 
 
 def sample_blocks(model, z: torch.Tensor, steps_per_block: int, options, *, generator, profile: bool,
@@ -105,8 +122,8 @@ def _ancestral(block, m, steps, denoise, top_p, nucleus, generator, profile, gri
     which 5.5 spends only on reuse, cost nothing (T' = 5000 of 8.6 stays cheap).
 
     ``grid`` (reference_unmask_probs): unmasking steps drawn from the authors' grid instead;
-    on it, with T' >= 2, the masks left for the last step (t = 0) get REFERENCE_FILL_TOKEN
-    after that step's network pass (the reference runs it), not a draw.
+    on it, with T' >= 2, the masks left for the last step (t = 0) get :func:`reference_fill`
+    of that step's logits (the reference runs the pass), not a draw.
     """
     masked = block == m
     if grid is None:
@@ -122,7 +139,7 @@ def _ancestral(block, m, steps, denoise, top_p, nucleus, generator, profile, gri
             continue
         rows, cols = (when == step).nonzero(as_tuple=True)
         if grid is not None and steps > 1 and step == steps - 1:
-            block[rows, cols] = REFERENCE_FILL_TOKEN  # t = 0: no draw, one fixed token
+            block[rows, cols] = reference_fill(logits[rows, cols], top_p, nucleus, m)  # t = 0: no draw
             continue
         block[rows, cols] = draw_tokens(logits[rows, cols], top_p, nucleus, generator)
 

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from baselines.bd3lm_sampler import REFERENCE_FILL_TOKEN, _ancestral, bd3_nucleus, reference_unmask_probs
+from baselines.bd3lm_sampler import (REFERENCE_FILL_TOKEN, _ancestral, bd3_nucleus, filtered_logits, reference_fill,
+                                     reference_unmask_probs)
 from esolm import masks, registry
 from esolm.config import ConfigError
 from esolm.sampling import nucleus_filter
@@ -320,6 +321,33 @@ def test_reference_grid_fills_the_masks_left_at_t0_with_one_fixed_token():
         assert set(block.unique().tolist()) <= {5, REFERENCE_FILL_TOKEN}
         assert (block == REFERENCE_FILL_TOKEN).double().mean().item() == pytest.approx(expected, abs=0.04)
         assert len(calls) == steps  # the t = 0 step still costs its network pass, as in the reference
+
+
+@pytest.mark.parametrize("top_p,nucleus", [(1.0, "bd3"), (0.9, "bd3"), (0.5, "bd3"), (0.9, "spec")])
+def test_the_reference_fill_at_t0_is_the_authors_nan_argmax_not_a_fixed_id(top_p, nucleus):
+    """The authors' update at t = 0, written out literally: weight p(x0) * (1 - s/t) with
+    s = -1/T', t = 0 (inf, or NaN = 0 * inf outside the nucleus), the mask's weight -inf, then
+    argmax of weight / Exp(1) noise. reference_fill gives the same id on every row: the lowest
+    zero-probability id other than the mask, or id 0 where the filtered p(x0) has no zero."""
+    g = torch.Generator().manual_seed(3)
+    m = V - 1
+    logits = torch.randn(200, V, generator=g, dtype=torch.float64) * 3
+    logits[:50] = logits[:50].clamp(-2, 2)  # no zero probability at top_p = 1 on these rows
+    logits[150:, :4] = -1e4  # ids 0-3 underflow to exactly zero probability
+    logits[:, m] = float("-inf")  # the model never predicts the mask
+    p_x0 = filtered_logits(logits, top_p, nucleus).softmax(dim=-1)
+    with torch.no_grad():
+        s, t = torch.tensor(-1 / 2, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+        weight = p_x0 * (1 - s / t)
+        weight[:, m] = float("-inf")
+        expo = 1e-10 - (torch.rand(weight.shape, generator=g, dtype=torch.float64) + 1e-10).log()
+        authors = (weight / expo).argmax(dim=-1)
+    ours = reference_fill(logits, top_p, nucleus, m)
+    assert torch.equal(ours, authors)
+    if top_p == 1.0:
+        assert set(ours[:50].tolist()) == {REFERENCE_FILL_TOKEN} and set(ours[150:].tolist()) == {0}
+    else:
+        assert len(set(ours.tolist())) > 1  # a property of each row, not one fixed id
 
 
 def test_reference_grid_is_a_sample_option_off_by_default_and_ancestral_only():
