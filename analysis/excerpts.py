@@ -13,26 +13,33 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import records as R
 from analysis import store as S
 from analysis.pareto import ordered_groups
 
 CHARS = 300  # characters per excerpt
 
 
-def _text(results: Path, key: str) -> str | None:
-    """The first sample of the record with this key: its `examples`, else the first line of its samples file."""
-    path = results / "records" / "sample" / f"{key}.json"
-    if not path.exists():
-        return None
-    rec = json.loads(path.read_text())
+def _text(results: Path, key: str) -> tuple[str | None, str]:
+    """The first sample of the record with this key: its `examples`, else the first line of its
+    samples file; (None, why) where there is none (a record that does not verify, a samples
+    file gone)."""
+    c = R.check(results / "records" / "sample" / f"{key}.json")
+    if c.record is None:
+        return None, f"the record {c.path} is " + (f"corrupt ({c.reason})" if c.state == "corrupt" else "missing")
+    rec = c.record
     if rec.get("examples"):
-        return str(rec["examples"][0])
+        return str(rec["examples"][0]), ""
     samples = Path(rec.get("samples") or "")
-    if samples.is_file():
-        with samples.open() as f:
-            first = f.readline()
-        return json.loads(first).get("text") if first.strip() else None
-    return None
+    if not samples.is_file():
+        return None, (f"its samples file {samples} is gone; `python experiments/run.py clean --preset {results.name} "
+                      f"--job '{rec['name']}'` and a rerun of pareto redraw them")
+    with samples.open() as f:
+        first = f.readline()
+    try:
+        return str(json.loads(first)["text"]), ""
+    except (ValueError, KeyError, TypeError):
+        return None, f"the first line of {samples} is not a sample"
 
 
 def _fence(text: str) -> str:
@@ -55,12 +62,12 @@ def excerpts_markdown(df: pd.DataFrame, results: Path, chars: int = CHARS) -> st
         picks = [("low NFE", rows.iloc[0])] + ([("high NFE", rows.iloc[-1])] if len(rows) > 1 else [])
         lines += [f"## {g}", ""]
         for which, r in picks:
-            text = _text(results, str(r["key"])) if "key" in r else None
+            text, why = _text(results, str(r["key"])) if "key" in r else (None, "results.csv names no record")
             lines.append(f"**{which}**: `{point_name(r)}`, NFE {r['nfe']:g}, gen PPL {r['gen_ppl']:.4g}"
                          + (f", entropy {r['entropy']:.3g}" if pd.notna(r.get("entropy")) else ""))
             lines.append("")
             if text is None:
-                lines += ["(no text stored for this configuration)", ""]
+                lines += [f"(no text stored for this configuration: {why})", ""]
                 continue
             cut = text[:chars] + (" [...]" if len(text) > chars else "")
             fence = _fence(cut)

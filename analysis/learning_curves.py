@@ -19,25 +19,28 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from analysis import records as R
 from analysis import store as S
 from analysis.pareto import group_styles, save, setup_style
 from esolm.config import ConfigError
+from esolm.io import atomic_write_text
 
 WINDOW = 25  # training steps per plotted point
 
 
 def collect(results: Path) -> pd.DataFrame:
     """One row per (model, window): label, group, step, tokens, train_nll, valid_nll (NaN off the
-    validation steps). Models whose log is gone are skipped."""
+    validation steps). Models whose log is gone are skipped, and so are records that do not
+    verify (analysis/records.py)."""
     rows = []
-    for path in sorted((results / "records" / "train").glob("*.json")):
-        rec = json.loads(path.read_text())
-        log = Path(rec.get("checkpoint", "")).with_name("train_log.jsonl")
-        if not log.exists():
+    for _, rec in R.scan(results, {"train"})[0]:
+        log = Path(rec.get("checkpoint") or "").with_name("train_log.jsonl")
+        config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+        length = (config.get("corpus") or {}).get("length")
+        steps = _steps(log)
+        if not steps or not length:
             continue
-        steps = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
-        cfg = rec["config"].get("train", {})
-        tokens_per_step = int(cfg.get("batch_size", 1)) * int(rec["config"]["corpus"]["length"])
+        tokens_per_step = int((config.get("train") or {}).get("batch_size", 1)) * int(length)
         for i in range(0, len(steps), WINDOW):
             window = steps[i:i + WINDOW]
             last = window[-1]
@@ -47,6 +50,22 @@ def collect(results: Path) -> pd.DataFrame:
                              train_nll=sum(s["nll_per_token"] for s in window) / len(window),
                              valid_nll=valid[-1] if valid else float("nan")))
     return pd.DataFrame(rows)
+
+
+def _steps(log: Path) -> list[dict]:
+    """The training steps of a train_log.jsonl ([] when it is gone); a line cut short (a run
+    killed while appending) is left out."""
+    if not log.is_file():
+        return []
+    steps = []
+    for line in log.read_text().splitlines():
+        try:
+            step = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(step, dict) and "step" in step and "nll_per_token" in step:
+            steps.append(step)
+    return steps
 
 
 def _displays(results: Path, frame: pd.DataFrame) -> pd.DataFrame:
@@ -92,9 +111,7 @@ def draw_learning_curves(results: Path) -> list[Path]:
     if frame.empty:
         return []
     csv = results / "learning_curves.csv"
-    tmp = csv.with_suffix(".csv.tmp")
-    frame.to_csv(tmp, index=False)
-    tmp.replace(csv)
+    atomic_write_text(csv, frame.to_csv(index=False))
     setup_style()
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
     draw_curves(ax, frame, group_styles(_displays(results, frame)))

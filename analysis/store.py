@@ -21,7 +21,11 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
     if not path.exists():
         raise ConfigError(f"no results store at {path}; run `python experiments/run.py pareto --preset NAME` "
                           f"(or with --no-run to aggregate existing records) and pass results/<preset>")
-    df = pd.read_csv(path)
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise ConfigError(f"{path} has no rows: no job of the preset has finished yet; run `python experiments/run.py "
+                          f"pareto --preset NAME` (`run.py status` says what failed)") from None
     if not X.is_prefixed(df):
         missing = [c for c in X.IDENTITY if c not in df.columns]
         if missing:

@@ -334,7 +334,19 @@ def build_tables(results_dir) -> list[Table]:
     out += ([iw] if iw is not None else []) + table11(df, anchors, summary)
     out += sweep_tables(df, A.paper_points(anchors), summary)
     out += table5(df, summary)  # the zero-shot stage of the released presets
+    for t in out:
+        t.notes += _missing_note(summary)
     return out
+
+
+def _missing_note(summary: dict) -> list[str]:
+    """The jobs of the preset without a record (summary.json ``missing``): rows they give are absent."""
+    missing = summary.get("missing") or []
+    if not missing:
+        return []
+    more = f" and {len(missing) - 10} more (summary.json)" if len(missing) > 10 else ""
+    return [f"Incomplete store: {len(missing)} job(s) of the preset have no record, so their rows are missing from "
+            f"the tables they belong to: {', '.join(missing[:10])}{more}."]
 
 
 def write_tables(results_dir) -> list[Path]:

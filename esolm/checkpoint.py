@@ -11,10 +11,15 @@ three files, none of which is unpickled as code:
                     (plain tensors and numbers, read with ``torch.load(weights_only=True)``);
                     absent for an imported checkpoint
 
-All three are written to temporary files first and renamed together (the weights last), and
-the JSON's sha256s catch a set torn by an interruption between the renames. A checkpoint dict
-(``read_checkpoint``, ``save_checkpoint``) has the keys of the JSON plus ``model``, ``ema``,
-``optimizer``, ``scheduler`` and ``rng``.
+A save never leaves a run without a complete checkpoint (``save_checkpoint``): the three new
+files are written to fsynced temporaries; the current set is hard-linked to ``X.prev.*`` (the
+last good checkpoint); the temporaries are renamed over ``X.*`` (the weights last) and the
+folder fsynced; then ``X.prev.*`` is removed. The JSON's sha256s tell a complete set from one
+torn by an interruption between the renames; a reader given a torn ``X`` reads ``X.prev``
+(saying so in one ``warning:`` line), and the next save keeps ``X.prev`` until its own set is
+complete and removes stray temporaries. A checkpoint dict (``read_checkpoint``,
+``save_checkpoint``) has the keys of the JSON plus ``model``, ``ema``, ``optimizer``,
+``scheduler`` and ``rng``.
 
 Checkpoints of earlier versions (one ``checkpoint.pt`` torch pickle) still load, with
 ``torch.load(weights_only=True)``; one that holds anything else is refused with the command
@@ -23,9 +28,13 @@ esolm/importers/safe_pickle.py).
 """
 from __future__ import annotations
 
+import contextlib
+import glob
 import io
 import json
+import os
 import pickle
+import shutil
 import sys
 from pathlib import Path
 
@@ -33,7 +42,7 @@ import numpy as np
 import torch
 
 from esolm.config import ConfigError
-from esolm.io import atomic_write_files, content_hash, json_bytes
+from esolm.io import _temp_beside, content_hash, json_bytes, temp_name
 
 NAME = "checkpoint.safetensors"  # a training run's checkpoint inside its run folder
 LEGACY_NAME = "checkpoint.pt"  # the one-file torch pickle of earlier versions
@@ -51,12 +60,21 @@ def companions(path: str | Path) -> tuple[Path, Path, Path]:
     return p.with_name(stem + ".safetensors"), p.with_name(stem + ".json"), p.with_name(stem + ".state.pt")
 
 
+def previous(path: str | Path) -> tuple[Path, Path, Path]:
+    """The companions of ``X.prev.safetensors``: the last good set of checkpoint ``X``, kept while a save
+    of ``X`` is in flight."""
+    weights = companions(path)[0]
+    return companions(weights.with_name(weights.name.removesuffix(".safetensors") + ".prev.safetensors"))
+
+
 def checkpoint_in(folder: str | Path) -> Path | None:
-    """The checkpoint in a run folder (the current format first, then a legacy one), or None."""
-    for name in (NAME, LEGACY_NAME):
-        if (Path(folder) / name).is_file():
-            return Path(folder) / name
-    return None
+    """The checkpoint in a run folder (the current format first, also when only the previous set of an
+    interrupted save is left, then a legacy one), or None."""
+    current = Path(folder) / NAME
+    if current.is_file() or previous(current)[0].is_file():
+        return current
+    legacy = Path(folder) / LEGACY_NAME
+    return legacy if legacy.is_file() else None
 
 
 # -------------------------------------------------------------------------- writing
@@ -79,8 +97,9 @@ def _torch_bytes(obj) -> bytes:
     return buf.getvalue()
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    """Write ``state`` (a checkpoint dict) as ``path`` (``X.safetensors``) and its companions."""
+def _files_of(path: Path, state: dict) -> list[tuple[Path, bytes]]:
+    """(path, bytes) of each file of checkpoint ``state``, in the order they are renamed into place:
+    the training state, the JSON (naming the sha256 of the others), the weights last."""
     from safetensors.torch import save
 
     weights, meta_path, state_path = companions(path)
@@ -99,8 +118,82 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
         extra = _torch_bytes(training)
         meta["files"]["state"] = {"name": state_path.name, "sha256": content_hash(extra)}
         items.append((state_path, extra))
-    atomic_write_files(items + [(meta_path, json_bytes(meta)), (weights, blob)])
-    return weights
+    return items + [(meta_path, json_bytes(meta)), (weights, blob)]
+
+
+def save_checkpoint(path: str | Path, state: dict) -> Path:
+    """Write ``state`` (a checkpoint dict) as ``path`` (``X.safetensors``) and its companions, so
+    that an interruption at any point leaves a complete checkpoint (the new one or the last good
+    one, module docstring). Returns the weights' path."""
+    files = companions(path)
+    items = _files_of(files[0], state)
+    _remove(_strays(files))  # temporaries of a save that was killed
+    temps: list[str] = []
+    try:
+        for target, data in items:
+            temps.append(_temp_beside(target, lambda f, d=data: f.write(d)))
+        _keep_last_good(files)
+        for (target, _), tmp in zip(items, temps):
+            os.replace(tmp, target)
+        _fsync_dir(files[0].parent)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            _remove([Path(t) for t in temps])
+        raise
+    _remove(previous(files[0]))
+    return files[0]
+
+
+def _strays(files) -> list[Path]:
+    """The temporary files of the checkpoint ``files`` (esolm.io.temp_name: ``.NAME.RANDOM.tmp``) left
+    beside them by a save that was killed."""
+    heads = {temp_name(f).name.rsplit(".", 2)[0] for f in files}
+    return [Path(t) for h in heads for t in glob.glob(str(files[0].parent / f"{glob.escape(h)}.*.tmp"))]
+
+
+def _remove(paths) -> None:
+    """Remove the files ``paths`` that exist."""
+    for p in paths:
+        if os.path.lexists(p):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(p)
+
+
+def _keep_last_good(files) -> None:
+    """Make ``X.prev.*`` the last complete set before ``X.*`` is replaced: hard links to the current set
+    (a copy where links are unsupported), unless ``X`` is torn and ``X.prev`` complete (a save was
+    interrupted after its first rename: ``X.prev`` is the last good one and stays)."""
+    prev = previous(files[0])
+    if any(p.exists() for p in prev) and not _complete(files[0]) and _complete(prev[0]):
+        return
+    _remove(prev)
+    for src, dst in zip(files, prev):
+        if src.exists():
+            _link(src, dst)
+    _fsync_dir(files[0].parent)
+
+
+def _link(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        raise
+    except OSError:  # a file system without hard links
+        shutil.copyfile(src, dst)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable, where the OS lets a folder be fsynced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 # -------------------------------------------------------------------------- reading
@@ -123,11 +216,11 @@ def _resolve(path: str | Path) -> Path:
 
 def _verified(path: Path, entry: dict | None, role: str) -> bytes:
     """The bytes of ``path``, checked against the sha256 the JSON recorded for them."""
-    if entry is None or not path.is_file():
+    if not isinstance(entry, dict) or not path.is_file():
         raise ConfigError(f"checkpoint {path.name} ({role}) is missing beside its JSON; the checkpoint is "
                           f"incomplete: delete it and retrain, or copy the whole set of files")
     data = path.read_bytes()
-    if content_hash(data) != entry["sha256"]:
+    if content_hash(data) != entry.get("sha256"):
         raise ConfigError(f"checkpoint file {path} ({role}) is corrupt or from another save than its JSON (sha256 "
                           f"differs; a save interrupted between renames, or a partial copy); delete the checkpoint "
                           f"and retrain, or resume from an earlier copy")
@@ -141,10 +234,33 @@ def _read_meta(weights: Path, meta_path: Path) -> dict:
         raise ConfigError(f"checkpoint {weights} is corrupt or incomplete: its metadata {meta_path.name} cannot be "
                           f"read ({type(e).__name__}: {e}); delete it and retrain, or pass a file written by "
                           f"`run.py train`") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("files"), dict):
         raise ConfigError(f"{meta_path} is not the metadata of an esolm checkpoint (format {FORMAT}); "
                           f"pass a checkpoint written by `run.py train` or `run.py import`")
     return meta
+
+
+def _complete(weights: Path) -> bool:
+    """Do the weights and training state of checkpoint ``weights`` match the sha256s of its JSON?"""
+    try:
+        _check_set(weights, training_state=True)
+    except ConfigError:
+        return False
+    return True
+
+
+def _check_set(weights: Path, *, training_state: bool) -> tuple[dict, bytes, bytes | None]:
+    """(metadata, weights' bytes, training state's bytes or None) of the set at ``weights``, each file
+    read checked against the sha256 its JSON recorded (the training state only with ``training_state``);
+    a ConfigError if one differs or is missing."""
+    if not weights.is_file():
+        raise _missing(weights)
+    _, meta_path, state_path = companions(weights)
+    meta = _read_meta(weights, meta_path)
+    files = meta["files"]
+    data = _verified(weights, files.get("weights"), "weights")
+    extra = _verified(state_path, files["state"], "training state") if training_state and "state" in files else None
+    return meta, data, extra
 
 
 def _unflatten(tensors: dict[str, torch.Tensor]) -> dict:
@@ -157,29 +273,48 @@ def _unflatten(tensors: dict[str, torch.Tensor]) -> dict:
     return out
 
 
-def read_checkpoint(path: str | Path, *, training_state: bool = False) -> dict:
+def read_checkpoint(path: str | Path, *, training_state: bool = False, log=None) -> dict:
     """The checkpoint dict at ``path`` (``X.safetensors``, its JSON, a run folder, or a legacy
-    ``.pt``); the optimizer, scheduler and RNG states only with ``training_state``. A missing,
-    incomplete or corrupt checkpoint is a ConfigError naming the fix."""
+    ``.pt``); the optimizer, scheduler and RNG states only with ``training_state``. A set torn by an
+    interrupted save is read from its complete ``X.prev`` set, told in one ``warning:`` line through
+    ``log`` (default: esolm.log.log). A missing, incomplete or corrupt checkpoint is a ConfigError
+    naming the fix."""
+    weights = _resolve(path)
+    if weights.suffix != ".safetensors":
+        if not weights.is_file():
+            raise _missing(weights)
+        return read_legacy(weights)
+    try:
+        return _read_set(weights, training_state)
+    except ConfigError as torn:
+        prev = previous(weights)[0]
+        if not prev.is_file():
+            raise
+        try:
+            state = _read_set(prev, training_state)
+        except ConfigError:
+            raise torn from None
+    from esolm.log import log as default_log
+
+    (log or default_log)(f"warning: the newest checkpoint {weights} was torn by an interrupted save; using the "
+                         f"previous complete one, {prev} (step {state.get('step')})")
+    return state
+
+
+def _read_set(weights: Path, training_state: bool) -> dict:
+    """The checkpoint dict of the set at ``weights`` (every file read checked against its JSON)."""
     from safetensors import SafetensorError
     from safetensors.torch import load
 
-    weights = _resolve(path)
-    if not weights.is_file():
-        raise _missing(weights)
-    if weights.suffix != ".safetensors":
-        return read_legacy(weights)
-    _, meta_path, state_path = companions(weights)
-    meta = _read_meta(weights, meta_path)
+    meta, data, extra = _check_set(weights, training_state=training_state)
     try:
-        state = {**meta, **_unflatten(load(_verified(weights, meta["files"].get("weights"), "weights")))}
+        state = {**meta, **_unflatten(load(data))}
     except SafetensorError as e:
         raise ConfigError(f"checkpoint {weights} is corrupt ({e}); delete it and retrain") from None
     if state.get("ema_state") and state.get("ema") is not None:
         state["ema_state"] = {**state["ema_state"], "shadow": state["ema"]}
-    if training_state and "state" in meta["files"]:
-        data = _verified(state_path, meta["files"]["state"], "training state")
-        state.update(torch.load(io.BytesIO(data), map_location="cpu", weights_only=True))
+    if extra is not None:
+        state.update(torch.load(io.BytesIO(extra), map_location="cpu", weights_only=True))
     return state
 
 
@@ -256,7 +391,9 @@ def load_model(path: str | Path, *, device="cpu", use_ema: bool = True):
     in memory (esolm.importers), EMA weights unless ``use_ema`` is False."""
     from esolm import registry
     from esolm.importers import import_checkpoint, is_external
+    from esolm.train import resolve_device
 
+    device = resolve_device(str(device))  # an unusable device is one ConfigError, before any reading
     if is_external(path):
         state, _ = import_checkpoint(str(path), ema=None if use_ema else False)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -88,20 +89,35 @@ def _resolve_type(cls, name: str):
     return field_types(cls)[name]
 
 
-def coerce(value, typ, key: str = "value"):
+def coerce(value, typ, key: str = "value", *, finite: bool = True):
     """Convert ``value`` (often a CLI string) to the annotated type ``typ``.
 
     pydantic's lax validation does the typing ("16" -> 16, "false" -> False, Literal
     membership, unions); the command line's own forms are read first: ``none`` / ``null``
     for None, ``a,b,c`` or ``[a,b,c]`` for a list or tuple, JSON for a dict, ``1e6`` for an int.
+    With ``finite`` a float that is NaN or infinite (alone or in a list) is refused: no setting
+    of the harness means anything with them.
     """
     import pydantic
 
     value = _cli_form(value, typ)
     try:
-        return _adapter(typ).validate_python(value)
+        result = _adapter(typ).validate_python(value)
     except pydantic.ValidationError:
         raise ConfigError(f"{key} must be {_describe(typ)}; got {value!r}") from None
+    if finite and not _all_finite(result):
+        what = "a finite number" if isinstance(result, float) else "finite numbers (no nan or inf)"
+        raise ConfigError(f"{key} must be {what}; got {value}")
+    return result
+
+
+def _all_finite(value) -> bool:
+    """No float in ``value`` (a float, or a list / tuple of them) is NaN or infinite."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return all(_all_finite(v) for v in value)
+    return True
 
 
 @functools.cache
@@ -170,8 +186,9 @@ def make_config(cls, base: dict | None = None, **overrides):
         raise ConfigError(
             f"unknown config key(s) {unknown} for {cls.__name__}; valid keys: {', '.join(valid)}"
         )
+    ranged = getattr(cls, "FLOAT_RANGES", {})  # floats the class checks itself, naming their range
     for k, v in overrides.items():
-        values[k] = coerce(v, _resolve_type(cls, k), k)
+        values[k] = coerce(v, _resolve_type(cls, k), k, finite=k not in ranged)
     values = {k: v for k, v in values.items() if k in valid}
     return cls(**values)
 

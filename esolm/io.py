@@ -2,7 +2,9 @@
 
 Every file the harness writes for later reading (checkpoints, records, caches, tables) goes
 through a temporary file in the same folder, fsync, then ``os.replace``: a reader sees the old
-file or the new one, never half of one. Every fingerprint, cache key and record key is the
+file or the new one, never half of one. Files are created with mode 0o666 less the umask (as
+``open`` creates them), so a umask of 0o022 gives 0644 and 0o077 gives 0600; a temporary name
+keeps at most 32 bytes of the final one, so any valid final name works. Every fingerprint, cache key and record key is the
 sha256 of some canonical bytes (``content_hash``); the callers choose the bytes.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -46,19 +48,45 @@ def file_hash(path: str | Path) -> str:
 
 
 # ---------------------------------------------------------------------------- writing
+TEMP_PREFIX_BYTES = 32  # of the final name kept in a temporary one: any valid final name fits in 255 bytes
+
+
+def temp_name(path: Path) -> Path:
+    """A fresh temporary name beside ``path``: ``.<at most 32 bytes of its name>.<random>.tmp``,
+    short enough for any valid final name, recognisable as the temporary of ``path``."""
+    stem = os.fsencode(path.name)[:TEMP_PREFIX_BYTES].decode(errors="ignore") if path.name else "file"
+    return path.parent / f".{stem}.{secrets.token_hex(6)}.tmp"
+
+
+def _create_temp(path: Path) -> tuple[int, Path]:
+    """Create a new temporary file beside ``path`` with mode 0o666 less the umask (what a plain
+    ``open(..., "w")`` gives, so that a shared store is as readable as the umask says); its fd
+    and name. An error names ``path`` (what the caller writes), not the temporary."""
+    while True:
+        tmp = temp_name(path)
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666), tmp
+        except FileExistsError:  # a name drawn twice: draw again
+            continue
+        except OSError as e:
+            raise type(e)(e.errno, e.strerror, str(path)) from None
+
+
 def _temp_beside(path: Path, write) -> str:
     """Write through ``write(f)`` into a fsynced temporary file beside ``path``; its name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _create_temp(path)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-    except BaseException:
+    except BaseException as e:
         os.unlink(tmp)
+        if isinstance(e, OSError) and e.filename is None:
+            e.filename = str(path)  # a full disk names the file it was writing
         raise
-    return tmp
+    return str(tmp)
 
 
 def atomic_write_bytes(path: str | Path, write) -> Path:

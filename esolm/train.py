@@ -51,20 +51,32 @@ class TrainConfig:
     precision: str = "auto"  # auto: bf16 autocast on CUDA, float32 on CPU; or "fp32" / "bf16"
     device: str = "auto"  # auto: CUDA when there is one, else CPU; or a torch device
 
+    # every float field: its range, as the error states it, and the test (NaN fails each)
+    FLOAT_RANGES = {
+        "lr": ("> 0", lambda v: v > 0),
+        "min_lr_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
+        "beta1": ("in [0, 1)", lambda v: 0 <= v < 1),
+        "beta2": ("in [0, 1)", lambda v: 0 <= v < 1),
+        "adam_eps": ("> 0", lambda v: v > 0),
+        "weight_decay": (">= 0", lambda v: v >= 0),
+        "grad_clip": ("> 0", lambda v: v > 0),
+        "ema": ("in [0, 1) (0 disables it)", lambda v: 0 <= v < 1),
+    }
+
     def __post_init__(self):
         for k in ("steps", "batch_size"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"{k} must be >= 1; got {getattr(self, k)}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0; got {self.lr}")
-        if not 0.0 <= self.ema < 1.0:
-            raise ConfigError(f"ema must lie in [0, 1); got {self.ema}")
+        for k, (text, ok) in self.FLOAT_RANGES.items():
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+                raise ConfigError(f"{k} must be a finite number {text}; got {v}")
         if self.decay not in ("constant", "cosine"):
             raise ConfigError(f"decay must be constant or cosine; got {self.decay!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ConfigError(f"min_lr_ratio must lie in [0, 1]; got {self.min_lr_ratio}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ConfigError(f"precision must be auto, fp32 or bf16; got {self.precision!r}")
+        if self.device != "auto":
+            parse_device(self.device)
         check_train_config(self)
 
 
@@ -222,12 +234,39 @@ class BatchStream:
 
 
 # ---------------------------------------------------------------------- device
+def parse_device(name: str) -> torch.device:
+    """``name`` (not "auto", which resolve_device reads) as a torch device; a malformed name is a
+    ConfigError. Checks the spelling only, so a config meant for another machine (a GPU node) is kept."""
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise ConfigError(f"device={name!r} is not a device; use auto, cpu, cuda or cuda:N") from None
+
+
 def resolve_device(name: str) -> torch.device:
+    """The device ``name`` (auto: CUDA when there is one, else the CPU), checked usable on this
+    machine: an unknown name, or CUDA (or an index) that is not here, is a ConfigError."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={name} asked for but CUDA is not available; use device=cpu")
-    return torch.device(name)
+    device = parse_device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={name} asked for but CUDA is not available on this machine; use device=cpu "
+                          f"(or --device cpu)")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device={name}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"use cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+    if device.type not in ("cpu", "cuda") and not _allocates(device):
+        raise ConfigError(f"device={name} is not usable on this machine (torch cannot hold tensors there); "
+                          f"use cpu or cuda")
+    return device
+
+
+def _allocates(device: torch.device) -> bool:
+    """Can torch hold data on ``device`` (mps, xpu, ...: built in and present)? The meta device holds none."""
+    try:
+        return device.type != "meta" and torch.empty(1, device=device) is not None
+    except (RuntimeError, AssertionError):
+        return False
 
 
 def autocast(device: torch.device, precision: str):
@@ -293,6 +332,8 @@ class _Run:
     data_digest: object = field(default_factory=hasher)  # of the rows this rank trained on in this call
     t_start: float = field(default_factory=time.perf_counter)
     tokens_seen: int = 0
+    saved_step: int | None = None  # the step of the last checkpoint written or resumed from
+    trained: int = 0  # optimizer steps taken by this call
 
     @property
     def ckpt_path(self) -> Path:
@@ -323,8 +364,9 @@ def _setup(model_name: str, model, corpus, cfg: TrainConfig, out: Path, log) -> 
 
 def _resume(run: _Run) -> None:
     """Continue from the checkpoint in ``run.out`` when there is one (the same run's, else a
-    ConfigError), else start the folder; either way the log keeps only the lines up to the step
-    reached (cut once) and is opened for appending."""
+    ConfigError; the previous complete one when the newest was torn by an interrupted save), else
+    start the folder; either way the log keeps only the lines up to the step reached (cut once) and
+    is opened for appending."""
     found = checkpoint_in(run.out)
     if found is None:
         if run.rank == 0:
@@ -333,21 +375,27 @@ def _resume(run: _Run) -> None:
                               {**run.identity, "corpus": run.corpus.spec(), "steps": run.cfg.steps})
         run.sched = lr_scheduler(run.opt, run.cfg)
     else:
-        _restore(run, found, read_checkpoint(found, training_state=True))
+        quiet = run.rank != 0  # every rank reads the checkpoint; rank 0 alone says that it fell back
+        _restore(run, found, read_checkpoint(found, training_state=True, log=(lambda *_: None) if quiet else run.log))
     run.history = _kept_log(run.log_path, run.step, cut=run.rank == 0)
     if run.rank == 0:
         run.log_file = open(run.log_path, "a")
 
 
 def _restore(run: _Run, path: Path, state: dict) -> None:
-    """Weights, optimizer, schedule, EMA, data position and RNG streams from a checkpoint."""
+    """Weights, optimizer, schedule, EMA, data position, RNG streams and metrics from a checkpoint."""
     if json.loads(json.dumps(state.get("identity"), default=json_default)) != run.identity:
         raise ConfigError(f"{run.out} holds a checkpoint of a different run (model, data or optimizer settings "
                           f"differ); pass another --out, or delete {path} (and the files beside it of the "
                           f"same name) to start over")
+    if state["step"] > run.cfg.steps:
+        raise ConfigError(f"{path} is a checkpoint at step {state['step']}, past steps={run.cfg.steps}: it cannot "
+                          f"be the {run.cfg.steps}-step model; pass steps={state['step']} or more to continue this "
+                          f"run, or another --out for a run of {run.cfg.steps} steps")
     run.model.load_state_dict(state["model"])
     run.opt.load_state_dict(state["optimizer"])
     run.step, run.stream.position = state["step"], state["data_position"]
+    run.saved_step, run.metrics = run.step, dict(state.get("metrics") or {})
     run.sched = lr_scheduler(run.opt, run.cfg, run.step)
     if state.get("scheduler"):  # a checkpoint of an earlier version has none: the step fixes it
         run.sched.load_state_dict(state["scheduler"])
@@ -420,6 +468,7 @@ def _train_step(run: _Run) -> dict:
         nll_sum += float(out.nll_sum)
         n_tok += int(out.num_tokens)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.grad_clip)
+    _check_finite(run, loss_sum, float(grad_norm))  # before the step: no NaN reaches the weights
     run.opt.step()
     run.opt.zero_grad(set_to_none=True)
     lr = run.opt.param_groups[0]["lr"]
@@ -431,6 +480,29 @@ def _train_step(run: _Run) -> dict:
     tok_s = run.tokens_seen / (time.perf_counter() - run.t_start)
     return {"step": run.step, "loss": loss_sum, "nll_per_token": nll_sum / max(n_tok, 1),
             "grad_norm": float(grad_norm), "lr": lr, "tokens_per_s": tok_s}
+
+
+class NonFiniteLoss(ConfigError):
+    """Training diverged: the loss or the gradient norm of a step is NaN or infinite."""
+
+
+def _check_finite(run: _Run, loss: float, grad_norm: float) -> None:
+    """A NonFiniteLoss, on every rank, when this step's loss or gradient norm (on any rank) is not finite."""
+    bad = not (math.isfinite(loss) and math.isfinite(grad_norm))
+    if run.world > 1:
+        flag = torch.tensor([float(bad)], device=run.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        bad = bool(flag.item())
+    if not bad:
+        return
+    what, value = ("loss", loss) if not math.isfinite(loss) else ("gradient norm", grad_norm)
+    if math.isfinite(value):  # another rank's
+        what, value = f"{what} on another process", "nan or inf"
+    kept = (f"the last good checkpoint (step {run.saved_step}) is kept in {run.ckpt_path}" if run.saved_step is not None
+            else "no checkpoint was written yet")
+    raise NonFiniteLoss(f"training {what} became non-finite ({value}) at step {run.step + 1}; the step was not "
+                        f"applied and {kept}; lower lr (now {run.cfg.lr:g}) or grad_clip, raise warmup, or train "
+                        f"with precision=fp32")
 
 
 def _report(run: _Run, row: dict) -> None:
@@ -490,6 +562,7 @@ def _checkpoint(run: _Run, row: dict) -> None:
     run.metrics.update(world_size=run.world, rank_parameter_checksums=sums)
     if run.world > 1:
         run.metrics["rank_data_digests"] = digests
+    run.saved_step = run.step
     if run.rank != 0:
         return
     run.log_file.flush()
@@ -516,8 +589,9 @@ def _finish(run: _Run) -> dict:
     run.metrics.update(step=run.step, train_loss=run.history[-1]["loss"] if run.history else None,
                        wall_seconds=time.perf_counter() - run.t_start)
     finished = run.step == run.cfg.steps
-    if finished and run.rank == 0:
-        atomic_write_json(run.out / "train_metrics.json", run.metrics)
+    metrics_file = run.out / "train_metrics.json"
+    if finished and run.rank == 0 and (run.trained or not metrics_file.exists()):  # a rerun keeps the file
+        atomic_write_json(metrics_file, run.metrics)
     if run.world > 1:
         dist.barrier()  # no rank leaves (and tears down) while rank 0 still writes
     return {"metrics": run.metrics, "history": run.history, "checkpoint": str(run.ckpt_path), "finished": finished}
@@ -526,7 +600,9 @@ def _finish(run: _Run) -> dict:
 def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *,
         progress: bool = True, stop_after: int | None = None, log=print) -> dict:
     """Train ``model`` on ``corpus``; checkpoints and logs go to ``out_dir``; resumes from its
-    checkpoint when one exists for the same run. Returns the run's metrics dict.
+    checkpoint when one exists for the same run (a checkpoint past ``cfg.steps`` is a ConfigError).
+    A step whose loss or gradient norm is NaN or infinite raises NonFiniteLoss (a ConfigError) before
+    the optimizer applies it, so no checkpoint holds non-finite weights. Returns the run's metrics dict.
 
     stop_after: return after that many steps of this call (to simulate an interruption).
     """
@@ -541,10 +617,10 @@ def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *
 
             run.bar = tqdm(total=cfg.steps, initial=run.step, desc=f"train {model_name}", unit="step",
                            dynamic_ncols=True)
-        run.t_start, steps_this_call = time.perf_counter(), 0
-        while run.step < cfg.steps and (stop_after is None or steps_this_call < stop_after):
+        run.t_start = time.perf_counter()
+        while run.step < cfg.steps and (stop_after is None or run.trained < stop_after):
             row = _train_step(run)
-            steps_this_call += 1
+            run.trained += 1
             _report(run, row)
             if cfg.eval_every and due(cfg.eval_every, run.step, cfg.steps):
                 _validate(run, row)

@@ -3,23 +3,19 @@ described in docs/results_store.md)."""
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
 import pandas as pd
 
+from analysis import records as R
 from analysis import schema as X
 from esolm.io import atomic_write_bytes, atomic_write_json
 
 
 def read_records(results: Path) -> list[dict]:
-    out = []
-    for p in sorted((results / "records").glob("*/*.json")):
-        try:
-            out.append(json.loads(p.read_text()))
-        except json.JSONDecodeError:
-            continue  # a record is written atomically; a broken one is not ours
-    return out
+    """The records of the store that verify (analysis/records.py); the corrupt ones count as
+    missing (the commands name them: experiments/store.py ``warn_corrupt``)."""
+    return [record for _, record in R.scan(results)[0]]
 
 
 def record_rows(record: dict, name: str, displays: dict) -> list[dict]:
@@ -41,10 +37,7 @@ def aggregate(preset, graph, results: Path, code: str) -> pd.DataFrame:
     older code version, kept so that tables still have a number while a rerun is pending."""
     names = {j.name: j for j in graph}
     displays = {j.label: j.display for j in graph if getattr(j, "display", None) and j.label}
-    latest: dict[str, dict] = {}
-    for r in read_records(results):
-        if r.get("name") in names and (r["name"] not in latest or r["finished"] > latest[r["name"]]["finished"]):
-            latest[r["name"]] = r
+    latest = R.latest_by_name(r for r in read_records(results) if r["name"] in names)
     rows = []
     for name, r in sorted(latest.items()):
         meta = dict(key=r["key"], stale=r["key"] != names[name].key, code_version=r["code_version"],

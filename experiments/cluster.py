@@ -245,6 +245,86 @@ _SUBMIT_ERRORS: list[tuple[tuple[str, ...], Callable[[Mapping[str, Any], str, st
 ]
 
 
+# ----------------------------------------------------------------------------- the driver's jobs
+# A driver killed outright (kill -9, an OOM kill) runs no clean-up. Its local jobs stop by
+# themselves (watch_driver); its Slurm jobs run on and the next driver adopts them (adopt_slurm_job).
+def process_identity(pid: int | None = None) -> dict | None:
+    """``{pid, start}`` of a live process (this one by default); ``start`` is its start time in
+    clock ticks since boot (/proc/<pid>/stat), so that a reused pid is never taken for it.
+    None when the process is gone or a zombie."""
+    pid = os.getpid() if pid is None else int(pid)
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return dict(pid=pid, start=int(fields[19]))
+
+
+def process_alive(identity: Mapping[str, int] | None) -> bool:
+    """True while the process ``identity`` (from :func:`process_identity`) still runs."""
+    if not identity:
+        return False
+    now = process_identity(identity["pid"])
+    return now is not None and now["start"] == identity["start"]
+
+
+def watch_driver(driver: Mapping[str, int] | None, poll_s: float = 0.5):
+    """In a ``--cluster local`` job: a daemon thread that stops this job as soon as the driver
+    ``driver`` (its :func:`process_identity`) is gone, so that a killed driver leaves no job
+    behind. None (a Slurm or in-process job, or the driver is this process): no thread."""
+    import threading
+
+    if not driver or driver["pid"] == os.getpid():
+        return None
+
+    def watch():
+        while process_alive(driver):
+            time.sleep(poll_s)
+        _stop_orphan(driver)
+
+    thread = threading.Thread(target=watch, name="esolm-driver-watchdog", daemon=True)
+    thread.start()
+    return thread
+
+
+def _stop_orphan(driver: Mapping[str, int]) -> None:
+    """The driver is gone: SIGKILL submitit's local controller above this task (so it starts no
+    other attempt), every process below it, then leave."""
+    import signal
+
+    print(f"[cluster] the driver (pid {driver['pid']}) is gone; stopping this job (pid {os.getpid()}); "
+          f"rerun the driver to continue", file=sys.stderr, flush=True)
+    parent = os.getppid()
+    with contextlib.suppress(OSError):
+        if b"submitit.local._local" in Path(f"/proc/{parent}/cmdline").read_bytes():
+            os.kill(parent, signal.SIGKILL)
+    for pid in _descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    os._exit(1)
+
+
+def _descendants(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        children = _child_pids(todo.pop())
+        out += children
+        todo += children
+    return out
+
+
+def adopt_slurm_job(folder: str | Path, job_id: str, tasks: int = 1) -> submitit.Job | None:
+    """The handle of a Slurm job an earlier driver submitted (its logs under ``folder``), when
+    Slurm still has it pending or running (``squeue``); None when it has ended (or Slurm cannot tell)."""
+    from experiments.store import _slurm_state
+
+    if _slurm_state(str(job_id)) is None:
+        return None
+    return submitit.SlurmJob(folder=Path(folder), job_id=str(job_id), tasks=tuple(range(max(1, tasks))))
+
+
 # ----------------------------------------------------------------------------- requeue
 class Checkpointable(submitit.helpers.Checkpointable):
     """A job whose time-out or preemption requeues the same call; ``__call__`` must save its own

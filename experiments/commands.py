@@ -7,7 +7,6 @@ exit status 2.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from esolm import registry
 from esolm.log import printer
 from esolm.checkpoint import load_model
 from esolm.io import atomic_write_json
-from esolm.samples import draw_samples, write_jsonl
+from esolm.samples import head_texts, stream_samples
 from esolm.config import ConfigError, coerce, field_names, parse_keys
 from esolm.interface import sample_options
 from experiments.runspec import RunSpec
@@ -45,7 +44,7 @@ def cmd_train(args) -> int:
     from esolm.train import fit, seed_everything
 
     spec, _ = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.overrides)
-    cfg = spec.train_config()
+    cfg = train_device(spec.train_config(), spec.overrides.get("train", {}).get("device"), args.device)
     out = Path(args.out) if args.out else spec.run_dir()
     say(f"loading corpus {spec.corpus_name} ...")
     corpus = spec.load_corpus()
@@ -68,6 +67,23 @@ def cmd_train(args) -> int:
             + (f"; source entropy {v['true_nll_per_token']:.4f}" if v.get("true_nll_per_token") else ""))
     say(f"checkpoint: {result['checkpoint']}\nlog: {out / 'train_log.jsonl'}")
     return 0
+
+
+def train_device(cfg, key: str | None, flag: str):
+    """``cfg`` training on ``--device`` (``flag``), or on the ``device=`` key when one is given (the two
+    may not disagree unless the flag is its default, the machine's own device), checked usable here
+    before anything is loaded."""
+    import dataclasses
+
+    from esolm.train import resolve_device
+
+    default = str(resolve_device("auto"))  # what run.py's --device defaults to
+    if key is None:
+        cfg = dataclasses.replace(cfg, device=flag)
+    elif flag != default and flag != key:
+        raise ConfigError(f"--device {flag} and device={key} disagree; pass one of them")
+    resolve_device(cfg.device)
+    return cfg
 
 
 def resolve_checkpoint(args) -> Path:
@@ -228,14 +244,12 @@ def cmd_sample(args) -> int:
     out = Path(args.out) if args.out else ckpt.parent / "samples" / (
         "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}.jsonl")
     say(f"sampling {num_samples} sequences from {state['model_name']} ({ckpt}) with {sample_opts}")
-    t0 = time.perf_counter()
-    records = draw_samples(model, corpus, num_samples=num_samples, batch_size=batch_size, seed=seed,
-                           options=sample_opts, model_name=state["model_name"], model_config=state["model_config"],
-                           corpus_spec=state["corpus"], checkpoint=str(ckpt), log=say)
-    write_jsonl(out, records)
-    say(f"wrote {len(records)} samples to {out} ({time.perf_counter() - t0:.1f} s)")
-    for r in records[: min(3, len(records))]:
-        say("---\n" + r["text"][:400])
+    result = stream_samples(out, model, corpus, num_samples=num_samples, batch_size=batch_size, seed=seed,
+                            options=sample_opts, model_name=state["model_name"], model_config=state["model_config"],
+                            corpus_spec=state["corpus"], checkpoint=str(ckpt), log=say)
+    say(f"wrote {result['drawn']} samples to {out} ({result['seconds']:.1f} s); it holds {result['done']}")
+    for text in head_texts(out):
+        say("---\n" + text[:400])
     if args.score:
         return _score(out, args, corpus)
     return 0

@@ -11,6 +11,7 @@ work, writes one JSON record atomically and returns it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
@@ -52,6 +53,47 @@ def _setup(job: dict):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@contextlib.contextmanager
+def job_lock(job: dict, log=None):
+    """Hold the job's work folder for this process while the body runs: an exclusive ``flock``
+    on <work>/.job.lock (``.job.lock.<rank>`` for the other tasks of a multi-task job), so two
+    processes never run one job into one folder (a job of a killed driver still stopping while
+    the next driver's starts). A second process waits, saying for whom, until the first ends;
+    the lock goes with its process. ``log``: where the waiting line goes (default: stdout)."""
+    import fcntl
+    import json
+
+    work = Path(job["work"])
+    work.mkdir(parents=True, exist_ok=True)
+    rank = _task_rank()
+    fd = os.open(work / (".job.lock" if rank == 0 else f".job.lock.{rank}"), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "unknown"
+            message = f"[{job['stage']}] {job['name']}: {work} is in use by another process ({holder}); waiting for it"
+            log(message) if log else print(message, flush=True)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(dict(pid=os.getpid(), host=socket.gethostname(), started=_now())).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _task_rank() -> int:
+    """This process's task of its submitit job (0 outside one)."""
+    if not os.environ.get("SUBMITIT_EXECUTOR"):
+        return 0
+    try:
+        import submitit
+
+        return int(submitit.JobEnvironment().global_rank)
+    except Exception:  # noqa: BLE001 - an environment submitit does not know: one task
+        return 0
+
+
 def recorded(fn):
     """Per-job process setup (threads, start time); the wrapped function returns
     (row, metrics, extra) and the record is written here."""
@@ -73,7 +115,9 @@ def recorded(fn):
 
 
 def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dict:
-    """The job's record; written by rank 0 only (every rank of a DDP job returns it)."""
+    """The job's record, sealed with its format and checksum (analysis/records.py); written by
+    rank 0 only (every rank of a DDP job returns it)."""
+    from analysis.records import seal
     from esolm.io import atomic_write_json
     from esolm.distributed import dist_info
     from esolm.metrics import environment_fingerprint
@@ -89,6 +133,7 @@ def _finish(job: dict, started: float, row: dict, metrics: dict, **extra) -> dic
                   environment=environment_fingerprint(), host=socket.gethostname(),
                   slurm_job_id=os.environ.get("SLURM_JOB_ID"), started=job.get("_started_iso"),
                   finished=_now(), seconds=time.perf_counter() - started, **extra)
+    record = seal(record)
     if dist_info()[0] == 0:
         atomic_write_json(job["record"], record)
     return record

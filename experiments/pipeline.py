@@ -17,6 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from analysis import records as R
 from esolm import registry
 from esolm.log import printer
 from esolm.config import ConfigError, parse_overrides
@@ -47,16 +48,28 @@ class Job:
     code_version: str = ""  # the hash of the code this job runs (experiments/versions.py)
     code_files: dict = field(default_factory=dict)  # that code, file by file
     uses: tuple = ()  # models it builds or loads besides its own (the evaluator, longctx's methods)
+    outputs: tuple = ()  # files later stages read (a training job's checkpoint): without them it reruns
+
 
     def payload(self, preset: str, results: Path, work: Path, threads: int) -> dict:
         return dict(stage=self.stage, name=self.name, key=self.key, preset=preset, label=self.label, group=self.group,
                     model=self.model, config=self.config, threads=threads, code_version=self.code_version,
-                    code_files=self.code_files,
+                    code_files=self.code_files, outputs=list(self.outputs),
                     record=str(record_path(results, self)), work=str(work / self.stage / self.key))
 
 
 def record_path(results: Path, job: Job) -> Path:
     return results / "records" / job.stage / f"{job.key}.json"
+
+
+def check_job(results: Path, job: Job) -> R.Check:
+    """The state of a job's record (analysis/records.py): done only when it verifies and the
+    job's outputs are there."""
+    return R.check(record_path(results, job), job.outputs)
+
+
+def is_done(results: Path, job: Job) -> bool:
+    return check_job(results, job).state == "done"
 
 
 def _key(stage: str, identity: dict, code: str) -> str:
@@ -95,7 +108,9 @@ class Graph:
             train.update(m.train)
             identity = dict(model=m.model, model_overrides={**self.run.backbone_fields(), **m.overrides},
                             corpus=self.corpus, train=train)
-        return self.add(Job("train", f"train/{m.label}", identity, identity, m.label, m.group, m.model))
+        job = self.add(Job("train", f"train/{m.label}", identity, identity, m.label, m.group, m.model))
+        job.outputs = (self.checkpoint(job),)  # what eval, sample and time load
+        return job
 
 
 def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[Job]:
@@ -201,53 +216,49 @@ def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
     """Copy into this preset the records of identical jobs that another preset under the same
     results root already ran (same key: same configuration and code version), with the
     checkpoint of a training job into this preset's work folder, so nothing is computed twice
-    (the `cpu` preset contains every job of `tiny`). Returns the source preset of each copy;
-    a record is never overwritten, and a training record whose checkpoint is gone is skipped."""
+    (the `cpu` preset contains every job of `tiny`). Returns the source preset of each copy.
+    Only records that verify are copied (a training record only with its checkpoint); a record
+    here that verifies is never overwritten (a training one whose checkpoint is gone gets the
+    other preset's checkpoint back), a corrupt one is replaced."""
+    sources = []
+    others = sorted(p for p in results.parent.iterdir() if p.is_dir() and p != results) if results.parent.is_dir() else []
+    for job in jobs:
+        here = check_job(results, job)
+        if here.state == "done":
+            continue
+        for other in others:
+            found = R.check(record_path(other, job))
+            if found.state == "done" and _reuse(job, dict(found.record, reused_from=other.name), here, work):
+                sources.append(other.name)
+                break
+    return sources
+
+
+def _reuse(job: Job, rec: dict, here: R.Check, work: Path) -> bool:
+    """Copy one verified record of another preset (and a training job's checkpoint); False
+    when a training record's checkpoint is gone there too."""
     import shutil
 
     from esolm.io import atomic_write_json
 
-    sources = []
-    others = sorted(p for p in results.parent.iterdir() if p.is_dir() and p != results) if results.parent.is_dir() else []
-    for job in jobs:
-        target = record_path(results, job)
-        if target.exists():
-            continue
-        for other in others:
-            found = record_path(other, job)
-            if not found.exists():
-                continue
-            rec = json.loads(found.read_text())
-            if job.stage == "train":
-                src = Path(rec.get("checkpoint", "")).parent
-                dst = work / "train" / job.key
-                if not (src / "checkpoint.safetensors").exists():
-                    continue
-                if not (dst / "checkpoint.safetensors").exists():
-                    shutil.copytree(src, dst, dirs_exist_ok=True)
-                rec["checkpoint"] = str(dst / "checkpoint.safetensors")
-            rec["reused_from"] = other.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(target, rec)
-            sources.append(other.name)
-            break
-    return sources
+    if job.stage == "train":
+        src, dst = Path(rec.get("checkpoint", "")).parent, work / "train" / job.key
+        if not (src / "checkpoint.safetensors").exists():
+            return False
+        if not (dst / "checkpoint.safetensors").exists():
+            shutil.copytree(src, dst, dirs_exist_ok=True)
+        rec["checkpoint"] = str(dst / "checkpoint.safetensors")
+    if here.state != "no-output":  # a record of its own that verifies is kept
+        atomic_write_json(here.path, R.seal(rec))
+    return True
 
 
 def stale_reasons(jobs: list[Job], results: Path) -> Counter:
     """Why each job without a record at its key has only older records of the same name:
     the files whose code changed since (from the record's ``code_files``), else its
-    configuration. Counted by reason."""
-    by_name: dict[str, dict] = {}
-    stages = {j.stage for j in jobs}
-    for stage in stages:
-        for p in sorted((results / "records" / stage).glob("*.json")):
-            try:
-                rec = json.loads(p.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-            if rec.get("name") and rec.get("finished", "") >= by_name.get(rec["name"], {}).get("finished", ""):
-                by_name[rec["name"]] = rec
+    configuration. Counted by reason; records that do not verify are left out."""
+    good, _ = R.scan(results, {j.stage for j in jobs})
+    by_name = R.latest_by_name(rec for _, rec in good)
     reasons: Counter = Counter()
     for job in jobs:
         rec = by_name.get(job.name)
@@ -339,13 +350,22 @@ def _ids_for(preset: P.Preset) -> dict:
 # ----------------------------------------------------------------------------- the driver
 def run_group(payloads: list[dict]) -> list[str]:
     """One submitted job: run the payloads in order (one process, shared imports); a failure
-    of one does not stop the others, and the job fails at the end naming them."""
+    of one does not stop the others, and the job fails at the end naming them. A local job
+    stops by itself when the driver that submitted it is gone (``driver`` in its payloads,
+    experiments/cluster.py ``watch_driver``); each job holds its work folder while it runs
+    (jobs.job_lock), so a job that another process finished meanwhile is skipped, not rerun."""
+    from experiments.cluster import watch_driver
+
+    watch_driver(payloads[0].get("driver") if payloads else None)
     failed = []
     for p in payloads:
-        if Path(p["record"]).exists():
+        if R.done(p["record"], p.get("outputs", ())):  # a record that verifies, its checkpoint there
             continue
         try:
-            J.JOB_FUNCTIONS[p["stage"]](p)
+            with J.job_lock(p):
+                if R.done(p["record"], p.get("outputs", ())):  # written by the process this one waited for
+                    continue
+                J.JOB_FUNCTIONS[p["stage"]](p)
             print(f"[{p['stage']}] done: {p['name']} -> {p['record']}", flush=True)
         except Exception as e:  # noqa: BLE001 - reported below, the group carries on
             import traceback
@@ -397,6 +417,8 @@ class Session:
     submitted: list  # every handle, for the interrupt handler
     failed_keys: set = field(default_factory=set)
     total: int = 0
+    adopted: int = 0  # Slurm jobs of an earlier driver waited for instead of submitted again
+    graph: list = field(default_factory=list)  # every job of the preset (who needs a checkpoint)
 
 
 def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root: Path,
@@ -409,7 +431,7 @@ def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root
     graph = build_graph(preset, work)
     say(f"preset {preset.name}: {len(graph)} jobs; results -> {results}; checkpoints and logs -> {work}; "
         f"cluster {cluster}; code version {code} (each job is keyed by the code it runs)")
-    run = Session(preset, cluster, results, work, slurm_overrides or {}, submitted)
+    run = Session(preset, cluster, results, work, slurm_overrides or {}, submitted, graph=graph)
     for wave in WAVES:
         batches = [b for stage in wave if stages is None or stage in stages
                    if (b := _submit_stage(run, stage, [j for j in graph if j.stage == stage]))]
@@ -418,31 +440,68 @@ def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root
 
     table = aggregate(preset, graph, results, code)
     say(f"submitted {run.total} jobs; {len(run.failed_keys)} jobs failed or were skipped")
-    return dict(preset=preset.name, submitted=run.total, failed=len(run.failed_keys), results=str(results),
-                rows=len(table))
+    return dict(preset=preset.name, submitted=run.total, adopted=run.adopted, failed=len(run.failed_keys),
+                failed_jobs=[j.name for j in graph if j.key in run.failed_keys],
+                results=str(results), rows=len(table))
 
 
 def _todo(run: Session, stage: str, jobs: list[Job]) -> list[Job]:
-    """The stage's jobs without a record (records of identical jobs of other presets copied in
-    first), minus those whose dependency failed; says what it reuses and why a record is stale."""
+    """The stage's jobs that are not done (records of identical jobs of other presets copied in
+    first; a corrupt record or a training record whose checkpoint is gone counts as missing),
+    minus those whose dependency is not done; says what it reuses, reruns and why a record is stale."""
     results = run.results
     reused = reuse_records(jobs, results, run.work)
     if reused:
         say(f"[{stage}] {len(reused)} jobs reused from identical jobs of other presets: "
             + ", ".join(f"{n} from {p}" for p, n in sorted(Counter(reused).items())))
-    done = [j for j in jobs if record_path(results, j).exists()]
+    states = _states(run, stage, jobs)
+    done = [j for j in jobs if states[j.key] == "done"]
     missing = [j for j in jobs if j not in done]
     _say_reuse(stage, len(done), stale_reasons(missing, results))
+    _say_redo(stage, Counter(states[j.key] for j in missing))
     blocked = [j for j in missing if not _deps_done(run, j)]
     todo = [j for j in missing if j not in blocked]
     say(f"[{stage}] {len(jobs)} jobs: {len(done)} already done, {len(todo)} to run"
-        + (f", {len(blocked)} skipped (a dependency failed)" if blocked else ""))
+        + (f", {len(blocked)} skipped (a dependency failed or is not done)" if blocked else ""))
     run.failed_keys.update(j.key for j in blocked)
     return todo
 
 
+def _states(run: Session, stage: str, jobs: list[Job]) -> dict[str, str]:
+    """Each job's record state (analysis/records.py ``check``), a training record without its
+    checkpoint counted done while no job to run reads that checkpoint (and said so)."""
+    states = {j.key: check_job(run.results, j).state for j in jobs}
+    lacking = [j for j in jobs if states[j.key] == "no-output"]
+    kept = [j for j in lacking if j.key not in _needed(run)] if lacking else []
+    states.update({j.key: "done" for j in kept})
+    if kept:
+        say(f"[{stage}] {len(kept)} records kept without their checkpoint (no job to run reads it; "
+            f"`run.py status` lists them)")
+    return states
+
+
+REDO = {"corrupt": "with a corrupt record (named above)",
+        "no-output": "whose checkpoint is gone and a job to run reads it (record kept until the rerun replaces it)"}
+
+
+def _needed(run: Session) -> set[str]:
+    """Keys of the jobs whose outputs a job of the graph that is not done reads: a training
+    record whose checkpoint is gone reruns only then (a fresh clone's committed records keep
+    their place without the checkpoints that are never committed)."""
+    return {d.key for j in run.graph if check_job(run.results, j).state != "done" for d in j.deps}
+
+
+def _say_redo(stage: str, states: Counter) -> None:
+    """How many of the stage's jobs rerun although they have a record (REDO says why)."""
+    redo = [f"{states[k]} {why}" for k, why in REDO.items() if states[k]]
+    if redo:
+        say(f"[{stage}] rerun: " + ", ".join(redo))
+
+
 def _deps_done(run: Session, job: Job) -> bool:
-    return all(d.key not in run.failed_keys and record_path(run.results, d).exists() for d in job.deps)
+    """Every dependency ran in this session without failing and is done (its record verifies,
+    its checkpoint is there)."""
+    return all(d.key not in run.failed_keys and is_done(run.results, d) for d in job.deps)
 
 
 def _say_reuse(stage: str, done: int, stale: Counter) -> None:
@@ -453,23 +512,38 @@ def _say_reuse(stage: str, done: int, stale: Counter) -> None:
 
 def _submit_stage(run: Session, stage: str, jobs: list[Job]) -> tuple | None:
     """Submit a stage's jobs that need running (one group per model where the stage shares a
-    process, packed into lanes on the local cluster); (stage, groups, handles), None when none."""
-    from experiments import store
-    from experiments.cluster import make_executor, resumable, slurm_params, submit_array
+    process, packed into lanes on the local cluster); on Slurm, the jobs that an earlier driver
+    submitted and Slurm still runs are adopted (waited for), not submitted again.
+    (stage, groups, handles), None when there is nothing to run or wait for."""
+    from experiments.cluster import slurm_params
 
     todo = _todo(run, stage, jobs)
     if not todo:
         return None
     slurm = run.preset.run.slurm
     params = slurm_params({**slurm.get("default", {}), **slurm.get(stage, {})}, run.slurm_overrides)
+    adopted_groups, adopted = _adopt(run, stage, todo, params) if run.cluster == "slurm" else ([], [])
+    taken = {j.key for g in adopted_groups for j in g}
+    todo = [j for j in todo if j.key not in taken]
+    job_groups, handles = _submit(run, stage, todo, params) if todo else ([], [])
+    return stage, adopted_groups + job_groups, adopted + handles
+
+
+def _submit(run: Session, stage: str, todo: list[Job], params) -> tuple[list[list[Job]], list]:
+    """Submit ``todo`` as one job array; its groups and handles. A local job's payload names
+    this driver (cluster.process_identity), so that the job stops when the driver is gone."""
+    from experiments import store
+    from experiments.cluster import make_executor, process_identity, resumable, submit_array
+
     groups: dict[str, list] = {}
     for j in todo:
         groups.setdefault(j.label if stage in GROUP_BY_MODEL else j.key, []).append(j)
     job_groups = list(groups.values())
     if run.cluster == "local" and len(job_groups) > params.array_parallelism:
         job_groups = lanes(job_groups, params.array_parallelism)
-    payloads = [[j.payload(run.preset.name, run.results, run.work, run.preset.run.threads) for j in g]
-                for g in job_groups]
+    driver = dict(driver=process_identity()) if run.cluster == "local" else {}
+    payloads = [[dict(j.payload(run.preset.name, run.results, run.work, run.preset.run.threads), **driver)
+                 for j in g] for g in job_groups]
     executor = make_executor(run.cluster, run.work / "logs" / stage, params)
     if hasattr(executor, "update_parameters") and run.cluster == "slurm":
         executor.update_parameters(job_name=f"esolm-{run.preset.name}-{stage}")
@@ -479,7 +553,35 @@ def _submit_stage(run: Session, stage: str, jobs: list[Job]) -> tuple | None:
     run.submitted.extend(handles)
     store.note_submitted(run.results, run.cluster, job_groups, handles)  # one group per handle, lanes included
     run.total += len(handles)
-    return stage, job_groups, handles
+    return job_groups, handles
+
+
+def _adopt(run: Session, stage: str, todo: list[Job], params) -> tuple[list[list[Job]], list]:
+    """The Slurm jobs that an earlier driver submitted for jobs of ``todo`` (their submission
+    notes) and that are still pending or running: their groups and handles, to wait for."""
+    from experiments import store
+    from experiments.cluster import adopt_slurm_job
+
+    by_id: dict[str, list[Job]] = {}
+    for j in todo:
+        try:
+            note = json.loads(store.submitted_path(run.results, j.key).read_text())
+        except (OSError, ValueError):
+            continue  # no note (never submitted) or an unreadable one: submit it again
+        if isinstance(note, dict) and note.get("cluster") == "slurm" and note.get("job_id"):
+            by_id.setdefault(str(note["job_id"]), []).append(j)
+    groups, handles = [], []
+    for job_id, group in by_id.items():
+        handle = adopt_slurm_job(run.work / "logs" / stage, job_id, params.num_tasks)
+        if handle is not None:
+            groups.append(group)
+            handles.append(handle)
+    if handles:
+        say(f"[{stage}] {len(handles)} Slurm job(s) of an earlier driver still run {sum(map(len, groups))} of these "
+            f"jobs ({' '.join(str(h.job_id) for h in handles)}): waiting for them instead of submitting again")
+    run.submitted.extend(handles)
+    run.adopted += len(handles)
+    return groups, handles
 
 
 def _follow(batches, results: Path, failed_keys: set, poll_s: float, job_status) -> None:
@@ -505,7 +607,7 @@ def _follow(batches, results: Path, failed_keys: set, poll_s: float, job_status)
     for stage, groups, _ in batches:
         for g in groups:
             for j in g:
-                if not record_path(results, j).exists():
+                if not is_done(results, j):
                     failed_keys.add(j.key)
 
 
@@ -518,7 +620,8 @@ def add_pipeline_commands(sub) -> None:
         p.add_argument("--cluster", default="local", choices=["slurm", "local", "debug"])
         p.add_argument("--results", default="results", help="results root (default: results/)")
         p.add_argument("--work", default="runs", help="checkpoints, samples and job logs (default: runs/)")
-        p.add_argument("--no-run", action="store_true", help="only aggregate and draw from the records there")
+        p.add_argument("--no-run", action="store_true", help="only aggregate and draw from the records there (it "
+                                                            "takes the driver lock too: refused while a driver runs)")
         p.add_argument("--stages", default=None, help="run only these stages, comma-separated (e.g. train)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="Slurm parameters (partition=..., ...)")
         p.set_defaults(handler=cmd_pareto if name == "pareto" else cmd_tables)
@@ -547,45 +650,107 @@ def _stages(text: str | None) -> set[str] | None:
     return stages
 
 
-def _run(args) -> tuple[P.Preset, Path]:
+def _run(args, draw) -> int:
+    """`pareto` / `tables`: run what is missing (with --no-run, only aggregate the records there),
+    then ``draw(results)`` and the claims, all under the driver lock of the results folder (a
+    second driver, --no-run included, is refused). Names each corrupt record (one warning line)
+    and the jobs the tables lack; exit status 1 when a job failed, naming each with its log."""
+    from experiments import store
+
     preset = P.get(args.preset)
     overrides = _slurm_keys(args.overrides if isinstance(args.overrides, dict) else parse_overrides(args.overrides),
                             args.command)
-    results = Path(args.results) / preset.name
+    results, work = Path(args.results) / preset.name, Path(args.work) / preset.name
+    if args.no_run:
+        store.require_store(results, preset.name)
+    else:
+        if hasattr(preset, "preflight"):
+            preset.preflight()  # fail at once naming what this machine lacks (released presets), creating nothing
+        store.check_writable(results, work)
+    with store.DriverLock(results):
+        store.warn_corrupt(results, store.run_command("clean", preset.name, results, None, "--corrupt"))
+        failed = _run_or_aggregate(args, preset, results, overrides)
+        if _summary(results).get("rows"):
+            for path in draw(results):
+                say(f"wrote {path}")
+            from analysis.claims import report
+
+            report(results, log=say)
+        else:
+            say(f"no record in {results} yet: no tables, figures or claims drawn")
+    _say_missing(results)
+    return _report_failures(args, preset.name, results, work, failed)
+
+
+def _run_or_aggregate(args, preset: P.Preset, results: Path, overrides: dict) -> list[str]:
+    """The names of the jobs that failed (or were skipped: a dependency failed)."""
     if args.no_run:
         from experiments.aggregate import aggregate
 
         aggregate(preset, build_graph(preset, Path(args.work) / preset.name), results, J.code_version())
-        return preset, results
-    if hasattr(preset, "preflight"):
-        preset.preflight()  # fail at once naming what this machine lacks (released presets)
-    run_preset(preset.name, cluster=args.cluster, results_root=Path(args.results), work_root=Path(args.work),
-               slurm_overrides=overrides, stages=_stages(args.stages))
-    return preset, results
+        return []
+    out = run_preset(preset.name, cluster=args.cluster, results_root=Path(args.results), work_root=Path(args.work),
+                     slurm_overrides=overrides, stages=_stages(args.stages))
+    return out["failed_jobs"]
+
+
+def _summary(results: Path) -> dict:
+    """summary.json as aggregate wrote it ({} before it has)."""
+    path = results / "summary.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _say_missing(results: Path) -> None:
+    """Which jobs the tables, figures and claims lack (summary.json ``missing``)."""
+    summary_path = results / "summary.json"
+    missing = _summary(results).get("missing", [])
+    if missing:
+        say(f"incomplete store: {len(missing)} job(s) have no record, so the tables, figures and claims lack their "
+            f"rows: {', '.join(missing[:8])}" + (f" (+{len(missing) - 8} more, in {summary_path})" if len(missing) > 8
+                                                 else ""))
+
+
+def _report_failures(args, preset: str, results: Path, work: Path, failed: list[str]) -> int:
+    """0, or 1 with one ``error:`` line, a line per failed job (its reason and log) and the
+    commands that retry them."""
+    from experiments import store
+
+    if not failed:
+        return 0
+    pairs = args.overrides if isinstance(args.overrides, dict) else {}
+    extra = ["--cluster", args.cluster, *(["--stages", args.stages] if args.stages else []),
+             *(f"{k}={v}" for k, v in pairs.items())]
+    rerun = store.run_command(args.command, preset, results, work, *extra)
+    say(f"error: {len(failed)} job(s) failed or were skipped (their rows are missing); rerun `{rerun}` to retry "
+        f"them (finished jobs are kept)")
+    graph = {j.name: j for j in build_graph(P.get(preset), work)}
+    for job in (graph[n] for n in failed):
+        detail = store.failure_detail(results, job)
+        if detail:
+            say(f"  failed  {job.name}: {detail}")
+        else:
+            deps = [d.name for d in job.deps if not is_done(results, d)]
+            say(f"  skipped {job.name}: it needs {', '.join(deps) or 'a job that failed'}")
+    say(f"  if a job fails the same way again, remove its partial work first: "
+        f"`{store.run_command('clean', preset, results, work, '--job', failed[0])}` (one --job per name), then rerun")
+    return 1
 
 
 def cmd_tables(args) -> int:
-    preset, results = _run(args)
     from analysis.tables import write_tables
 
-    for path in write_tables(results):
-        say(f"wrote {path}")
-    from analysis.claims import report
-
-    report(results, log=say)
-    return 0
+    return _run(args, write_tables)
 
 
 def cmd_pareto(args) -> int:
-    preset, results = _run(args)
+    return _run(args, _draw_all)
+
+
+def _draw_all(results: Path) -> list[Path]:
+    """pareto's outputs: the tables, the Pareto and NFE figures, the learning curves."""
     from analysis.learning_curves import draw_learning_curves
     from analysis.nfe import draw_nfe
     from analysis.pareto import draw_pareto
     from analysis.tables import write_tables
 
-    for path in [*write_tables(results), *draw_pareto(results), *draw_nfe(results), *draw_learning_curves(results)]:
-        say(f"wrote {path}")
-    from analysis.claims import report
-
-    report(results, log=say)
-    return 0
+    return [*write_tables(results), *draw_pareto(results), *draw_nfe(results), *draw_learning_curves(results)]

@@ -17,10 +17,24 @@ of valid ones.
 """
 from __future__ import annotations
 
-import argparse
 import os
+import signal
 import sys
-from pathlib import Path
+
+STARTING = "error: interrupted while starting; nothing was run\n"
+
+
+def _interrupted_while_starting(signum, frame):  # noqa: ARG001 - a signal handler's signature
+    """Ctrl-C before a command runs (Python importing torch takes seconds): one line, exit 130."""
+    sys.stderr.write(STARTING)
+    os._exit(130)
+
+
+if __name__ == "__main__":  # before the heavy imports; main() puts Python's own handler back
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+import argparse  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without install
 
@@ -127,7 +141,8 @@ def parser() -> argparse.ArgumentParser:
                        epilog=_keys_epilog("sample"), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_model_args(p, checkpoint=True)
     p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--out", help="JSONL path (default: <run>/samples/samples-<options>.jsonl)")
+    p.add_argument("--out", help="JSONL path (default: <run>/samples/samples-<options>.jsonl); each batch is appended "
+                                 "as it finishes, and the same command continues an interrupted file")
     p.add_argument("--score", action="store_true", help="score the samples right away (see `score`)")
     p.add_argument("--evaluator", default=None, help="for --score: source | checkpoint | HF folder or hub name")
     _score_args(p)
@@ -151,7 +166,8 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None):
+    """(args, key=value pairs) of the command line; argparse's own usage error otherwise."""
     ap = parser()
     # key=value pairs may follow options too (`eval --exact num_orders=4`)
     args, extra = ap.parse_known_args(argv)
@@ -159,6 +175,17 @@ def main(argv: list[str] | None = None) -> int:
     rest = [e for e in extra if e not in pairs]
     if rest or (pairs and not hasattr(args, "overrides")):
         ap.error(f"unrecognized arguments: {' '.join(rest or pairs)}")
+    return args, pairs
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args, pairs = _parse(argv)  # imports torch (the --device default)
+    except KeyboardInterrupt:
+        log(STARTING.rstrip())
+        return 130
+    if signal.getsignal(signal.SIGINT) is _interrupted_while_starting:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # from here Ctrl-C is a KeyboardInterrupt
     try:
         return _dispatch(args, pairs)
     except ConfigError as e:

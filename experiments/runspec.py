@@ -46,7 +46,15 @@ class RunSpec:
         sections = {**(first or {}), **run_sections(model)}
         routed = parse_keys(pairs, sections)
         spec = cls(model, preset, corpus, {s: routed[s] for s in ("model", "data", "backbone", "train") if routed[s]})
+        spec.check_model()
         return spec, {s: routed[s] for s in (first or {})}
+
+    def check_model(self) -> None:
+        """Build the model's config from the run's keys before any data is read, so that a bad
+        model setting (alpha_0=2, a block size that does not divide the length) is one error at
+        once; the corpus's own fields (vocabulary, special ids) are checked when it is loaded."""
+        registry.build_config(self.model, **self.config.backbone_fields(), length=self.config.data.length,
+                              **self.overrides.get("model", {}))
 
     # -- resolved pieces --------------------------------------------------------------
     @functools.cached_property

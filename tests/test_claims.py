@@ -217,9 +217,10 @@ def test_samples_md_has_two_labelled_short_excerpts_per_method(tmp_path):
     jsonl.write_text(json.dumps(dict(text="from the samples file " * 5)) + "\n")
     for i, r in enumerate(rows):
         r["key"] = f"k{i}"
-        rec = dict(key=r["key"], row=r, examples=[f"text of {r['label']} T={r['steps']} " + "x" * 400, "second"])
+        head = dict(key=r["key"], stage="sample", name=f"sample/{i}", finished="1", code_version="c", row=r)
+        rec = dict(head, examples=[f"text of {r['label']} T={r['steps']} " + "x" * 400, "second"])
         if r["group"] == "MDLM":
-            rec = dict(key=r["key"], row=r, samples=str(jsonl))  # no examples: read the samples file
+            rec = dict(head, samples=str(jsonl))  # no examples: read the samples file
         (tmp_path / "records" / "sample" / f"{r['key']}.json").write_text(json.dumps(rec))
     frame(rows).to_csv(tmp_path / "results.csv", index=False)
     md = write_samples(tmp_path).read_text()

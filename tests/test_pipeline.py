@@ -257,14 +257,16 @@ def test_a_job_another_preset_already_ran_is_reused_with_its_checkpoint_never_ov
     ckpt.parent.mkdir(parents=True)
     ckpt.write_bytes(b"weights")
     record_path(other_results, train).parent.mkdir(parents=True)
-    record_path(other_results, train).write_text(json.dumps(dict(key="k1", checkpoint=str(ckpt), row={"a": 1})))
+    record_path(other_results, train).write_text(json.dumps(dict(key="k1", stage="train", name="train/ar", finished="1",
+                                                                 code_version="c", checkpoint=str(ckpt), row={"a": 1})))
     work = tmp_path / "runs" / "cpu"
     assert reuse_records([train], results, work) == ["tiny"]
     rec = json.loads(record_path(results, train).read_text())
     assert rec["reused_from"] == "tiny" and rec["row"] == {"a": 1}
     assert (work / "train" / "k1" / "checkpoint.safetensors").read_bytes() == b"weights" == Path(rec["checkpoint"]).read_bytes()
-    record_path(results, train).write_text(json.dumps(dict(mine=True)))  # a record of its own is kept
-    assert reuse_records([train], results, work) == [] and json.loads(record_path(results, train).read_text()) == {"mine": True}
+    mine = dict(key="k1", stage="train", name="train/ar", finished="2", code_version="c", row={"mine": True})
+    record_path(results, train).write_text(json.dumps(mine))  # a record of its own is kept
+    assert reuse_records([train], results, work) == [] and json.loads(record_path(results, train).read_text()) == mine
     missing = Job("eval", "eval/x", {}, {}, key="k2")
     assert reuse_records([missing], results, work) == []
 
@@ -385,7 +387,8 @@ def test_pareto_says_why_a_record_is_stale(tmp_path, monkeypatch):
     job = next(j for j in graph if j.name == "train/ar")
     path = pipeline.record_path(results, job)
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps(dict(name=job.name, key=job.key, finished="2026-01-01", code_files=job.code_files)))
+    path.write_text(json.dumps(dict(name=job.name, key=job.key, stage="train", finished="2026-01-01", code_version="c",
+                                    row={}, code_files=job.code_files)))
     assert pipeline.stale_reasons([job], results) == {}
     real = versions.file_hash
     monkeypatch.setattr(versions, "file_hash", lambda f: real(f) + "x" if f == "baselines/ar.py" else real(f))

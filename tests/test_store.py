@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from faults import cli, one_error
 from helpers import process_ids
 
 from esolm import registry
@@ -25,21 +26,6 @@ from experiments.store import DriverLock, submitted_path
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
-
-
-def cli(*args, env=None, timeout=300):
-    return subprocess.run(RUN + [str(a) for a in args], capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
-
-
-def one_error(proc, *needles, code=2):
-    assert proc.returncode == code, (proc.returncode, proc.stderr[-3000:])
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
-    assert len(lines) == 1, proc.stderr[-3000:]
-    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 def finished_record(root: Path) -> tuple[Path, bytes]:
@@ -221,7 +207,7 @@ def test_status_shows_done_running_failed_with_log_and_stale(store):
     proc = cli("status", "--preset", "smoke", "--results", store["tmp"] / "results", "--work", store["tmp"] / "runs")
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
-    assert "[train] 6 jobs: 1 done, 1 running, 1 failed, 1 stale, 2 missing" in out, out
+    assert "[train] 6 jobs: 1 done, 0 no-output, 1 running, 1 failed, 0 corrupt, 1 stale, 2 missing" in out, out
     assert f"running  {store['running'].name}: job {os.getpid()}" in out, out
     failed = [ln for ln in out.splitlines() if ln.strip().startswith(f"failed   {store['failed'].name}")]
     assert len(failed) == 1 and "ended without writing its record" in failed[0] and "_0_log.err" in failed[0], out

@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from faults import cli as run_cli
+from faults import one_error
+
 from esolm import registry
 from esolm.checkpoint import load_model
 from esolm.config import ConfigError
@@ -16,7 +19,6 @@ from esolm.evaluate import evaluate
 from esolm.train import fit, seed_everything, train_config
 
 ROOT = Path(__file__).resolve().parent.parent
-RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 
 
 def synthetic(length=32):
@@ -88,20 +90,6 @@ def test_two_process_ddp_keeps_parameters_identical_across_ranks(tmp_path):
     assert metrics["world_size"] == 2
     sums = metrics["rank_parameter_checksums"]
     assert len(sums) == 2 and sums[0] == sums[1]
-
-
-def run_cli(*args, env=None):
-    return subprocess.run(RUN + list(args), capture_output=True, text=True, timeout=300,
-                          env=dict(os.environ, **(env or {})))
-
-
-def one_error(proc, *needles):
-    assert proc.returncode != 0
-    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_cli_unknown_model_gives_one_clear_error():

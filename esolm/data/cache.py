@@ -61,6 +61,24 @@ def load_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
+class CorruptCache(Exception):
+    """A cached file that cannot be read back (truncated, garbage, the wrong shape)."""
+
+
+def read_cached(path: Path, read, what: str):
+    """``read(path)``, or None when the cached file is corrupt: a warning line names it and says
+    it is rebuilt (the caller builds it again and overwrites it atomically). An OSError (a file
+    that cannot be opened) is raised as it is."""
+    try:
+        return read(path)
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy, json and tokenizers raise their own kinds for garbage
+        reason = str(e)[:200] if isinstance(e, CorruptCache) else f"{type(e).__name__}: {str(e)[:200]}"
+        log(f"warning: the cached {what} {path} is corrupt ({reason}); rebuilding it")
+        return None
+
+
 def storage_dtype(vocab_size: int):
     """The smallest integer type that holds every id (uint16 covers GPT-2 and BERT)."""
     return np.uint16 if vocab_size <= np.iinfo(np.uint16).max + 1 else np.int32

@@ -9,7 +9,8 @@ import numpy as np
 import torch
 
 from esolm.config import ConfigError
-from esolm.data.cache import FORMAT_VERSION, load_json, save_array, save_json, storage_dtype
+from esolm.data.cache import (FORMAT_VERSION, CorruptCache, load_json, read_cached, save_array, save_json,
+                              storage_dtype)
 from esolm.data.tokenizer import Tokenizer
 
 SPLITS = ("train", "valid", "test")
@@ -103,11 +104,22 @@ def save_splits(folder: Path, splits: dict[str, np.ndarray], vocab_size: int, me
 
 
 def load_splits(folder: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
-    """The cached splits as LongTensors, or None when the folder is absent or incomplete."""
+    """The cached splits as LongTensors, or None when the folder is absent, incomplete or corrupt
+    (a corrupt file is named in a warning line; the caller rebuilds the folder)."""
     meta_path = folder / "meta.json"
     if not meta_path.exists():
         return None
-    meta = load_json(meta_path)
+    return read_cached(folder, _read_splits, "corpus")
+
+
+def _read_splits(folder: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """The splits of a complete cache folder; an exception naming the file when one is corrupt."""
+    try:
+        meta = load_json(folder / "meta.json")
+    except ValueError as e:
+        raise CorruptCache(f"meta.json: {e}") from None
+    if not isinstance(meta, dict):
+        raise CorruptCache("meta.json is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         return None
     aliases = meta.get("same_as", {})
@@ -118,10 +130,20 @@ def load_splits(folder: Path) -> tuple[dict[str, torch.Tensor], dict] | None:
         path = folder / f"{name}.npy"
         if not path.exists():
             return None
-        splits[name] = torch.from_numpy(np.load(path).astype(np.int64))
+        splits[name] = torch.from_numpy(_read_split(path, meta.get("shapes", {}).get(name)))
     for name, target in aliases.items():
         splits[name] = splits[target]
     return {k: splits[k] for k in SPLITS}, meta
+
+
+def _read_split(path: Path, shape) -> np.ndarray:
+    try:
+        array = np.load(path, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001 - numpy's errors for a torn file do not name it
+        raise CorruptCache(f"{path.name}: {e}") from None
+    if array.dtype.kind not in "iu" or array.ndim != 2 or (shape is not None and list(array.shape) != list(shape)):
+        raise CorruptCache(f"{path.name} holds {array.dtype} {list(array.shape)}, not the ids of shape {shape}")
+    return array.astype(np.int64)
 
 
 def check_splits(name: str, splits: dict[str, np.ndarray], length: int) -> None:

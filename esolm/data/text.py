@@ -64,7 +64,16 @@ def path_documents(path: str | Path) -> list[Document]:
 
 
 def _read(path: Path) -> str:
-    return path.read_text(encoding="utf-8", errors="replace")
+    """The file's text (UTF-8; a stray invalid byte reads as U+FFFD); a ConfigError for a binary
+    file: one with a NUL byte, or with invalid UTF-8 in more than 1% of its characters."""
+    raw = path.read_bytes()
+    text = raw.decode("utf-8", errors="replace").replace("\r\n", "\n").replace("\r", "\n")  # as open() reads it
+    invalid = text.count("\ufffd") - raw.decode("utf-8", errors="ignore").count("\ufffd")
+    why = "it holds NUL bytes" if b"\0" in raw else "invalid UTF-8" if invalid > len(text) / 100 else None
+    if why:
+        raise ConfigError(f"{path} is not a text file ({why}); a text corpus reads UTF-8 text: pass text:PATH "
+                          "with a text file, or a folder whose .txt files are text")
+    return text
 
 
 # ------------------------------------------------------------------ splits

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from esolm.config import ConfigError
-from esolm.data.cache import cache_root, digest, log, save_text
+from esolm.data.cache import cache_root, digest, log, read_cached, save_text
 from esolm.io import content_hash
 
 EOT = "<|endoftext|>"  # BOS = EOS of byte-level BPE and GPT-2
@@ -136,8 +136,10 @@ def train_bpe(texts: list[str], vocab_size: int, train_digest: str,
                           "bytes, <|endoftext|> and [MASK]; use vocab_size >= 258 (e.g. 2048)")
     name = bpe_name(vocab_size, train_digest)
     path = cache_root(cache_dir) / "tokenizers" / f"{name}.json"
-    if path.exists():
-        return BPETokenizer(name, Backend.from_file(str(path)))
+    if path.exists():  # a corrupt cached file is trained again (read_cached warns)
+        cached = read_cached(path, lambda p: BPETokenizer(name, Backend.from_file(str(p))), "tokenizer")
+        if cached is not None:
+            return cached
     size_mb = sum(len(t) for t in texts) / 1e6
     log(f"training byte-level BPE ({vocab_size} ids) on {size_mb:.1f} MB of training text ...")
     t0 = time.perf_counter()
@@ -216,8 +218,10 @@ def _gpt2_from_ranks(ranks_path: Path, cache_dir: str | Path | None = None):
     raw = ranks_path.read_bytes()
     key = digest("gpt2-from-tiktoken-ranks-v1", content_hash(raw))[:16]
     path = cache_root(cache_dir) / "tokenizers" / f"gpt2-{key}.json"
-    if path.exists():
-        return Backend.from_file(str(path))
+    if path.exists():  # a corrupt cached file is built again (read_cached warns)
+        cached = read_cached(path, lambda p: Backend.from_file(str(p)), "tokenizer")
+        if cached is not None:
+            return cached
     t0 = time.perf_counter()
     ranks: dict[bytes, int] = {}
     for line in raw.splitlines():
@@ -351,7 +355,11 @@ def load_tokenizer(spec: str, cache_dir: str | Path | None = None) -> Tokenizer:
             cached = sorted(p.stem for p in folder.glob("bpe*.json")) if folder.exists() else []
             raise ConfigError(f"BPE tokenizer {spec!r} is not in the cache {folder} (cached: {cached or 'none'}); "
                               "load its corpus with load_corpus(...) to train it again")
-        return BPETokenizer(spec, Backend.from_file(str(path)))
+        try:
+            return BPETokenizer(spec, Backend.from_file(str(path)))
+        except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for a torn file
+            raise ConfigError(f"the cached tokenizer {path} is corrupt ({str(e)[:200]}); delete it and load its "
+                              "corpus again (train, eval or sample does), which trains it anew") from None
     raise ConfigError(f"unknown tokenizer {spec!r}; use 'gpt2', 'bert-base-uncased', 'synthetic-N' "
                       "or the name of a cached BPE ('bpe2048-1a2b3c4d')")
 

@@ -10,12 +10,14 @@ the dataset's detokenizer (PTB, Wikitext, LM1B, Lambada), tokenized without spec
 no EOS between documents (``insert_valid_eos=False``), concatenated and cut into L - 2 chunks
 framed by BOS ... EOS (``insert_valid_special=True``); the remainder is dropped. The spec confirms
 only these two flags; the dataset ids, fields and detokenizer rules below are INFERRED.
-Local stand-ins: ``data_dir`` holding ``<name>.jsonl`` (one JSON object per line with the text
-field or "text") or a ``datasets.save_to_disk`` folder ``<name>/``.
+Local stand-ins: ``data_dir`` (default: ``$ESOLM_ZEROSHOT``, the way to name it from the command
+line) holding ``<name>.jsonl`` (one JSON object per line with the text field or "text") or a
+``datasets.save_to_disk`` folder ``<name>/``.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -77,8 +79,29 @@ def _fetch_message(name: str) -> str:
             f"and the hub cannot be reached from here (offline). On a machine with internet run\n"
             f"    python -c \"import datasets; datasets.load_dataset('{d['repo']}'{cfg}, split='{d['split']}')"
             f".save_to_disk('zeroshot/{name}')\"\n"
-            f"then copy the folder zeroshot/ here and pass data_dir=zeroshot (or give data_dir a {name}.jsonl "
-            f"with one {{\"{d['field']}\": ...}} object per line)")
+            f"then copy the folder zeroshot/ here and set ESOLM_ZEROSHOT to its path (every command and preset "
+            f"reads it; in Python, load_corpus(..., data_dir=PATH) does the same); the folder may instead hold "
+            f"{name}.jsonl with one {{\"{d['field']}\": ...}} object per line")
+
+
+def _fetch_hint(name: str) -> str:
+    d = DATASETS[name]
+    return f"put one there (datasets' save_to_disk of {d['repo']!r}, or {name}.jsonl with a {d['field']!r} per line)"
+
+
+def _jsonl_rows(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file, one per non-empty line; a ConfigError naming a bad line."""
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        if line.strip():
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ConfigError(f"{path} line {n} is not JSON ({e}); fix or re-create the file") from None
+            if not isinstance(row, dict):
+                raise ConfigError(f"{path} line {n} is not a JSON object; each line must be one object")
+            rows.append(row)
+    return rows
 
 
 def read_texts(name: str, data_dir=None, max_documents: int | None = None) -> list[str]:
@@ -87,8 +110,7 @@ def read_texts(name: str, data_dir=None, max_documents: int | None = None) -> li
         folder = Path(data_dir).expanduser()
         jsonl, saved = folder / f"{name}.jsonl", folder / name
         if jsonl.is_file():
-            rows = [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
-            texts = [r.get(d["field"], r.get("text")) for r in rows]
+            texts = [r.get(d["field"], r.get("text")) for r in _jsonl_rows(jsonl)]
         elif saved.is_dir():
             import datasets
 
@@ -96,7 +118,8 @@ def read_texts(name: str, data_dir=None, max_documents: int | None = None) -> li
             ds = ds[d["split"]] if isinstance(ds, datasets.DatasetDict) else ds
             texts = list(ds[d["field"]])
         else:
-            raise ConfigError(f"data_dir={str(data_dir)!r} holds neither {name}.jsonl nor a saved dataset {name}/")
+            raise ConfigError(f"the zero-shot data folder {str(data_dir)!r} (data_dir, else $ESOLM_ZEROSHOT) holds "
+                              f"neither {name}.jsonl nor a saved dataset {name}/; {_fetch_hint(name)}")
     else:
         if not hub_reachable():
             raise ConfigError(_fetch_message(name))
@@ -131,6 +154,7 @@ def build(name: str, *, length: int, vocab_size=None, tokenizer: str | None = No
     if length < 3:
         raise ConfigError(f"length must be >= 3 (BOS, a token, EOS); got {length}")
     opts = {**OPTIONS, **options}
+    opts["data_dir"] = opts["data_dir"] or os.environ.get("ESOLM_ZEROSHOT") or None  # the CLI's way to name it
     opts["max_documents"] = coerce(opts["max_documents"], int | None, "max_documents")
     tok_name = tokenizer or "gpt2"
     key = digest(FORMAT_VERSION, "zeroshot", name, DATASETS[name], tok_name, length, opts["max_documents"],

@@ -25,6 +25,7 @@ from esolm.metrics.genppl import gen_ppl
 from esolm.metrics.mauve import mauve_score
 from esolm.metrics.selfbleu import self_bleu
 from esolm.metrics.timing import environment_fingerprint, summarize
+from esolm.samples import incomplete_note
 
 METRICS_VERSION = 1  # bump when a change alters the numbers for the same inputs
 
@@ -40,6 +41,9 @@ def read_samples(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"samples file {path} does not exist; write one with `run.py sample`")
+    unfinished = incomplete_note(path)
+    if unfinished:
+        raise ConfigError(unfinished)
     records = []
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
