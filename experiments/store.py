@@ -254,9 +254,10 @@ def _job_state(job, check, results: Path, by_name: dict) -> JobState:
     if check.state == "corrupt":
         return JobState(job.stage, job.name, "corrupt", f"{check.path}: {check.reason}")
     if check.state == "no-output":
+        clean = run_command("clean", results.name, results, None, "--job", job.name)
         return JobState(job.stage, job.name, "no-output", f"{check.reason}; pareto retrains it when a job that "
-                                                          f"reads it has to run (`clean --job {job.name}` retrains "
-                                                          f"it at the next pareto)")
+                                                          f"reads it has to run (`{clean}` retrains it at the next "
+                                                          f"pareto)")
     if submitted is not None:
         return submitted
     if job.name in by_name:
