@@ -241,8 +241,9 @@ def cmd_sample(args) -> int:
     seed = coerce(call.get("seed", 0), int, "seed")
     sample_opts = sample_options(model, routed["options"])
     sample_opts.setdefault("steps", model.config.length)
+    # the default name holds the count too: another count is another file, not a refusal
     out = Path(args.out) if args.out else ckpt.parent / "samples" / (
-        "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}.jsonl")
+        "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}-n{num_samples}.jsonl")
     say(f"sampling {num_samples} sequences from {state['model_name']} ({ckpt}) with {sample_opts}")
     result = stream_samples(out, model, corpus, num_samples=num_samples, batch_size=batch_size, seed=seed,
                             options=sample_opts, model_name=state["model_name"], model_config=state["model_config"],

@@ -102,6 +102,18 @@ def test_an_unfinished_samples_file_is_not_scored(checkpoint, tmp_path, capsys, 
     one_error(rc, err, str(out), "unfinished", "3 of 10", "rerun")
 
 
+def test_the_default_output_names_the_count_so_another_count_is_another_file(checkpoint, capsys):
+    """Without --out the file name holds seed and count: a second call asking for more samples
+    writes a new file instead of meeting the refusal of a file of another configuration."""
+    folder = checkpoint.parent / "samples"
+    for n in (2, 3):
+        rc, err = cli(capsys, "sample", "--checkpoint", checkpoint, "--num-samples", n, "steps=4", "seed=7")
+        assert rc == 0, err[-2000:]
+    made = sorted(p.name for p in folder.glob("samples-*seed7-n*.jsonl"))
+    assert made == ["samples-steps4-seed7-n2.jsonl", "samples-steps4-seed7-n3.jsonl"], made
+    assert [len((folder / m).read_text().splitlines()) for m in made] == [2, 3]
+
+
 def test_rerunning_a_finished_sample_draws_nothing_and_keeps_the_file(checkpoint, uninterrupted, capsys):
     before = uninterrupted.read_bytes()
     rc, err = cli(capsys, *sample_args(checkpoint, uninterrupted))
