@@ -5,14 +5,16 @@
 #   make status       what is done / running / failed / stale for $(PRESET)
 #   make clean-runs WHAT="--stale"   remove only what WHAT names (run.py clean --help)
 #   make gpu-check    scripts/gpu-check.sh (docs/gpu.md)
+#   make notebooks    execute analysis/*.ipynb on $(NB_RESULTS) (default results/tiny), outputs kept
 PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 CLUSTER ?= local
 PRESET  ?= tiny
+NB_RESULTS ?= results/tiny
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: setup quickstart test test-fast bench slurm-up slurm-down clean-runs status gpu-check
+.PHONY: setup quickstart test test-fast bench slurm-up slurm-down clean-runs status gpu-check notebooks
 
 # uv installs what pip would, 3 times faster here (about 50 s instead of 2.5 min from nothing);
 # it does not read pip's configuration, so pip's find-links (PIP_FIND_LINKS) are passed on
@@ -50,6 +52,9 @@ slurm-up:
 
 slurm-down:
 	$(SUDO) bash scripts/local-slurm/stop.sh
+
+notebooks: setup
+	MPLBACKEND=Agg $(BIN)/python -m analysis.notebooks $(NB_RESULTS)
 
 status:
 	$(BIN)/python experiments/run.py status --preset $(PRESET)
