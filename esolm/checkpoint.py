@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from esolm.config import ConfigError
-from esolm.io import _temp_beside, content_hash, json_bytes, temp_name
+from esolm.io import atomic_write_files, content_hash, json_bytes, temp_name
 
 NAME = "checkpoint.safetensors"  # a training run's checkpoint inside its run folder
 LEGACY_NAME = "checkpoint.pt"  # the one-file torch pickle of earlier versions
@@ -126,20 +126,9 @@ def save_checkpoint(path: str | Path, state: dict) -> Path:
     that an interruption at any point leaves a complete checkpoint (the new one or the last good
     one, module docstring). Returns the weights' path."""
     files = companions(path)
-    items = _files_of(files[0], state)
     _remove(_strays(files))  # temporaries of a save that was killed
-    temps: list[str] = []
-    try:
-        for target, data in items:
-            temps.append(_temp_beside(target, lambda f, d=data: f.write(d)))
-        _keep_last_good(files)
-        for (target, _), tmp in zip(items, temps):
-            os.replace(tmp, target)
-        _fsync_dir(files[0].parent)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            _remove([Path(t) for t in temps])
-        raise
+    atomic_write_files(_files_of(files[0], state), before_rename=lambda: _keep_last_good(files))
+    _fsync_dir(files[0].parent)
     _remove(previous(files[0]))
     return files[0]
 

@@ -83,10 +83,17 @@ def _temp_beside(path: Path, write) -> str:
             os.fsync(f.fileno())
     except BaseException as e:
         os.unlink(tmp)
-        if isinstance(e, OSError) and e.filename is None:
-            e.filename = str(path)  # a full disk names the file it was writing
+        named(e, path)  # a full disk names the file it was writing
         raise
     return str(tmp)
+
+
+def named(error: BaseException, path: str | Path) -> BaseException:
+    """``error`` with ``path`` as its file name when it is an OSError that names none (a write to an
+    open file that fails on a full disk names no file), so that the one-line message names it."""
+    if isinstance(error, OSError) and error.filename is None:
+        error.filename = str(path)
+    return error
 
 
 def atomic_write_bytes(path: str | Path, write) -> Path:
@@ -95,15 +102,18 @@ def atomic_write_bytes(path: str | Path, write) -> Path:
     return atomic_write_files([(Path(path), write)])[0]
 
 
-def atomic_write_files(items: list[tuple[Path, object]]) -> list[Path]:
+def atomic_write_files(items: list[tuple[Path, object]], before_rename=None) -> list[Path]:
     """Write several files (``(path, write)`` pairs, or ``(path, bytes)``): every temporary
-    file is written and fsynced first, then all are renamed in order, so an interruption
-    while writing leaves every old file in place. The last one renamed is the last in the list."""
+    file is written and fsynced first, then ``before_rename()`` runs (esolm/checkpoint.py keeps
+    the last good set there), then all are renamed in order, so an interruption while writing
+    leaves every old file in place. The last one renamed is the last in the list."""
     temps: list[str] = []
     try:
         for path, write in items:
             data = write
             temps.append(_temp_beside(Path(path), write if callable(write) else lambda f, d=data: f.write(d)))
+        if before_rename is not None:
+            before_rename()
         for (path, _), tmp in zip(items, temps):
             os.replace(tmp, path)
     except BaseException:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from esolm.config import ConfigError
-from esolm.io import atomic_write_bytes, atomic_write_json, content_hash, json_default
+from esolm.io import atomic_write_bytes, atomic_write_json, content_hash, json_default, named
 
 PROGRESS_VERSION = 1
 
@@ -289,9 +289,7 @@ def stream_samples(out: str | Path, model, corpus, *, num_samples: int, batch_si
     try:
         return _stream(out, (model, corpus, gen, options, meta), identity, done, size, say, on_batch)
     except OSError as e:  # a full disk names the file it could not write
-        if e.filename is None:
-            e.filename = str(out)
-        raise
+        raise named(e, out)
 
 
 def _stream(out: Path, sampler: tuple, identity: dict, done: int, size: int, say, on_batch) -> dict:

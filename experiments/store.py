@@ -289,7 +289,7 @@ def _submitted_state(job, note: dict) -> JobState:
         state = _slurm_state(note["job_id"])
         running = state is not None
     elif note["cluster"] == "local" and note.get("host") == socket.gethostname():
-        running, state = _alive(note.get("controller_pid")), "RUNNING"
+        running, state = _alive(note.get("controller_pid"), note.get("controller_start")), "RUNNING"
     else:
         running, state = False, None
     if running:

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import esolm.checkpoint as C
+import esolm.io as esolm_io
 import esolm.train as T
 from esolm import registry
 from esolm.checkpoint import NAME, companions, previous, read_checkpoint, save_checkpoint
@@ -35,7 +36,7 @@ class Interrupter:
 
     def __init__(self, monkeypatch, k: int | None = None, after: bool = False):
         self.k, self.after, self.calls, self.armed = k, after, 0, False
-        for owner, name in ((os, "replace"), (os, "link"), (os, "unlink"), (C, "_temp_beside")):
+        for owner, name in ((os, "replace"), (os, "link"), (os, "unlink"), (esolm_io, "_temp_beside")):
             monkeypatch.setattr(owner, name, self._wrap(getattr(owner, name)))
         real_save = T.save_checkpoint
 
