@@ -29,9 +29,10 @@ WINDOW = 25  # training steps per plotted point
 
 
 def collect(results: Path) -> pd.DataFrame:
-    """One row per (model, window): label, group, step, tokens, train_nll, valid_nll (NaN off the
-    validation steps). Models whose log is gone are skipped, and so are records that do not
-    verify (analysis/records.py)."""
+    """One row per (training run, window): label, group, run (the training record's key: a model
+    trained again, or under another seed, is a run of its own), step, tokens, train_nll,
+    valid_nll (NaN off the validation steps). Models whose log is gone are skipped, and so are
+    records that do not verify (analysis/records.py)."""
     rows = []
     for _, rec in R.scan(results, {"train"})[0]:
         log = Path(rec.get("checkpoint") or "").with_name("train_log.jsonl")
@@ -45,7 +46,7 @@ def collect(results: Path) -> pd.DataFrame:
             window = steps[i:i + WINDOW]
             last = window[-1]
             valid = [s["valid_nll_per_token"] for s in window if "valid_nll_per_token" in s]
-            rows.append(dict(label=rec["label"], group=rec["group"], step=last["step"],
+            rows.append(dict(label=rec["label"], group=rec["group"], run=rec["key"], step=last["step"],
                              tokens=last["step"] * tokens_per_step,
                              train_nll=sum(s["nll_per_token"] for s in window) / len(window),
                              valid_nll=valid[-1] if valid else float("nan")))
@@ -86,16 +87,28 @@ def dash(i: int):
     return tuple(matplotlib.rcParams[name]) if name else ""
 
 
+def runs(frame: pd.DataFrame) -> pd.Series:
+    """Each row's training run: the `run` column collect() writes, or, in a learning_curves.csv
+    from before it, a new run wherever a model's steps start again (one record after another)."""
+    if "run" in frame.columns:
+        return frame["run"].astype(str)
+    restart = frame.groupby("label", sort=False)["step"].diff().le(0).astype(int)
+    return frame["label"].astype(str) + "#" + restart.groupby(frame["label"], sort=False).cumsum().astype(str)
+
+
 def draw_curves(ax, frame: pd.DataFrame, styles: dict) -> None:
-    """A training line per model (sns.lineplot, hue and style by model: its method's colour, a line
-    style per model of one method) and its validation points as dots, with the models' legend."""
-    curves = frame.assign(model=frame["label"].astype(str) + " (train)", tokens_m=frame["tokens"] / 1e6)
+    """A training line per run (sns.lineplot, hue and style by model: its method's colour, a line
+    style per model of one method; the runs of one model alike, each drawn on its own so that no
+    line jumps from one run's end back to another's start) and the validation points as dots,
+    with the models' legend."""
+    curves = frame.assign(model=frame["label"].astype(str) + " (train)", tokens_m=frame["tokens"] / 1e6,
+                          _run=runs(frame))
     first = curves.drop_duplicates("model")
     order = list(first["model"])
     palette = dict(zip(order, first["group"].map(lambda g: styles[g]["colour"])))
     dashes = dict(zip(order, first.groupby("group", sort=False).cumcount().map(dash)))
-    sns.lineplot(data=curves, x="tokens_m", y="train_nll", hue="model", style="model", hue_order=order,
-                 style_order=order, palette=palette, dashes=dashes, estimator=None, sort=False, lw=1.3, ax=ax)
+    sns.lineplot(data=curves, x="tokens_m", y="train_nll", hue="model", style="model", units="_run", hue_order=order,
+                 style_order=order, palette=palette, dashes=dashes, estimator=None, sort=True, lw=1.3, ax=ax)
     valid = curves.dropna(subset=["valid_nll"])  # drawn model after model, as the lines are
     valid = valid.sort_values("model", key=lambda m: m.map(order.index), kind="stable")
     if len(valid):
@@ -112,14 +125,22 @@ def draw_learning_curves(results: Path) -> list[Path]:
         return []
     csv = results / "learning_curves.csv"
     atomic_write_text(csv, frame.to_csv(index=False))
-    setup_style()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    draw_curves(ax, frame, group_styles(_displays(results, frame)))
-    ax.set_xlabel("training tokens (millions)")
-    ax.set_ylabel("NLL bound, nats/token (dots: validation)")
-    ax.set_title(f"Learning curves: {results.name} (lines: training loss, mean of {WINDOW} steps)")
+    fig = learning_figure(frame, group_styles(_displays(results, frame)), results.name)
     (results / "figures").mkdir(parents=True, exist_ok=True)
     return [csv, *save(fig, results / "figures" / "learning_curves")]
+
+
+def learning_figure(frame: pd.DataFrame, styles: dict, name: str):
+    """The learning-curve figure of a collect() frame (or a learning_curves.csv read back)."""
+    setup_style()
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    draw_curves(ax, frame, styles)
+    ax.set_xlabel("training tokens (millions)")
+    ax.set_ylabel("NLL bound, nats/token (dots: validation)")
+    more = ", a line per run" if runs(frame).nunique() > frame["label"].nunique() else ""
+    ax.set_title(f"Learning curves: {name}\nlines: training loss (mean of {WINDOW} steps){more}; dots: validation",
+                 fontsize=10)
+    return fig
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ DISPLAY = ("family", "label", "colour", "marker", "order", "reference", "shade_b
 JOIN_CONFIG = ("label",)
 JOIN_GROUP = "options"
 TIMED = "_timed"  # suffix of a time-row metric whose name the sample row measures too (nfe -> nfe_timed)
+LO, HI = "_lo", "_hi"  # suffixes of a metric's 95 % interval columns (metrics.gen_ppl_lo, metrics.gen_ppl_hi)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class Metric:
     pareto: bool = False  # a quality axis: one Pareto figure of it against sampling time
     bounds: tuple[float, float] | None = None  # a bounded score: a linear axis over these bounds
     evaluator: bool = False  # scored by the preset's gen-PPL evaluator (its name goes in the axis label)
+    interval: bool = False  # its job writes a 95 % bootstrap interval: metrics.<name>_lo, metrics.<name>_hi
 
 
 # The metrics of a speed-quality point (sample row joined to its time row), in table order.
@@ -50,11 +52,14 @@ class Metric:
 # entry here; its job writes it under row["metrics"].
 METRICS: tuple[Metric, ...] = (
     Metric("nfe", "NFE", None, ".1f"),
-    Metric("gen_ppl", "gen PPL", False, ".2f", pareto=True, evaluator=True),
-    Metric("entropy", "entropy", True, ".3f"),
+    Metric("gen_ppl", "gen PPL", False, ".2f", pareto=True, evaluator=True, interval=True),
+    Metric("gen_ppl_judge2", "gen PPL (2nd judge)", False, ".2f", evaluator=True, interval=True),
+    Metric("entropy", "entropy", True, ".3f", interval=True),
+    Metric("scored_fraction", "scored fraction", True, ".3f", bounds=(0.0, 1.0)),
     Metric("mauve", "MAUVE", True, ".4f", pareto=True, bounds=(0.0, 1.0)),
+    Metric("dist_sim", "distributional sim.", True, ".4f", pareto=True, bounds=(0.0, 1.0), interval=True),
     Metric("self_bleu", "Self-BLEU", False, ".4f", table=False),
-    Metric("time_median_s", "time (s)", False, ".4g", stage="time"),
+    Metric("time_median_s", "time (s)", False, ".4g", stage="time", interval=True),
     Metric("time_std_s", "time std (s)", None, ".4g", stage="time", table=False),
     Metric("nfe" + TIMED, "NFE (timed run)", None, ".1f", stage="time"),
     Metric("num_samples", "samples", None, "g"),
@@ -68,6 +73,30 @@ SHOWN = dict(alpha_0=("α0 (train)", "α0 of training"), block_size=("L′", "bl
 def metric(name: str) -> Metric | None:
     """The declaration of a metric (None: not declared)."""
     return next((m for m in METRICS if m.name == name), None)
+
+
+def bounds_of(name: str) -> tuple[str, str]:
+    """The bare names of the 95 % interval columns of metric ``name``: (name_lo, name_hi)
+    (metrics.<name>_lo / _hi in results.csv; esolm/metrics/bootstrap.py ``interval_fields``)."""
+    return f"{name}{LO}", f"{name}{HI}"
+
+
+def interval(frame_: pd.DataFrame, name: str) -> tuple[pd.Series, pd.Series]:
+    """The (lo, hi) Series of metric ``name``'s interval in a bare-named frame (``view``, the
+    points of ``speed_quality``) or a prefixed one (``metrics.<name>_lo``); NaN where a row has
+    none or the frame lacks the columns (records written before intervals)."""
+    out = []
+    for c in bounds_of(name):
+        c = c if c in frame_.columns else col("metrics", c)
+        out.append(pd.to_numeric(frame_[c], errors="coerce") if c in frame_.columns
+                   else pd.Series(np.nan, index=frame_.index, dtype=float))
+    return out[0], out[1]
+
+
+def has_interval(frame_: pd.DataFrame, name: str) -> bool:
+    """Whether some row of the frame has both ends of metric ``name``'s interval."""
+    lo, hi = interval(frame_, name)
+    return bool((lo.notna() & hi.notna()).any())
 
 
 def shown(field: str, long: bool = False) -> str:
@@ -175,13 +204,22 @@ def join_time(sample: pd.DataFrame, time: pd.DataFrame) -> pd.DataFrame:
         return sample.assign(**{k: v for k, v in missing.items() if k not in sample.columns})
     keys = join_columns(sample)
     own = set(columns(sample, "metrics"))
-    metrics = {c: (c + TIMED if c in own else c) for c in columns(time, "metrics")}
+    metrics = {c: _timed_name(c, own) for c in columns(time, "metrics")}
     config = [c for c in columns(time, "config") if c not in sample.columns]
     timed = time[[*metrics, *config, "stale"]].rename(columns={**metrics, "stale": "_stale_timed"})
     timed["_key"] = join_key(time, keys)
     out = sample.assign(_key=join_key(sample, keys)).merge(timed, how="left", on="_key", validate="one_to_one")
     out["stale"] = out["stale"].eq(True) | out.pop("_stale_timed").eq(True)
     return out.drop(columns="_key")
+
+
+def _timed_name(column: str, own: set) -> str:
+    """A time-row metric column as the joined point names it: with TIMED when the sample row
+    measures it too, an interval column following its metric (metrics.nfe_lo -> metrics.nfe_timed_lo)."""
+    for end in (LO, HI):
+        if column.endswith(end) and column[: -len(end)] in own:
+            return column[: -len(end)] + TIMED + end
+    return column + TIMED if column in own else column
 
 
 # ------------------------------------------------------------------------------ display
@@ -238,7 +276,8 @@ def old_group(column: str) -> str | None:
     """The group of a column of the old flat format (None: META)."""
     if column in META:
         return None
-    return "options" if column in OLD_OPTIONS else "metrics" if column in OLD_METRICS else "config"
+    base = column[: -len(LO)] if column.endswith((LO, HI)) else column  # an interval goes with its metric
+    return "options" if column in OLD_OPTIONS else "metrics" if base in OLD_METRICS else "config"
 
 
 def nest_old_row(row: dict, display: dict | None = None) -> dict:

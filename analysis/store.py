@@ -66,13 +66,14 @@ def speed_quality(df: pd.DataFrame) -> pd.DataFrame:
     return X.view(X.join_time(sample, X.stage_rows(df, "time", EVALUATOR_GROUP)))
 
 
-def evaluator_name(points: pd.DataFrame) -> str:
-    """A short name for the gen-PPL evaluator of these points."""
-    names = points["evaluator"].dropna().unique() if "evaluator" in points.columns else []
+def evaluator_name(points: pd.DataFrame, column: str = "evaluator") -> str:
+    """A short name for the gen-PPL judge of these points in ``column`` ("evaluator"; the second
+    judge's: "evaluator2")."""
+    names = points[column].dropna().unique() if column in points.columns else []
     if len(names) == 0:
         return "evaluator unknown"
     name = str(names[0])
-    return "preset's AR evaluator" if "checkpoint" in name else name
+    return "the preset's own AR judge (trained apart, its own seed)" if "checkpoint" in name else name
 
 
 def output_dir(results_dir: str | Path, kind: str) -> Path:

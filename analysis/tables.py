@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,8 @@ from analysis import anchors as A
 from analysis import schema as X
 from analysis import store as S
 from analysis.claims import FAMILY_AR, FAMILY_ESO_B
-from analysis.pareto import COLLAPSE_RATIO, collapsed, group_styles, ordered_groups
-from analysis.render import Col, Table
+from analysis.pareto import collapsed, group_styles, ordered_groups, split_calibration
+from analysis.render import BLANK, Col, Table
 from analysis.table5 import table5
 
 NOT_SAME = ("Ours and the paper's are not the same quantity (corpus, sequence length, model size, training budget, "
@@ -67,6 +68,48 @@ def _stale_note(frame: pd.DataFrame) -> list[str]:
     return [f"{n} row(s) come from records of an older code version (stale); rerun the preset to refresh them."] if n else []
 
 
+# ------------------------------------------------------------------------- intervals
+@dataclass
+class IntervalCol(Col):
+    """A shown column whose cells read ``x [lo, hi]``: the value, its std where the column has
+    one, the 95 % interval from the data columns ``lo`` and ``hi`` (same format as the value;
+    left out in a row without one), then the footnote marks. The CSV keeps lo and hi as columns."""
+
+    lo: str = ""
+    hi: str = ""
+
+    def cell(self, row: pd.Series) -> str:
+        text = Col.cell(Col(self.key, self.header, self.fmt, std=self.std), row)
+        lo, hi = row.get(self.lo), row.get(self.hi)
+        if text != BLANK and pd.notna(lo) and pd.notna(hi):
+            text += f" [{format(float(lo), self.fmt)}, {format(float(hi), self.fmt)}]"
+        if self.marks and isinstance(row.get(self.marks), str):
+            text += row[self.marks]
+        return text
+
+
+def _col(data: pd.DataFrame, key: str, header: str, fmt: str, **kw) -> Col:
+    """A shown column of ``key``: with its interval (``key``_lo, ``key``_hi) when some row of the
+    data has one, else the plain column (records written before intervals)."""
+    lo, hi = X.bounds_of(key)
+    if X.has_interval(data, key):
+        return IntervalCol(key, header, fmt, lo=lo, hi=hi, **kw)
+    return Col(key, header, fmt, **kw)
+
+
+def _first(rows: pd.DataFrame, name: str, metric: str) -> dict:
+    """{name, name_lo, name_hi}: ``metric`` and its interval from the first of ``rows`` (NaN
+    where there is no row or no interval)."""
+    first = rows.iloc[0] if len(rows) else pd.Series(dtype=object)
+    (lo, hi), (out_lo, out_hi) = X.bounds_of(metric), X.bounds_of(name)
+    return {name: first.get(metric, np.nan), out_lo: first.get(lo, np.nan), out_hi: first.get(hi, np.nan)}
+
+
+def _with_intervals(names: list[str], frame: pd.DataFrame) -> list[str]:
+    """The columns ``names`` with each one's interval columns after it, where the frame has them."""
+    return [c for n in names for c in (n, *X.bounds_of(n)) if c == n or c in frame.columns]
+
+
 # ----------------------------------------------------------------------------- Table 1
 def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
     """Test perplexity per model: exact (largest K we ran) with the NELBO on the same
@@ -85,11 +128,11 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
         same = top.get("nelbo_ppl", np.nan) if top is not None else np.nan  # same run: same sequences, same seed
         row = dict(group=first["group"], label=label, alpha_0=first.get("alpha_0", np.nan),
                    block_size=first.get("block_size", np.nan),
-                   exact_ppl=top["ppl"] if top is not None else np.nan,
+                   **_first(exact.iloc[-1:], "exact_ppl", "ppl"),
                    exact_K=top["num_orders"] if top is not None else np.nan,
                    exact_sequences=top["num_sequences"] if top is not None else np.nan,
-                   nelbo_ppl=same,
-                   nelbo_split_ppl=nelbo["ppl"].iloc[0] if len(nelbo) else np.nan,
+                   **_first(exact.iloc[-1:], "nelbo_ppl", "nelbo_ppl"),  # same run: same sequences, same seed
+                   **_first(nelbo, "nelbo_split_ppl", "ppl"),
                    nelbo_split_sequences=nelbo["num_sequences"].iloc[0] if len(nelbo) else np.nan,
                    test_sequences=g["num_sequences"].max(), stale=bool(g["stale"].any()))
         row["exact_mark"] = "*" if top is not None and pd.isna(same) else ""
@@ -103,9 +146,9 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
     data = _order(pd.DataFrame(out), ev).rename(columns={"group": "method"})
     paper = A.source_label("1", None)
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"),
-            Col("exact_ppl", "exact PPL", ".2f", marks="exact_mark"), Col("exact_K", "K", "g"),
-            Col("nelbo_ppl", "NELBO PPL, same seqs", ".2f"), Col("exact_sequences", "seqs", "g"),
-            Col("nelbo_split_ppl", "NELBO PPL, NELBO run", ".2f"), Col("nelbo_split_sequences", "seqs", "g")]
+            _col(data, "exact_ppl", "exact PPL", ".2f", marks="exact_mark"), Col("exact_K", "K", "g"),
+            _col(data, "nelbo_ppl", "NELBO PPL, same seqs", ".2f"), Col("exact_sequences", "seqs", "g"),
+            _col(data, "nelbo_split_ppl", "NELBO PPL, NELBO run", ".2f"), Col("nelbo_split_sequences", "seqs", "g")]
     cols += [Col(f"paper_{d.lower()}_{e}", f"{d} {e}", ".2f", group=paper, marks=f"paper_{d.lower()}_{e}_notes")
              for d in ("LM1B", "OWT") for e in ("exact", "nelbo")]
     used = sorted({m for c in data.filter(like="_notes") for s in data[c] for m in s})
@@ -145,8 +188,7 @@ def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | 
                    sequences=counts[0] if len(counts) == 1 else np.nan,
                    sequences_note=", ".join(f"{c:g}" for c in counts) if len(counts) > 1 else "")
         for k in ks:
-            hit = g.loc[g["num_orders"].eq(k), "ppl"]
-            row[f"K{k}"] = hit.iloc[0] if len(hit) else np.nan
+            row.update(_first(g.loc[g["num_orders"].eq(k)], f"K{k}", "ppl"))
             for ds, tables in (("lm1b", ("6", "7")), ("owt", ("8",))):
                 anc = [_anchor(anchors, t, group=first["group"], alpha_0=a0, num_orders=k) for t in tables]
                 anc = [a for a in anc if a is not None]
@@ -155,7 +197,7 @@ def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | 
     data = _order(pd.DataFrame(out), ex).rename(columns={"group": "method"})
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"), Col("sequences", "seqs", "g")]
     for k in ks:
-        cols += [Col(f"K{k}", f"K = {k}", ".2f", group="ours"),
+        cols += [_col(data, f"K{k}", f"K = {k}", ".2f", group="ours"),
                  Col(f"paper_lm1b_K{k}", f"K = {k}", ".2f", group=A.source_label(["6", "7"], "LM1B")),
                  Col(f"paper_owt_K{k}", f"K = {k}", ".2f", group=A.source_label("8", "OWT"))]
     notes = [(f"{_setup(summary, S.sequence_length(summary))}; test PPL of the importance-weighted exact-likelihood "
@@ -189,7 +231,7 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
             best = cached if len(cached) else sel
             plain = sel.loc[sel["kv_cache"].astype(str).ne("True")] if len(cached) else sel.iloc[:0]
             for key, part in (("", best), ("_no_cache", plain)):
-                row[f"L{L}{key}_s"] = part["time_mean_s"].iloc[0] if len(part) else np.nan
+                row.update(_first(part, f"L{L}{key}_s", "time_mean_s"))
                 row[f"L{L}{key}_std"] = part["time_std_s"].iloc[0] if len(part) else np.nan
             row[f"L{L}_kv_cache"] = bool(len(cached))
             row[f"L{L}_nfe"] = best["nfe"].iloc[0] if len(best) else np.nan
@@ -204,8 +246,8 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
     src = A.source_label("11")
     cols = [Col("method", "method", "s")]
     for L in lengths:
-        cols += [Col(f"L{L}_nfe", f"L = {L}: NFE", ".0f"), Col(f"L{L}_s", f"L = {L}: s", ".3f", std=f"L{L}_std"),
-                 Col(f"L{L}_no_cache_s", f"L = {L}: s, no KV cache", ".3f", std=f"L{L}_no_cache_std")]
+        cols += [Col(f"L{L}_nfe", f"L = {L}: NFE", ".0f"), _col(data, f"L{L}_s", f"L = {L}: s", ".3f", std=f"L{L}_std"),
+                 _col(data, f"L{L}_no_cache_s", f"L = {L}: s, no KV cache", ".3f", std=f"L{L}_no_cache_std")]
     cols += [Col(f"paper_L{L}_s", f"L = {L}: s", ".1f", std=f"paper_L{L}_std", group=src) for L in p_lengths]
     env = summary.get("environment") or {}
     notes = [(f"ours: {summary.get('corpus', '?')}, preset {summary.get('preset', '?')}, L as in each column: "
@@ -258,26 +300,30 @@ def sweep_tables(df: pd.DataFrame, paper: pd.DataFrame, summary: dict) -> list[T
         return []
     length = S.sequence_length(summary)
     points["relative_steps"] = points["steps"] / length if length and "steps" in points else np.nan
-    points["collapsed"] = collapsed(points)
+    low = collapsed(points)
+    points["collapsed"] = low
+    points, calibration = split_calibration(points)
+    calibration = calibration.assign(group="calibration: " + calibration["label"].astype(str))
     tables = []
     for model, pts in points.groupby("model", sort=False):
         within = [c for c in ("alpha_0_eval", "steps") if c in pts]
         pts = _order(pts.sort_values(within, ascending=[c != "alpha_0_eval" for c in within], kind="stable")
                      if within else pts).reset_index(drop=True)
-        matches = [A.match_paper(r, paper, length) for _, r in pts.iterrows()]
+        matches = [A.match_paper(r, paper, length) for _, r in pts.iterrows()] + [None] * len(calibration)
+        pts = pd.concat([pts, calibration], ignore_index=True)  # real text and the null samplers, last
         found = [m for m in matches if m is not None]
         table = found[0]["table"] if found else None
         ident = [c for c in ("alpha_0", "block_size", "alpha_0_eval", "steps") if c in pts and pts[c].notna().any()]
         shown = [m for m in X.METRICS if m.stage in ("sample", "time") and m.name in pts]
         names = [m.name for m in shown]
         at = names.index("entropy") + 1 if "entropy" in names else len(names)  # the collapse flag: beside entropy
-        data = pts[["group", "label", *ident, "relative_steps", *names[:at], "collapsed", *names[at:],
-                    *[c for c in ("stale",) if c in pts]]].copy()
+        data = pts[["group", "label", *ident, "relative_steps", *_with_intervals(names[:at], pts), "collapsed",
+                    *_with_intervals(names[at:], pts), *[c for c in ("stale",) if c in pts]]].copy()
         data["entropy_mark"] = np.where(data["collapsed"], "↓", "")  # entropy's footnote mark (Col marks)
         for c in ("steps", "nfe", "gen_ppl", "entropy", "mauve", "time_s"):
             data[f"paper_{c}"] = [m[c] if m is not None and c in m and pd.notna(m[c]) else np.nan for m in matches]
         cols = _sweep_columns(data, ident, shown, A.source_label(table) if table else "paper")
-        notes = _sweep_notes(summary, length, S.evaluator_name(pts), table) + _stale_note(data)
+        notes = _sweep_notes(summary, length, pts, table, low.attrs.get("rule", "")) + _stale_note(data)
         name = f"table{table}_{_slug(model)}" if table in A.SWEEP_TABLES else f"sweep_{_slug(model)}"
         title = (f"Table {table}: " if table in A.SWEEP_TABLES else "") + \
             f"{', '.join(dict.fromkeys(pts['group']))}: gen PPL, entropy, MAUVE and time per configuration"
@@ -290,7 +336,7 @@ def _sweep_columns(data: pd.DataFrame, ident: list[str], shown: list, src: str) 
     table=True), the paper's; those without a value left out."""
     cols = [Col("group", "method", "s"), *[Col(c, X.shown(c), "g") for c in ident],
             Col("relative_steps", "T / L", "g"),
-            *[Col(m.name, m.shown, m.fmt, marks=f"{m.name}_mark" if f"{m.name}_mark" in data else None)
+            *[_col(data, m.name, m.shown, m.fmt, marks=f"{m.name}_mark" if f"{m.name}_mark" in data else None)
               for m in shown if m.table]]
     cols += [Col(f"paper_{c}", h, f, group=src) for c, h, f in (
         ("steps", "T", ".0f"), ("nfe", "NFE", ".0f"), ("gen_ppl", "gen PPL", ".2f"), ("entropy", "entropy", "g"),
@@ -298,10 +344,13 @@ def _sweep_columns(data: pd.DataFrame, ident: list[str], shown: list, src: str) 
     return [c for c in cols if c.key in data.columns and data[c.key].notna().any()]
 
 
-def _sweep_notes(summary: dict, length, evaluator: str, table: str | None) -> list[str]:
+def _sweep_notes(summary: dict, length, pts: pd.DataFrame, table: str | None, collapse_rule: str) -> list[str]:
     timing, env = summary.get("timing") or {}, summary.get("environment") or {}
+    judge2 = (f"; 2nd judge: {S.evaluator_name(pts, 'evaluator2')}" if "evaluator2" in pts and pts["evaluator2"].notna().any()
+              else "")
     ours = (f"{_setup(summary, length)}: {summary.get('num_samples', '?')} samples per row, nucleus p = "
-            f"{summary.get('top_p', '?')}, gen PPL by {evaluator}; time = median over {timing.get('trials', '?')} "
+            f"{summary.get('top_p', '?')}, gen PPL by {S.evaluator_name(pts)}{judge2}; [lo, hi] = 95 % bootstrap "
+            "interval over samples (over trials for time); time = median over {timing.get('trials', '?')} "
             f"trials of the network passes for one batch of {timing.get('batch_size', '?')} on "
             f"{env.get('device') or env.get('cpu', 'CPU')} ({env.get('torch_threads', '?')} thread(s)); "
             "NFE = mean per sample of the scored samples; time comes from a separate timing run of the same "
@@ -313,9 +362,13 @@ def _sweep_notes(summary: dict, length, evaluator: str, table: str | None) -> li
     rule = ("Matching rule: same method, α0 of training, α0 of sampling and relative step count T / L "
             f"(ours T / {length} = paper T / 1024); blank where the paper has no such configuration; AR takes no "
             "step count.")
-    low = (f"↓ entropy below {COLLAPSE_RATIO:.0%} of our AR samples' entropy: collapsed (repetitive) samples "
-           "(the paper's 'below 5' at AR's 5.26, spec 8.3).")
-    return [ours, paper, rule, low, NOT_SAME]
+    low = f"↓ collapsed (repetitive) samples: {collapse_rule} (the paper's 'below 5' at AR's 5.26, spec 8.3)."
+    cal = ("calibration rows (no model, no time): real text = held-out test rows scored by the same judges (the "
+           "judges' own score on real text); unigram, repeater (the most frequent train 4-gram repeated) and "
+           "all-EOS = null samplers (nothing to score: no gen PPL); scored fraction = the share of targets the "
+           "judge scored (every EOS after the first is left out, spec 8.2): well below 1 means samples cut short "
+           "by end-of-text, whose gen PPL covers only their start (docs/metrics.md).")
+    return [ours, paper, rule, low, cal, NOT_SAME]
 
 
 def _slug(text: str) -> str:

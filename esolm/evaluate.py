@@ -13,6 +13,10 @@ def evaluate(model, corpus, split: str = "test", *, batch_size: int = 32, max_ba
              exact: bool = False, num_orders: int = 1, seed: int = 1, progress: bool = True, **opts) -> dict:
     """NLL of ``split`` under ``model`` (NELBO unless ``exact``), token-weighted over all sequences.
 
+    Besides the totals it returns ``per_sequence_nll`` (each sequence's NLL sum, nats) and
+    ``per_sequence_tokens`` (the tokens that sum is normalized by, the model's ``num_tokens``),
+    in split order: sum(nll) / sum(tokens) is ``nll_per_token``, and resampling the pairs gives
+    the bootstrap interval of the PPL (esolm/metrics/bootstrap.py ``ppl_interval``).
     Randomness (t, masks, orders) is seeded by ``seed`` and does not disturb the caller's RNG.
     """
     data = corpus.splits[split]
@@ -26,7 +30,7 @@ def evaluate(model, corpus, split: str = "test", *, batch_size: int = 32, max_ba
                           f"drop --exact to get its NELBO")
     was_training = model.training
     model.eval()
-    total, tokens, per_seq = 0.0, 0, []
+    total, tokens, per_seq, per_tok = 0.0, 0, [], []
     t0 = time.perf_counter()
     bar = None
     if progress:
@@ -41,7 +45,8 @@ def evaluate(model, corpus, split: str = "test", *, batch_size: int = 32, max_ba
             out = model.nll(batch.to(model.device), exact=exact, **kwargs)
             total += float(out.per_sequence.sum())
             tokens += int(out.num_tokens.sum())
-            per_seq.append(out.per_sequence.cpu())
+            per_seq += out.per_sequence.double().cpu().tolist()
+            per_tok += out.num_tokens.long().cpu().tolist()
             if bar is not None:
                 bar.set_postfix(ppl=f"{math.exp(total / max(tokens, 1)):.2f}")
     model.train(was_training)
@@ -52,6 +57,7 @@ def evaluate(model, corpus, split: str = "test", *, batch_size: int = 32, max_ba
         "nll_per_token": nll, "ppl": math.exp(nll), "bits_per_token": nll / math.log(2),
         "nll_per_sequence": total / max(int(data.shape[0]), 1), "seconds": time.perf_counter() - t0,
         "seed": seed,
+        "per_sequence_nll": per_seq, "per_sequence_tokens": per_tok,
     }
     true_seq = corpus.true_nll_per_sequence() if hasattr(corpus, "true_nll_per_sequence") else None
     if true_seq is not None:

@@ -117,31 +117,55 @@ def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[J
     """All jobs of a preset, dependencies first (``code`` is not used: each job's key hashes
     the code it runs, experiments/versions.py)."""
     g = Graph(preset, work)
-    evaluator = _evaluator_entry(preset)
-    ev_train = g.train(evaluator) if evaluator else None
+    judge_entries = [e for e in (_evaluator_entry(preset, preset.evaluator, "evaluator"),
+                                 _evaluator_entry(preset, preset.second_evaluator, "evaluator-2")) if e]
+    judge_trains = {e.label: g.train(e) for e in judge_entries}
+    judges = Judges(g, preset, judge_trains)
     trains = {m.label: g.train(m) for m in preset.models}
-    for m in preset.models + ([evaluator] if evaluator else []):
-        _eval_jobs(g, m, trains.get(m.label, ev_train))
+    for m in preset.models + judge_entries:
+        _eval_jobs(g, m, trains.get(m.label) or judge_trains[m.label])
     for m in preset.models:
         _zeroshot_jobs(g, m, trains[m.label])
     for m in preset.models:
-        _sweep_jobs(g, m, trains[m.label], ev_train)
+        _sweep_jobs(g, m, trains[m.label], judges)
+    for name in preset.calibration:
+        _calibration_job(g, name, judges)
     for length in preset.run.long_context.lengths:
         _longctx_job(g, length)
     return g.jobs
 
 
-def _evaluator_entry(preset: P.Preset) -> P.ModelEntry | None:
-    """The gen-PPL evaluator this preset trains (None: "source" or a Hugging Face model); its
-    model must score text left to right (capabilities.next_token_scoring)."""
-    ev = preset.evaluator
+def _evaluator_entry(preset: P.Preset, ev, label: str) -> P.ModelEntry | None:
+    """A gen-PPL judge this preset trains (None: an n-gram, "source" or a Hugging Face model,
+    nothing to train); its model must score text left to right (capabilities.next_token_scoring).
+    Its group is the evaluator's, so no table or figure counts it among the methods."""
     if not isinstance(ev, dict):
         return None
     model = ev.get("model", "ar")
     if not registry.model_class(model).capabilities.next_token_scoring:
         raise ConfigError(f"the evaluator of preset {preset.name} is {model!r}, which cannot score text left to right "
                           f"(capabilities.next_token_scoring); use a model that can, e.g. ar")
-    return P.ModelEntry("evaluator", model, "evaluator", dict(ev.get("overrides", {})), [], train=dict(ev.get("train", {})))
+    return P.ModelEntry(label, model, "evaluator", dict(ev.get("overrides", {})), [], train=dict(ev.get("train", {})))
+
+
+class Judges:
+    """The preset's gen-PPL judges as a sample job names them: in its identity (a trained judge by
+    its training job's key), in its config (by checkpoint path), and the jobs it waits for."""
+
+    def __init__(self, g: Graph, preset: P.Preset, trains: dict):
+        self.deps, self.identity, self.config = [], {}, {}
+        for field_name, spec, label in (("evaluator", preset.evaluator, "evaluator"),
+                                        ("evaluator2", preset.second_evaluator, "evaluator-2")):
+            if spec is None:
+                continue
+            tr = trains.get(label)
+            self.identity[field_name] = tr.key if tr else spec
+            self.config[field_name] = g.checkpoint(tr) if tr else spec
+            self.deps += [tr] if tr else []
+
+    @property
+    def models(self) -> tuple:
+        return tuple(j.model for j in self.deps)
 
 
 def _eval_jobs(g: Graph, m: P.ModelEntry, tr: Job) -> None:
@@ -172,25 +196,36 @@ def _zeroshot_jobs(g: Graph, m: P.ModelEntry, tr: Job) -> None:
                   m.label, m.group, m.model, [tr]))
 
 
-def _sweep_jobs(g: Graph, m: P.ModelEntry, tr: Job, ev_train: Job | None) -> None:
+def _sweep_jobs(g: Graph, m: P.ModelEntry, tr: Job, judges: Judges) -> None:
     """A sample job (quality) and a time job (speed) per sweep configuration."""
-    run, evaluator = g.run, g.preset.evaluator
+    run = g.run
     for opts in m.sweep:
         tag = ",".join(f"{k}={v}" for k, v in opts.items())
         identity = dict(train=tr.key, options=opts, top_p=run.sampling.top_p, num_samples=run.sampling.num_samples,
                         batch_size=run.sampling.batch_size, seed=0, mauve=dataclasses.asdict(run.mauve),
-                        evaluator=ev_train.key if ev_train else evaluator)
+                        **judges.identity)
         g.add(Job("sample", f"sample/{m.label}/{tag}", identity,
-                  dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides,
-                       evaluator=g.checkpoint(ev_train) if ev_train else evaluator),
-                  m.label, m.group, m.model, [tr] + ([ev_train] if ev_train else []),
-                  uses=(ev_train.model,) if ev_train else ()))
+                  dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides, **judges.config),
+                  m.label, m.group, m.model, [tr] + judges.deps, uses=judges.models))
         t = run.timing
         identity = dict(train=tr.key, options=opts, top_p=run.sampling.top_p, batch_size=t.batch_size,
                         trials=t.trials, warmup=t.warmup, wall=t.wall, seed=0)
         g.add(Job("time", f"time/{m.label}/{tag}", identity,
                   dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides),
                   m.label, m.group, m.model, [tr]))
+
+
+CALIBRATION_GROUP = "calibration"  # config.group of the null samplers' rows (not a method)
+
+
+def _calibration_job(g: Graph, name: str, judges: Judges) -> None:
+    """A null sampler's samples (esolm/metrics/calibration.py), scored exactly as a model's: a
+    `sample` row of the calibration group, with no time row (it runs no network)."""
+    run = g.run
+    identity = dict(null=name, corpus=g.corpus, num_samples=run.sampling.num_samples, seed=0,
+                    mauve=dataclasses.asdict(run.mauve), **judges.identity)
+    g.add(Job("sample", f"sample/calibration/{name}", identity, dict(identity, **judges.config),
+              name, CALIBRATION_GROUP, None, list(judges.deps), uses=judges.models))
 
 
 def _longctx_job(g: Graph, length: int) -> None:

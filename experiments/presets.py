@@ -38,9 +38,16 @@ class Preset:
 
     run: RunConfig
     models: list[ModelEntry]
-    # the gen-PPL scorer: dict(model=..., overrides=..., train=...) trains one of this harness (a model
-    # with capabilities.next_token_scoring, on the run's data and backbone); "source"; or a HF name/folder
+    # the gen-PPL judge: dict(model=..., overrides=..., train=...) trains one of this harness (a model
+    # with capabilities.next_token_scoring, on the run's data and backbone); "ngram" / "ngram:N" (a
+    # Kneser-Ney n-gram fitted on the train split, esolm/metrics/ngram.py); "source"; or a HF name/folder
     evaluator: dict | str = "source"
+    # a second, different judge of the same kinds: every gen-PPL number is also scored under it, and
+    # each gen-PPL claim says where the two judges disagree (None: one judge)
+    second_evaluator: dict | str | None = None
+    # null samplers scored exactly like a model's samples (esolm/metrics/calibration.py): the
+    # calibration rows of every gen-PPL table and figure, so that gaming a metric shows
+    calibration: tuple = ()
     # models only timed at NFE = L (Table 11), not trained: latency does not depend on the weights
     timing_only: list[ModelEntry] = field(default_factory=list)
 
@@ -84,18 +91,28 @@ def _bd3(block: int, steps: list[int]) -> ModelEntry:
                       [dict(steps=t) for t in steps], nfe_equals_l=True)
 
 
+# the null samplers of every CPU preset's calibration rows (esolm/metrics/calibration.py)
+CALIBRATION = ("real text", "unigram", "repeater", "all-EOS")
+# the second judge's training seed: no scored model trains with it (they use TrainConfig.seed = 1,
+# and extra training seeds of the scored models count up from there), so it shares no initial
+# weights, batch order or noise with any of them
+JUDGE_SEED = 1001
+
+
 def smoke() -> Preset:
     """The whole pipeline in a few minutes on 2 CPU cores (CI): tiny models, few steps."""
     eso = _eso_sweep([4, 16], [], [1.0, 0.25])
     return Preset(runs.get("smoke"),
                   models=[_ar(31), _mdlm([4, 16]), _bd3(4, [8, 32]), *_eso_models([1.0, 0.25], eso)],
-                  evaluator=dict(model="ar", overrides={}, train=dict(steps=60)))
+                  evaluator="ngram", second_evaluator=dict(model="ar", overrides={}, train=dict(steps=60, seed=JUDGE_SEED)),
+                  calibration=CALIBRATION)
 
 
 def _cpu_evaluator(steps: int) -> dict:
-    """The same backbone trained 1.5 times as long: it judges every model's samples."""
+    """The second judge: the same backbone trained 1.5 times as long from its own seed (so its
+    weights, batches and noise are no scored model's)."""
     return dict(model="ar", overrides={}, train=dict(steps=3 * steps // 2, eval_every=3 * steps // 4,
-                                                     checkpoint_every=3 * steps // 8))
+                                                     checkpoint_every=3 * steps // 8, seed=JUDGE_SEED))
 
 
 ESO_SWEEP_CPU = _eso_sweep([8, 32, 128], [16, 64], [1.0, 0.25, 0.0625])
@@ -107,7 +124,8 @@ def tiny() -> Preset:
     on byte-level Shakespeare, L = 128, a 4 x 128 backbone, 300 steps x 32 sequences each;
     the sweeps of the paper scaled to L = 128 (MDLM up to T = 64 and without its exact
     likelihood; `cpu` adds T = 128, whose sampling and timing cost as much as T = 8 ... 64
-    together, and the exact likelihood); a separate AR evaluator trained 1.5 times as long;
+    together, and the exact likelihood); gen PPL judged by a Kneser-Ney byte 8-gram and, second,
+    by an AR trained 1.5 times as long from its own seed; calibration rows (real text, null samplers);
     BD3-LM only in the NFE = L latency table. Its time on 2 CPU cores, setup included, is in
     the README and docs/cpu_presets.md (with where it goes)."""
     run = runs.get("tiny")
@@ -116,7 +134,8 @@ def tiny() -> Preset:
     # sequences); no claim reads it, `cpu` has it
     return Preset(run, models=[_ar(127), _mdlm(MDLM_STEPS_CPU[:-1], eval=dict(exact_orders=[])),
                                *_eso_models([1.0, 0.25], ESO_SWEEP_CPU)],
-                  evaluator=_cpu_evaluator(CPU_STEPS), timing_only=[_bd3(4, []), _bd3(16, [])])
+                  evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION,
+                  timing_only=[_bd3(4, []), _bd3(16, [])])
 
 
 def cpu() -> Preset:
@@ -137,7 +156,7 @@ def cpu() -> Preset:
     run.description += ": every method, Eso-LM (B) at three alpha_0"
     return Preset(run, models=[_ar(127), _mdlm(MDLM_STEPS_CPU), *bd3, *_eso_models([1.0, 0.25, 0.125], ESO_SWEEP_CPU),
                                eso_a],
-                  evaluator=_cpu_evaluator(CPU_STEPS))
+                  evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION)
 
 
 def _paper(corpus: str) -> Preset:

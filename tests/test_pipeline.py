@@ -64,7 +64,8 @@ def rows(results: Path) -> dict:
         r = json.loads(p.read_text())
         for row in r["rows"] if "rows" in r else [dict(r["row"], name=r["name"])]:
             flat = {**row["config"], **row["options"], **row["metrics"]}
-            out[row["name"]] = {k: v for k, v in flat.items() if k not in TIMING_FIELDS}
+            out[row["name"]] = {k: v for k, v in flat.items()
+                                if k.removesuffix("_lo").removesuffix("_hi") not in TIMING_FIELDS}
     return out
 
 

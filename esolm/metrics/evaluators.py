@@ -1,5 +1,6 @@
-"""Gen-PPL evaluators (spec 8.2): the true synthetic source, an AR checkpoint of this
-harness, or any causal LM that ``transformers`` loads (local folder or hub name).
+"""Gen-PPL evaluators (spec 8.2): the true synthetic source, a Kneser-Ney n-gram of the
+corpus's train split (``esolm.metrics.ngram``), an AR checkpoint of this harness, or any
+causal LM that ``transformers`` loads (local folder or hub name).
 
 Every evaluator retokenizes text its own way (``encode``) and scores next tokens
 (``token_logprobs``); chunking, padding and the first-EOS rule live in ``genppl``.
@@ -230,12 +231,19 @@ class HFEvaluator(Evaluator):
 
 # ------------------------------------------------------------------ lookup
 def load_evaluator(spec: str, *, device="cpu", corpus=None) -> Evaluator:
-    """``"source"`` (needs the synthetic ``corpus``), a harness ``.safetensors`` checkpoint, a local
-    transformers folder, or a hub name (offline: only if cached; else a ConfigError)."""
+    """``"source"`` (needs the synthetic ``corpus``), ``"ngram"`` / ``"ngram:N"`` (a Kneser-Ney
+    n-gram of ``corpus``'s train split, esolm/metrics/ngram.py), a harness ``.safetensors``
+    checkpoint, a local transformers folder, or a hub name (offline: only if cached; else a
+    ConfigError)."""
     if not spec:
-        raise ConfigError("no evaluator given; pass --evaluator source (synthetic corpus), a path to an AR "
-                          "checkpoint of this harness, a local transformers folder, or a hub name like gpt2-large")
+        raise ConfigError("no evaluator given; pass --evaluator source (synthetic corpus), ngram (a Kneser-Ney "
+                          "n-gram of the corpus's train split), a path to an AR checkpoint of this harness, a local "
+                          "transformers folder, or a hub name like gpt2-large")
     spec = str(spec)
+    if spec == "ngram" or spec.startswith("ngram:"):
+        from esolm.metrics.ngram import load_ngram
+
+        return load_ngram(spec, corpus, device=device)
     if spec == "source":
         if corpus is None or getattr(corpus, "source", None) is None:
             name = getattr(corpus, "name", None)

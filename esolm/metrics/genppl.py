@@ -31,12 +31,21 @@ def valid_targets(chunk: torch.Tensor, attention: torch.Tensor, eos_id: int | No
 def chunk_rows(rows: list[list[int]], max_length: int | None, context: int | None) -> list[list[int]]:
     """Truncate each row to ``max_length`` and cut it into consecutive ``context``-long chunks
     scored independently (spec 8.2 steps 2-3); chunks with no target (length < 2) are dropped."""
-    chunks = []
-    for ids in rows:
+    return chunk_rows_owned(rows, max_length, context)[0]
+
+
+def chunk_rows_owned(rows: list[list[int]], max_length: int | None,
+                     context: int | None) -> tuple[list[list[int]], list[int]]:
+    """``chunk_rows`` and, for each chunk, the index of the row it came from (per-sample sums)."""
+    chunks, owners = [], []
+    for r, ids in enumerate(rows):
         ids = list(ids[:max_length] if max_length else ids)
         step = context or max(len(ids), 1)
-        chunks.extend(ids[s:s + step] for s in range(0, len(ids), step) if len(ids[s:s + step]) >= 2)
-    return chunks
+        for s in range(0, len(ids), step):
+            if len(ids[s:s + step]) >= 2:
+                chunks.append(ids[s:s + step])
+                owners.append(r)
+    return chunks, owners
 
 
 def ref_pad_chunks(chunks: list[list[int]], eos_id: int | None, batch_size: int) -> list[bool]:
@@ -58,24 +67,36 @@ def ref_pad_chunks(chunks: list[list[int]], eos_id: int | None, batch_size: int)
 @torch.no_grad()
 def score_rows(evaluator, rows: list[list[int]], *, max_length: int | None = None, batch_size: int = 8,
                progress: bool = False, ref_pad: bool = False) -> tuple:
-    """(sum of NLL over valid targets in nats, number of valid targets) of evaluator-token rows.
+    """(sum of NLL over valid targets in nats, number of valid targets) of evaluator-token rows;
+    with ``ref_pad`` also the same pair under the authors' padding rule (``score_chunks``)."""
+    s = score_chunks(evaluator, rows, max_length=max_length, batch_size=batch_size, progress=progress,
+                     ref_pad=ref_pad)
+    if ref_pad:
+        return s["nll"], s["count"], s["nll_ref_pad"], s["count_ref_pad"]
+    return s["nll"], s["count"]
+
+
+@torch.no_grad()
+def score_chunks(evaluator, rows: list[list[int]], *, max_length: int | None = None, batch_size: int = 8,
+                 progress: bool = False, ref_pad: bool = False) -> dict:
+    """Every sum gen PPL needs, from one pass: ``nll`` (nats) and ``count`` over valid targets,
+    ``row_nll`` / ``row_count`` per input row (its chunks summed, for bootstrap intervals over
+    samples), and with ``ref_pad`` ``nll_ref_pad`` / ``count_ref_pad``.
 
     Chunks are sorted by length and scored ``batch_size`` at a time, right-padded with the
-    evaluator's pad id under an attention mask.
-
-    ref_pad: also the same pair under the authors' padding rule (``ref_pad_chunks``), from the
-    same passes: (nll, count, nll_ref_pad, count_ref_pad). The chunks that rule picks get EOS
-    written at their first pad position (under no attention, so nothing real sees it) and
-    its log-probability added; a sorted batch whose longest chunk is one of them is one
-    column wider.
+    evaluator's pad id under an attention mask. ref_pad (the authors' rule, ``ref_pad_chunks``):
+    the chunks it picks get EOS written at their first pad position (under no attention, so
+    nothing real sees it) and its log-probability added; a sorted batch whose longest chunk is
+    one of them is one column wider.
     """
     if batch_size < 1:
         raise ConfigError(f"batch_size must be >= 1; got {batch_size}")
-    chunks = chunk_rows(rows, max_length, evaluator.max_length)
+    chunks, owners = chunk_rows_owned(rows, max_length, evaluator.max_length)
     order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i]))
     need = ref_pad_chunks(chunks, evaluator.eos_id, batch_size) if ref_pad else [False] * len(chunks)
-    nll_sum = torch.zeros((), dtype=torch.float64)
-    count = 0
+    row_nll = torch.zeros(len(rows), dtype=torch.float64)
+    row_count = torch.zeros(len(rows), dtype=torch.long)
+    nll_sum = torch.zeros((), dtype=torch.float64)  # summed per batch, as before per-row sums existed
     extra_nll = torch.zeros((), dtype=torch.float64)
     extra_count = 0
     batches = range(0, len(order), batch_size)
@@ -84,27 +105,40 @@ def score_rows(evaluator, rows: list[list[int]], *, max_length: int | None = Non
 
         batches = tqdm(batches, desc=f"gen PPL ({evaluator.name})", unit="batch")
     for start in batches:
-        batch = [chunks[i] for i in order[start:start + batch_size]]
-        extra = [need[i] for i in order[start:start + batch_size]]
-        n = max(len(c) + int(e) for c, e in zip(batch, extra))  # a column more for a longest chunk's first pad
-        ids = torch.full((len(batch), n), evaluator.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), n), dtype=torch.bool)
-        for b, c in enumerate(batch):
-            ids[b, :len(c)] = torch.tensor(c, dtype=torch.long)
-            attention[b, :len(c)] = True
-            if extra[b]:
-                ids[b, len(c)] = evaluator.eos_id
-        logp = evaluator.token_logprobs(ids, attention).detach().to("cpu", torch.float64)
-        valid = valid_targets(ids, attention, evaluator.eos_id)
-        nll_sum += -torch.where(valid, logp, torch.zeros_like(logp)).sum()
-        count += int(valid.sum())
-        for b, c in enumerate(batch):
-            if extra[b]:  # target index len(c) - 1 predicts position len(c): EOS after the whole chunk
-                extra_nll += -logp[b, len(c) - 1]
-                extra_count += 1
+        picked = order[start:start + batch_size]
+        nll, total, count, extra = _score_batch(evaluator, [chunks[i] for i in picked], [need[i] for i in picked])
+        owner = torch.tensor([owners[i] for i in picked], dtype=torch.long)
+        row_nll.index_add_(0, owner, nll)
+        row_count.index_add_(0, owner, count)
+        nll_sum += total
+        extra_nll += extra.sum()
+        extra_count += sum(need[i] for i in picked)
+    out = dict(nll=float(nll_sum), count=int(row_count.sum()), row_nll=row_nll.tolist(), row_count=row_count.tolist())
     if ref_pad:
-        return float(nll_sum), count, float(nll_sum + extra_nll), count + extra_count
-    return float(nll_sum), count
+        out.update(nll_ref_pad=float(nll_sum + extra_nll), count_ref_pad=out["count"] + extra_count)
+    return out
+
+
+def _score_batch(evaluator, batch: list[list[int]], extra: list[bool]) -> tuple:
+    """One padded pass over ``batch``: per chunk the NLL over its valid targets [b] float64, the
+    batch's total NLL (summed at once), the number of valid targets per chunk [b], and the NLL
+    of EOS at the first pad for the chunks ``extra`` names [b] (0 elsewhere)."""
+    n = max(len(c) + int(e) for c, e in zip(batch, extra))  # a column more for a longest chunk's first pad
+    ids = torch.full((len(batch), n), evaluator.pad_id, dtype=torch.long)
+    attention = torch.zeros((len(batch), n), dtype=torch.bool)
+    for b, c in enumerate(batch):
+        ids[b, :len(c)] = torch.tensor(c, dtype=torch.long)
+        attention[b, :len(c)] = True
+        if extra[b]:
+            ids[b, len(c)] = evaluator.eos_id
+    logp = evaluator.token_logprobs(ids, attention).detach().to("cpu", torch.float64)
+    valid = valid_targets(ids, attention, evaluator.eos_id)
+    kept = torch.where(valid, logp, torch.zeros_like(logp))
+    extra_nll = torch.zeros(len(batch), dtype=torch.float64)
+    for b, c in enumerate(batch):
+        if extra[b]:  # target index len(c) - 1 predicts position len(c): EOS after the whole chunk
+            extra_nll[b] = -logp[b, len(c) - 1]
+    return -kept.sum(1), -kept.sum(), valid.sum(1), extra_nll
 
 
 def gen_ppl(texts: list[str], evaluator, *, max_length: int | None, batch_size: int = 8,
@@ -114,24 +148,34 @@ def gen_ppl(texts: list[str], evaluator, *, max_length: int | None, batch_size: 
     ``max_length``: the truncation length in evaluator tokens, the judged model's length L.
     ``ref_pad``: also ``gen_ppl_ref_pad``, the gen PPL under the authors' padding rule
     (``ref_pad_chunks``), from the same passes; off by default.
+
+    Also ``per_sample`` = dict(nll=[...], count=[...]): each text's NLL sum (nats) over its valid
+    targets and their number (its chunks summed), the unit of a bootstrap over samples; and
+    ``scored_fraction``: the scored targets over all targets of the texts truncated to
+    ``max_length`` (sum of len - 1 in evaluator tokens), which shows how much the first-EOS rule
+    (and chunking) left out, so a sample run that is mostly EOS cannot hide behind a low PPL.
     """
     if not texts:
         raise ConfigError("gen_ppl needs at least one text; got none")
     rows = evaluator.encode(list(texts))
-    scored = score_rows(evaluator, rows, max_length=max_length, batch_size=batch_size, progress=progress,
-                        ref_pad=ref_pad)
-    nll_sum, num_tokens = scored[:2]
-    if num_tokens == 0:
+    scored = score_chunks(evaluator, rows, max_length=max_length, batch_size=batch_size, progress=progress,
+                          ref_pad=ref_pad)
+    num_tokens = scored["count"]
+    targets = sum(max(len(r[:max_length] if max_length else r) - 1, 0) for r in rows)
+    if targets == 0:
         raise ConfigError(f"no text has a scorable token under {evaluator.name} (every sample retokenizes "
                           f"to fewer than 2 tokens); check that the samples are not empty")
-    nll = nll_sum / num_tokens
-    out = dict(gen_ppl=_exp(nll), nll_per_token=nll, num_tokens=num_tokens, num_samples=len(texts),
+    # every target a repeated EOS (an all-EOS sampler): nothing is scored and gen PPL is undefined
+    # (None), which scored_fraction = 0 says, rather than a refusal of the whole sample set
+    nll = scored["nll"] / num_tokens if num_tokens else None
+    out = dict(gen_ppl=_exp(nll) if num_tokens else None, nll_per_token=nll, num_tokens=num_tokens, num_samples=len(texts),
                max_length=max_length, context=evaluator.max_length, batch_size=batch_size,
-               evaluator=evaluator.describe())
-    if ref_pad:
-        nll_ref = scored[2] / scored[3]
-        out.update(gen_ppl_ref_pad=_exp(nll_ref), nll_per_token_ref_pad=nll_ref, num_tokens_ref_pad=scored[3],
-                   ref_pad_eos_targets=scored[3] - num_tokens)
+               evaluator=evaluator.describe(), scored_fraction=num_tokens / targets,
+               per_sample=dict(nll=scored["row_nll"], count=scored["row_count"]))
+    if ref_pad and scored["count_ref_pad"]:
+        nll_ref = scored["nll_ref_pad"] / scored["count_ref_pad"]
+        out.update(gen_ppl_ref_pad=_exp(nll_ref), nll_per_token_ref_pad=nll_ref,
+                   num_tokens_ref_pad=scored["count_ref_pad"], ref_pad_eos_targets=scored["count_ref_pad"] - num_tokens)
     return out
 
 

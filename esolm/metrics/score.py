@@ -90,7 +90,7 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
                   mauve: bool = True, device="cpu", corpus=None, batch_size: int = 8, max_length: int | None = None,
                   featurizer: str = "minilm", mauve_seed: int = 25, max_text_length: int = 512,
                   self_bleu_samples: int = 500, out=None, overwrite: bool = False, progress: bool = True,
-                  gen_ppl_ref_pad: bool = False) -> dict:
+                  gen_ppl_ref_pad: bool = False, second_evaluator: str | None = None) -> dict:
     """Validate the samples, compute every metric, write the metrics JSON atomically, return it.
 
     ``evaluator``: "source" (default on the synthetic corpus), an AR checkpoint, a
@@ -98,6 +98,8 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     corpus's first test sequences, special tokens stripped, as many as the samples).
     ``gen_ppl_ref_pad``: also the gen PPL under the authors' padding rule (a sample with no EOS
     scores its first pad as EOS; docs/reference_switches.md) in gen_ppl["gen_ppl_ref_pad"].
+    ``second_evaluator``: a second gen-PPL judge (any spec ``evaluator`` takes, e.g. "ngram"),
+    whose gen_ppl dict goes to ``gen_ppl_judge2`` so a verdict can be checked under both.
     """
     from esolm.io import atomic_write_json
 
@@ -113,6 +115,8 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     inputs = _inputs(path, evaluator, max_length, references, self_bleu_samples, gen_ppl_ref_pad,
                      dict(featurizer=featurizer, mauve_seed=mauve_seed, max_text_length=max_text_length) if mauve
                      else None)
+    if second_evaluator is not None:
+        inputs["second_evaluator"] = _evaluator_id(second_evaluator)
     out = Path(out) if out is not None else metrics_path(path)
 
     refs = _references(references, corpus, len(records)) if mauve else None
@@ -123,20 +127,28 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     say(f"gen PPL under {ev.name} ({ev.num_parameters} parameters), truncation {max_length}, context {ev.max_length}")
     result_ppl = _gen_ppl(records, ev, corpus, max_length=max_length, batch_size=batch_size, progress=progress,
                           ref_pad=gen_ppl_ref_pad)
+    judge2 = _second_judge(second_evaluator, records, corpus, device=device, max_length=max_length,
+                           batch_size=batch_size, progress=progress, ref_pad=gen_ppl_ref_pad, say=say)
     clean = tok.decode_batch(tokens, skip_special=True)
     result = dict(
         samples=str(path), path=str(out), inputs=inputs, num_samples=len(records),
         **{k: records[0].get(k) for k in _RECORD_FIELDS},
         gen_ppl=result_ppl, entropy=entropy_summary(tokens), self_bleu=_self_bleu_summary(clean, self_bleu_samples),
         nfe=_nfe_summary(records), timing=_timing_summary(records), environment=environment_fingerprint(device))
+    if judge2 is not None:
+        result["gen_ppl_judge2"] = judge2
+    result["distributional"] = _distributional(clean, refs if refs is not None else references, corpus, say)
     result["mauve"] = None
-    if mauve:
+    if mauve and not any(clean):  # e.g. the all-EOS calibration row: no text to featurize, no MAUVE
+        say("no MAUVE: every sample is empty once special tokens are stripped")
+    elif mauve:
         say(f"MAUVE against {len(refs)} references with featurizer {featurizer}")
         result["mauve"] = mauve_score(clean, refs, featurizer=featurizer, evaluator=ev, seed=mauve_seed,
                                       max_text_length=max_text_length, device=device)
     atomic_write_json(out, result)
-    say(f"gen PPL {result_ppl['gen_ppl']:.3f}, entropy {result['entropy']['mean']:.3f}"
-        + (f", MAUVE {result['mauve']['mauve']:.4f}" if result["mauve"] else "") + f"; wrote {out}")
+    g = result_ppl["gen_ppl"]
+    say(("gen PPL undefined (no target scored)" if g is None else f"gen PPL {g:.3f}")
+        + f", entropy {result['entropy']['mean']:.3f}" + (f", MAUVE {result['mauve']['mauve']:.4f}" if result["mauve"] else "") + f"; wrote {out}")
     return result
 
 
@@ -189,6 +201,19 @@ def _gen_ppl(records: list[dict], ev, corpus, *, max_length: int, batch_size: in
     return result
 
 
+def _second_judge(spec: str | None, records: list[dict], corpus, *, device, max_length: int, batch_size: int,
+                  progress: bool, ref_pad: bool, say) -> dict | None:
+    """The gen_ppl dict of the samples under the judge ``spec`` (None when none is asked for),
+    its test PPL measured like the first judge's."""
+    if spec is None:
+        return None
+    ev = load_evaluator(spec, device=device, corpus=corpus)
+    _check_evaluator_tokenizer(ev, corpus.tokenizer)
+    say(f"second judge: gen PPL under {ev.name} ({ev.num_parameters} parameters)")
+    return _gen_ppl(records, ev, corpus, max_length=max_length, batch_size=batch_size, progress=progress,
+                    ref_pad=ref_pad)
+
+
 def _self_bleu_summary(clean: list[str], max_samples: int) -> dict | None:
     if len(clean) < 2:
         return None
@@ -205,6 +230,23 @@ def _samples_corpus(records: list[dict], corpus, path: Path):
         raise ConfigError(f"the corpus passed ({corpus.spec()}) is not the one the samples in {path} were drawn "
                           f"from ({spec}); pass the samples' corpus or none (it is rebuilt from the file)")
     return corpus
+
+
+def _distributional(clean: list[str], references: list[str] | None, corpus, say) -> dict | None:
+    """The byte k-gram similarity to real text (docs/metrics.md) with its 95 % interval over
+    samples, against the same references as MAUVE (the first test rows, one per sample); None
+    where the test split is too short to give them and none were passed."""
+    from esolm.metrics.distributional import distributional_score
+
+    n = len(clean)
+    if references is None and len(corpus.splits["test"]) < n:
+        say(f"no distributional score: {corpus.name} has fewer test rows than the {n} samples")
+        return None
+    refs = _references(references, corpus, n)
+    r = distributional_score(clean, refs)
+    say(f"distributional similarity {r['score']:.4f} [{r['score_lo']:.4f}, {r['score_hi']:.4f}] against {n} "
+        f"references")
+    return r
 
 
 def _references(references: list[str] | None, corpus, n: int) -> list[str]:
