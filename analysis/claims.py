@@ -55,11 +55,13 @@ def _g(v) -> str:
 
 @dataclass(frozen=True)
 class Num:
-    """A measured value and its 95% interval (NaN bounds: no interval)."""
+    """A measured value and its 95% interval (NaN bounds: no interval); `seeds`: the per-seed
+    values it is the mean of ((train_seed, value), ...), where a model's training seeds were folded."""
 
     v: float
     lo: float = math.nan
     hi: float = math.nan
+    seeds: tuple = ()
 
     @property
     def ci(self) -> bool:
@@ -69,7 +71,14 @@ class Num:
         return Num(self.v * k, self.lo * k, self.hi * k)
 
     def __str__(self) -> str:
-        return f"{_g(self.v)} [{_g(self.lo)}, {_g(self.hi)}]" if self.ci else _g(self.v)
+        text = f"{_g(self.v)} [{_g(self.lo)}, {_g(self.hi)}]" if self.ci else _g(self.v)
+        if self.seeds:
+            text += f" (mean of {len(self.seeds)} seeds: " + ", ".join(f"{_seed(s)}: {_g(v)}" for s, v in self.seeds) + ")"
+        return text
+
+
+def _seed(s) -> str:
+    return f"{int(s)}" if isinstance(s, (int, float)) and math.isfinite(s) and float(s).is_integer() else str(s)
 
 
 def _float(v) -> float:
@@ -80,8 +89,11 @@ def _float(v) -> float:
 
 
 def num(row, metric: str) -> Num:
-    """A row's metric with its interval columns (<metric>_lo, <metric>_hi) where present."""
-    return Num(_float(row.get(metric)), _float(row.get(f"{metric}_lo")), _float(row.get(f"{metric}_hi")))
+    """A row's metric with its interval columns (<metric>_lo, <metric>_hi) where present (and
+    the per-seed values of a row folded over training seeds, fold_seeds)."""
+    folded = row.get(SEEDS_COLUMN)
+    seeds = folded.get(metric, ()) if isinstance(folded, dict) else ()
+    return Num(_float(row.get(metric)), _float(row.get(f"{metric}_lo")), _float(row.get(f"{metric}_hi")), seeds)
 
 
 def const(c: float) -> Num:
@@ -176,8 +188,81 @@ def select(frames: dict, rows: Rows) -> pd.DataFrame:
     if rows.exact is not None:
         keep &= _bool(_col(f, "exact")).eq(rows.exact)
     for name, value in rows.where:
-        keep &= _bool(_col(f, name)).eq(value) if isinstance(value, bool) else _col(f, name).eq(value)
+        column = _col(f, name)
+        if value is None:  # the column empty or absent (an older store)
+            keep &= column.isna() | column.astype(str).str.strip().isin(("", "nan", "None"))
+        else:
+            keep &= _bool(column).eq(value) if isinstance(value, bool) else column.eq(value)
     return f.loc[keep]
+
+
+# ------------------------------------------------------------------------- training seeds
+SEEDS_COLUMN = "_seeds"  # a folded row's {metric: ((train_seed, value), ...)}
+
+
+def fold_seeds(rows: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, list[str]]:
+    """The rows with each model trained from several seeds as one row (analysis.rules.SEEDS): rows
+    equal on every key column present are one model's seeds; its row (the lowest seed's) gets the
+    mean over the seeds with a value, and the 95% interval mean -+ sqrt((t975(n-1) sd / sqrt(n))^2 +
+    h^2), h the mean per-seed bootstrap half-width on that side (the seed spread and the test
+    sequences' noise, independent); no interval where a seed's row has none. A model with one
+    seed, and a frame without a train_seed column, are returned as they are. Also a line per
+    folded model (its seeds' values and intervals) for the report."""
+    column = R.SEEDS["column"]
+    if rows.empty or column not in rows.columns or metric not in rows.columns:
+        return rows, []
+    key = [k for k in R.SEEDS["key"] if k in rows.columns]
+    groups = [g for _, g in rows.groupby(key, sort=False, dropna=False)] if key else [rows]
+    if all(len(g) < 2 for g in groups):
+        return rows, []
+    out, lines = [], []
+    for g in groups:
+        if len(g) < 2:
+            out += [r for _, r in g.iterrows()]
+            continue
+        g = g.assign(_order=pd.to_numeric(g[column], errors="coerce")).sort_values("_order", na_position="last")
+        row, line = _folded(g.drop(columns="_order"), metric, column)
+        out.append(row)
+        lines.append(line)
+    folded = pd.DataFrame(out).infer_objects()
+    return folded.loc[[i for i in rows.index if i in folded.index]], lines
+
+
+def _folded(g: pd.DataFrame, metric: str, column: str) -> tuple[pd.Series, str]:
+    """One model's seed rows (lowest seed first) as its one row, and its line for the report."""
+    main = g.iloc[0].copy()
+    per = [(r.get(column), num(r, metric)) for _, r in g.iterrows()]
+    got = [(s, n) for s, n in per if math.isfinite(n.v)]
+    lo_c, hi_c = f"{metric}_lo", f"{metric}_hi"
+    if got:
+        v = np.array([n.v for _, n in got])
+        n = len(v)
+        spread = R.T975[min(n - 1, max(R.T975))] * v.std(ddof=1) / math.sqrt(n) if n >= 2 else 0.0
+        with_ci = all(x.ci for _, x in got)
+        down = float(np.mean([x.v - x.lo for _, x in got])) if with_ci else math.nan
+        up = float(np.mean([x.hi - x.v for _, x in got])) if with_ci else math.nan
+        mean = float(v.mean())
+        main[metric], main[lo_c], main[hi_c] = mean, mean - math.hypot(spread, down), mean + math.hypot(spread, up)
+    else:
+        main[metric] = main[lo_c] = main[hi_c] = math.nan
+    main[SEEDS_COLUMN] = {metric: tuple((s, x.v) for s, x in got)}
+    each = ", ".join(f"seed {_seed(s)}: {x}" for s, x in per)
+    missing = f"; {len(per) - len(got)} of {len(per)} seeds not measured" if len(got) < len(per) else ""
+    return main, (f"{main.get('label')}: {len(got)} training seeds ({each}), mean {num(main, metric)}"
+                  f"{missing}")
+
+
+def _seed_rows(check: Check, rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows of a check, its models' training seeds folded where it declares `seeds`."""
+    return fold_seeds(rows, check.metric) if check.p("seeds") else (rows, [])
+
+
+def _seed_note(lines: list[str]) -> list[str]:
+    """The report's lines on folded seeds (none where every model has one seed)."""
+    if not lines:
+        return []
+    return [f"training seeds folded: each model's value is the mean over its seeds, its 95% interval "
+            f"{R.SEEDS['interval']}: " + "; ".join(dict.fromkeys(lines))]
 
 
 def _name(keys, values) -> str:
@@ -212,10 +297,15 @@ def check_falls(check: Check, frames: dict, ctx: dict) -> Outcome:
     rows, x, by = select(frames, check.rows), check.p("x"), list(check.p("by"))
     if rows.empty or x not in rows.columns or check.metric not in rows.columns:
         return _missing(f"{check.label}: no rows")
+    rows, seeds = _seed_rows(check, rows)
     rows = rows.dropna(subset=[x, check.metric])
     groups = rows.groupby(by, sort=False, dropna=False) if by else [((), rows)]
     parts = [p for key, g in groups for p in _falls_group(check, by, key, g)]
-    return _outcome(parts) if parts else _missing(f"{check.label}: no group with >= 2 values of {x} (a trend needs 2)")
+    if not parts:
+        return _missing(f"{check.label}: no group with >= 2 values of {x} (a trend needs 2)")
+    out = _outcome(parts)
+    out.details += _seed_note(seeds)
+    return out
 
 
 def _falls_group(check: Check, by: list, key, g: pd.DataFrame) -> list[Part]:
@@ -244,6 +334,7 @@ def check_below(check: Check, frames: dict, ctx: dict) -> Outcome:
     a_rows, b_rows = select(frames, check.rows), select(frames, check.against)
     if a_rows.empty or b_rows.empty:
         return Outcome([]) if check.p("optional") else _missing(f"{check.label}: no rows on one side")
+    (a_rows, a_seeds), (b_rows, b_seeds) = _seed_rows(check, a_rows), _seed_rows(check, b_rows)
     a_rows = a_rows.assign(_v=[_value(r, check).v for _, r in a_rows.iterrows()])
     if check.p("a_best"):
         a_rows = a_rows.loc[[a_rows["_v"].idxmin()]]
@@ -257,7 +348,9 @@ def check_below(check: Check, frames: dict, ctx: dict) -> Outcome:
         parts.append(_below_part(check, a, b))
     if not parts and not check.p("optional"):
         return _missing(f"{check.label}: no matching rows")
-    return _outcome(parts)
+    out = _outcome(parts)
+    out.details += _seed_note(a_seeds + b_seeds)
+    return out
 
 
 def _below_part(check: Check, a, b: pd.DataFrame) -> Part:
@@ -640,6 +733,10 @@ def _paper_c3(anch, paper) -> str:
     return "; ".join(out)
 
 
+def _paper_c3ft(anch, paper) -> str:
+    return _paper_c3(anch, paper).split("; ")[0] + " (the paper's LM1B BD3-LMs are finetuned from MDLM)"
+
+
 def _paper_c4(anch, paper) -> str:
     p = _anchor(anch, "1")
     out = ""
@@ -688,7 +785,8 @@ def _paper_c9(anch, paper) -> str:
     return ", ".join(f"T={t:g} {v:g}" for t, v in zip(p["steps"], p["gen_ppl"]))
 
 
-PAPER = {"C1": _paper_c1, "C2": _paper_c2, "C2-K": _paper_c2k, "C3": _paper_c3, "C4": _paper_c4, "C5": _paper_c5,
+PAPER = {"C1": _paper_c1, "C2": _paper_c2, "C2-K": _paper_c2k, "C3": _paper_c3, "C3-ft": _paper_c3ft,
+         "C4": _paper_c4, "C5": _paper_c5,
          "C6": _paper_c6, "C7": _paper_c7, "C7-ref": lambda a, p: _paper_c7(a, p) + "; the reference grid is the "
          "authors' own", "C8": _paper_c8, "C9": _paper_c9}
 
@@ -745,11 +843,48 @@ def write_claims(results_dir, *, out_dir=None, table: tuple[Rule, ...] = RULES) 
     stale = int(df["stale"].sum()) if "stale" in df.columns else 0
     title = f"{summary.get('preset', results.name)} ({len(df)} rows, {stale} stale)"
     md, js = out / "claims.md", out / "claims.json"
-    md.write_text(render_markdown(claims, title, table) + "\n")
+    runs = timing_run_verdicts(results, summary, table)
+    md.write_text(render_markdown(claims, title, table) + _timing_runs_markdown(runs) + "\n")
     js.write_text(json.dumps(dict(results=str(results), fingerprint=R.fingerprint(table),
-                                  rules=[asdict(r) for r in table], claims=[asdict(c) for c in claims]),
+                                  rules=[asdict(r) for r in table], claims=[asdict(c) for c in claims],
+                                  timing_runs=runs),
                              indent=1, default=str) + "\n")
     return claims, [md, js]
+
+
+TIMED = ("C5", "C6")  # the claims a timing run decides (longctx and clock rows)
+
+
+def timing_run_verdicts(results: Path, summary: dict, table: tuple[Rule, ...] = RULES) -> dict:
+    """{claim id: {timing run: (status, our numbers)}} of the timed claims under each timing run of
+    a store with several (Preset.clock runs), {} with one: each run is a fresh clock, and its
+    verdicts must agree with the first's (issue 25 item 4)."""
+    df = S.load_results(results)
+    runs = df.attrs.get("timing_runs") or []
+    if len(runs) < 2:
+        return {}
+    out: dict = {cid: {} for cid in TIMED}
+    for run in runs:
+        for c in evaluate_claims(S.load_results(results, timing_run=run), length=S.sequence_length(summary),
+                                 table=table):
+            if c.id in out:
+                out[c.id][run] = (c.status, c.ours)
+    return out
+
+
+def _timing_runs_markdown(runs: dict) -> str:
+    if not runs:
+        return ""
+    lines = ["", "## The timed claims under each timing run", "",
+             "Each timing run is a fresh clock (one interleaved clock job and the NFE = L jobs again); the report "
+             "above reads the first. The verdicts must agree.", "",
+             "| claim | " + " | ".join(f"timing run {r}" for r in next(iter(runs.values()))) + " | same |",
+             "|---|" + "---|" * (len(next(iter(runs.values()))) + 1)]
+    for cid, by_run in runs.items():
+        same = len({status for status, _ in by_run.values()}) == 1
+        cells = [f"{status}: {ours[:160]}".replace("|", "\\|") for status, ours in by_run.values()]
+        lines.append(f"| {cid} | " + " | ".join(cells) + f" | {'yes' if same else 'NO'} |")
+    return "\n".join(lines)
 
 
 def report(results_dir, log=print, out_dir=None) -> list[Path]:

@@ -14,9 +14,11 @@ from esolm.config import ConfigError
 EVALUATOR_GROUP = "evaluator"  # the scorer of a preset, not one of the compared methods
 
 
-def load_results(results_dir: str | Path) -> pd.DataFrame:
+def load_results(results_dir: str | Path, timing_run: int | None = None) -> pd.DataFrame:
     """results/<preset>/results.csv as a prefixed frame (one row per job); a results.csv of
-    the old flat format is upgraded (analysis/schema.py, `upgrade`)."""
+    the old flat format is upgraded (analysis/schema.py, `upgrade`). Of a preset with several
+    timing runs (Preset.clock), the time and longctx rows of one run only: ``timing_run`` (default
+    the first), so that every comparison reads one clock (`one_timing_run`)."""
     path = Path(results_dir) / "results.csv"
     if not path.exists():
         raise ConfigError(f"no results store at {path}; run `python experiments/run.py pareto --preset NAME` "
@@ -35,7 +37,35 @@ def load_results(results_dir: str | Path) -> pd.DataFrame:
     df = X.complete_display(df)
     if "stale" in df.columns:
         df["stale"] = df["stale"].astype(str).str.lower().eq("true")
-    return df
+    return one_timing_run(df, timing_run)
+
+
+def timing_runs(df: pd.DataFrame) -> list[int]:
+    """The timing runs of a store (config.timing_run of its time and longctx rows); [] when its
+    rows do not say (one run, or a store written before timing runs)."""
+    column = X.col("config", "timing_run")
+    if column not in df.columns:
+        return []
+    return sorted(int(v) for v in pd.to_numeric(df[column], errors="coerce").dropna().unique())
+
+
+def one_timing_run(df: pd.DataFrame, run: int | None = None) -> pd.DataFrame:
+    """The rows of ``df`` without the timing rows of other timing runs than ``run`` (default: the
+    first); rows that belong to no timing run (train, eval, sample) are all kept. The frame's
+    attrs say which run it holds and which there are."""
+    runs = timing_runs(df)
+    if not runs:
+        if run is not None and run != 1:
+            raise ConfigError(f"this store has one timing run; there is no timing run {run}")
+        return df
+    if run is None:
+        run = runs[0]
+    if run not in runs:
+        raise ConfigError(f"this store has timing runs {runs}; there is no timing run {run}")
+    values = pd.to_numeric(df[X.col("config", "timing_run")], errors="coerce")
+    out = df.loc[values.isna() | values.eq(run)].reset_index(drop=True)
+    out.attrs.update(timing_run=run, timing_runs=runs)
+    return out
 
 
 def load_summary(results_dir: str | Path) -> dict:

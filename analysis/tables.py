@@ -117,7 +117,7 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
     sequences, the whole split unless the preset caps it); each with its sequence count. A
     NELBO from another run never fills the same-sequence column; the paper's LM1B and OWT
     columns beside."""
-    ev = S.rows(df, "eval")
+    ev, seeds = _seed_replicates(S.rows(df, "eval"))
     out = []
     for label, g in ev.groupby("label", sort=False):
         first = g.iloc[0]
@@ -135,6 +135,7 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
                    **_first(nelbo, "nelbo_split_ppl", "ppl"),
                    nelbo_split_sequences=nelbo["num_sequences"].iloc[0] if len(nelbo) else np.nan,
                    test_sequences=g["num_sequences"].max(), stale=bool(g["stale"].any()))
+        row["nelbo_seeds"] = seeds.get(_seed_key(first), "")
         row["exact_mark"] = "*" if top is not None and pd.isna(same) else ""
         a0 = row["alpha_0"] if pd.notna(row["alpha_0"]) else None
         for ds in ("LM1B", "OWT"):
@@ -149,6 +150,8 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
             _col(data, "exact_ppl", "exact PPL", ".2f", marks="exact_mark"), Col("exact_K", "K", "g"),
             _col(data, "nelbo_ppl", "NELBO PPL, same seqs", ".2f"), Col("exact_sequences", "seqs", "g"),
             _col(data, "nelbo_split_ppl", "NELBO PPL, NELBO run", ".2f"), Col("nelbo_split_sequences", "seqs", "g")]
+    if data["nelbo_seeds"].ne("").any():
+        cols.append(Col("nelbo_seeds", "NELBO PPL over training seeds", "s"))
     cols += [Col(f"paper_{d.lower()}_{e}", f"{d} {e}", ".2f", group=paper, marks=f"paper_{d.lower()}_{e}_notes")
              for d in ("LM1B", "OWT") for e in ("exact", "nelbo")]
     used = sorted({m for c in data.filter(like="_notes") for s in data[c] for m in s})
@@ -169,6 +172,27 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
 
 
 # --------------------------------------------------------------------------- Tables 6-8
+def _seed_key(row: pd.Series) -> str:
+    return "|".join(str(row.get(c)) for c in ("group", "alpha_0", "block_size", "init_from"))
+
+
+def _seed_replicates(ev: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
+    """(the eval rows of the main training seed, {model key: "mean ± sd (n seeds: v1, v2, ...)"} of
+    the NELBO PPL over every training seed where a model has several (cpu: seeds 1-3, the claims
+    fold them, analysis/claims.py))."""
+    if "train_seed" not in ev.columns or ev["train_seed"].nunique() < 2:
+        return ev, {}
+    seed = pd.to_numeric(ev["train_seed"], errors="coerce")
+    nelbo = ev.loc[ev["exact"].astype(str).ne("True")] if "exact" in ev else ev
+    out = {}
+    for key, g in nelbo.groupby(nelbo.apply(_seed_key, axis=1), sort=False):
+        if len(g) >= 2:
+            v = g.sort_values("train_seed")["ppl"].astype(float)
+            out[key] = (f"{v.mean():.2f} ± {v.std(ddof=1):.2f} ({len(v)} seeds: "
+                        + ", ".join(f"{x:.2f}" for x in v) + ")")
+    return ev.loc[seed.isna() | seed.le(1)].reset_index(drop=True), out
+
+
 def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | None:
     """The IW exact-likelihood estimate against the number of orders K, paper's at the same K."""
     ev = S.rows(df, "eval")
@@ -326,7 +350,8 @@ def sweep_tables(df: pd.DataFrame, paper: pd.DataFrame, summary: dict) -> list[T
         notes = _sweep_notes(summary, length, pts, table, low.attrs.get("rule", "")) + _stale_note(data)
         name = f"table{table}_{_slug(model)}" if table in A.SWEEP_TABLES else f"sweep_{_slug(model)}"
         title = (f"Table {table}: " if table in A.SWEEP_TABLES else "") + \
-            f"{', '.join(dict.fromkeys(pts['group']))}: gen PPL, entropy, MAUVE and time per configuration"
+            f"{', '.join(dict.fromkeys(pts.loc[~pts['group'].astype(str).str.startswith('calibration'), 'group']))}: " \
+            "gen PPL, entropy, MAUVE and time per configuration, with the calibration rows"
         tables.append(Table(name, title, data, cols, notes))
     return tables
 
@@ -344,18 +369,28 @@ def _sweep_columns(data: pd.DataFrame, ident: list[str], shown: list, src: str) 
     return [c for c in cols if c.key in data.columns and data[c.key].notna().any()]
 
 
+def _clock_note(pts: pd.DataFrame, timing: dict) -> str:
+    """How the time column was measured: one clock job's interleaved rounds, or a job per row."""
+    rounds = pd.to_numeric(pts["rounds"], errors="coerce").dropna() if "rounds" in pts else pd.Series(dtype=float)
+    if len(rounds):
+        run = pd.to_numeric(pts["timing_run"], errors="coerce").dropna() if "timing_run" in pts else rounds.iloc[:0]
+        return (f"median over {int(rounds.max())} interleaved rounds of one clock job that timed every configuration "
+                f"of the preset (timing run {int(run.iloc[0]) if len(run) else 1}, the order rotated per round)")
+    return f"median over {timing.get('trials', '?')} trials in a timing job of its own"
+
+
 def _sweep_notes(summary: dict, length, pts: pd.DataFrame, table: str | None, collapse_rule: str) -> list[str]:
     timing, env = summary.get("timing") or {}, summary.get("environment") or {}
     judge2 = (f"; 2nd judge: {S.evaluator_name(pts, 'evaluator2')}" if "evaluator2" in pts and pts["evaluator2"].notna().any()
               else "")
     ours = (f"{_setup(summary, length)}: {summary.get('num_samples', '?')} samples per row, nucleus p = "
             f"{summary.get('top_p', '?')}, gen PPL by {S.evaluator_name(pts)}{judge2}; [lo, hi] = 95 % bootstrap "
-            "interval over samples (over trials for time); time = median over {timing.get('trials', '?')} "
-            f"trials of the network passes for one batch of {timing.get('batch_size', '?')} on "
+            f"interval over samples (over trials for time); time = {_clock_note(pts, timing)} of the network "
+            f"passes for one batch of {timing.get('batch_size', '?')} on "
             f"{env.get('device') or env.get('cpu', 'CPU')} ({env.get('torch_threads', '?')} thread(s)); "
-            "NFE = mean per sample of the scored samples; time comes from a separate timing run of the same "
-            "configuration at that batch size, whose own NFE is shown beside it (the p(x0) reuse makes NFE depend "
-            "on the batch); samples = the count behind gen PPL, entropy and MAUVE.")
+            "NFE = mean per sample of the scored samples; time comes from timing the same configuration at that "
+            "batch size, whose own NFE is shown beside it (the p(x0) reuse makes NFE depend on the batch); "
+            "samples = the count behind gen PPL, entropy and MAUVE.")
     paper = ("paper: the only AR gen PPL the paper gives (v4 Table 3: 1M-step OWT checkpoint, L = 1024, tries = 1; "
              "no MAUVE or time)." if table == "3" else
              "paper: OWT, L = 1024, 5120 samples, nucleus 0.9, GPT-2 Large; time = mean s per batch of 512 on H200.")

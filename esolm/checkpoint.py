@@ -371,6 +371,23 @@ def convert_legacy(path: str | Path, out: str | Path | None = None) -> Path:
     return save_checkpoint(out or companions(path)[0], state)
 
 
+def source_summary(path: str | Path) -> dict:
+    """What names the weights of the checkpoint at ``path`` (a harness checkpoint or its run folder),
+    from its JSON alone (no tensor is read): path, model_name, step and the sha256 of its weights file.
+    Another run started from these weights (esolm.train ``init_from``) keeps it in its identity."""
+    weights = _resolve(path)
+    if weights.suffix != ".safetensors":
+        raise ConfigError(f"{weights} is a checkpoint of an earlier version; convert it once with `python -m "
+                          f"esolm.checkpoint {weights}` and pass the new {companions(weights)[0].name}")
+    if not weights.is_file() and previous(weights)[0].is_file():
+        weights = previous(weights)[0]  # an interrupted save left only the previous complete set
+    if not weights.is_file():
+        raise _missing(weights)
+    meta = _read_meta(weights, companions(weights)[1])
+    return dict(path=str(weights), model_name=meta["model_name"], step=meta.get("step"),
+                weights_sha256=(meta["files"].get("weights") or {}).get("sha256"))
+
+
 # -------------------------------------------------------------------------- models
 def load_model(path: str | Path, *, device="cpu", use_ema: bool = True):
     """(model in eval mode with EMA weights where present, checkpoint dict).

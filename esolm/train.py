@@ -21,7 +21,7 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from esolm.checkpoint import NAME as CHECKPOINT
-from esolm.checkpoint import checkpoint_in, read_checkpoint, save_checkpoint
+from esolm.checkpoint import checkpoint_in, read_checkpoint, save_checkpoint, source_summary
 from esolm.io import atomic_write_json, content_hash, hasher, json_default
 from esolm.config import ConfigError, make_config
 from esolm.distributed import setup_distributed
@@ -292,12 +292,16 @@ class ema_weights:
 
 
 # ------------------------------------------------------------------ the run
-def _identity(model_name: str, model, corpus, cfg: TrainConfig) -> dict:
-    """What must match for a checkpoint to be resumed by this run (as JSON stores it)."""
+def _identity(model_name: str, model, corpus, cfg: TrainConfig, source: dict | None = None) -> dict:
+    """What must match for a checkpoint to be resumed by this run (as JSON stores it); a run started
+    from another checkpoint's weights (``source``: checkpoint.source_summary) names them by their
+    model, step and sha256, not by their path (a moved run folder still resumes)."""
     skip = {"eval_every", "eval_batches", "log_every", "checkpoint_every", "device", "steps"}
     identity = {"model_name": model_name, "model_config": model.config.to_dict(),
                 "corpus_fingerprint": corpus.fingerprint,
                 "train_config": {k: v for k, v in asdict(cfg).items() if k not in skip}}
+    if source is not None:
+        identity["init_from"] = {k: source[k] for k in ("model_name", "step", "weights_sha256")}
     return json.loads(json.dumps(identity, default=json_default))
 
 
@@ -322,6 +326,7 @@ class _Run:
     ema: EMA | None
     stream: BatchStream
     identity: dict
+    init_from: dict | None = None  # the checkpoint a fresh run starts from (checkpoint.source_summary)
     sched: LambdaLR | None = None
     ddp: torch.nn.Module | None = None
     step: int = 0
@@ -344,9 +349,11 @@ class _Run:
         return self.out / "train_log.jsonl"
 
 
-def _setup(model_name: str, model, corpus, cfg: TrainConfig, out: Path, log) -> _Run:
+def _setup(model_name: str, model, corpus, cfg: TrainConfig, out: Path, log, init_from=None) -> _Run:
     """This process's place, per-rank seeds (spec 9), the model on its device, AdamW, the EMA
-    and the data stream of a fresh run."""
+    and the data stream of a fresh run (``init_from``: the checkpoint whose weights it starts from,
+    named in its identity; they are loaded by ``_resume`` when the run has no checkpoint of its own)."""
+    source = source_summary(init_from) if init_from is not None else None
     rank, world, _ = setup_distributed()
     device = resolve_device(cfg.device)
     if world > 1 and device.type == "cuda":
@@ -359,7 +366,7 @@ def _setup(model_name: str, model, corpus, cfg: TrainConfig, out: Path, log) -> 
     ema = EMA(model, cfg.ema) if cfg.ema > 0 else None
     stream = BatchStream(corpus.splits["train"], cfg.batch_size, cfg.seed)
     return _Run(model_name, model, corpus, cfg, out, log, rank, world, device, local, micro, accum, opt, ema,
-                stream, _identity(model_name, model, corpus, cfg))
+                stream, _identity(model_name, model, corpus, cfg, source), source)
 
 
 def _resume(run: _Run) -> None:
@@ -369,10 +376,13 @@ def _resume(run: _Run) -> None:
     is opened for appending."""
     found = checkpoint_in(run.out)
     if found is None:
+        if run.init_from is not None:
+            _start_from(run)
         if run.rank == 0:
             run.out.mkdir(parents=True, exist_ok=True)
+            extra = {"init_from": run.init_from} if run.init_from else {}
             atomic_write_json(run.out / "config.json",
-                              {**run.identity, "corpus": run.corpus.spec(), "steps": run.cfg.steps})
+                              {**run.identity, "corpus": run.corpus.spec(), "steps": run.cfg.steps, **extra})
         run.sched = lr_scheduler(run.opt, run.cfg)
     else:
         quiet = run.rank != 0  # every rank reads the checkpoint; rank 0 alone says that it fell back
@@ -382,11 +392,47 @@ def _resume(run: _Run) -> None:
         run.log_file = open(run.log_path, "a")
 
 
+def _start_from(run: _Run) -> None:
+    """A fresh run's initial weights: those another checkpoint is evaluated with (its EMA weights where
+    it has them, as checkpoint.load_model), every parameter name and shape matching this model's
+    (else a ConfigError); the EMA starts from them, the optimizer, schedule and step counter afresh.
+    MDLM, BD3-LM and Eso-LM share one backbone and parameter names (BD3-LM's block mask is a buffer
+    outside the state_dict), so each starts from another; AR's lacks the time conditioning."""
+    src = run.init_from
+    quiet = (lambda *_: None) if run.rank != 0 else run.log
+    state = read_checkpoint(src["path"], log=quiet)
+    if (state.get("files") or {}).get("weights", {}).get("sha256") != src["weights_sha256"]:
+        raise ConfigError(f"the checkpoint {src['path']} changed while this run started from it (another process "
+                          f"saving it, or a torn save); rerun once its training has finished")
+    use_ema = bool(state.get("ema"))
+    weights = state["ema"] if use_ema else state["model"]
+    mine = run.model.state_dict()
+    missing, extra = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(mine[k].shape)}" for k in sorted(set(mine) & set(weights))
+              if tuple(weights[k].shape) != tuple(mine[k].shape)]
+    if missing or extra or shapes:
+        what = "; ".join(f"{n} {len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                         for n, v in (("missing from it", missing), ("not in this model", extra),
+                                      ("of other shapes (its vs this model's)", shapes)) if v)
+        raise ConfigError(f"--init-from {src['path']}: its {state['model_name']} weights do not fit this "
+                          f"{run.name} model, parameters {what}; initialise from a checkpoint of the same "
+                          f"backbone (d_model, n_layers, n_heads, vocabulary; MDLM, BD3-LM and Eso-LM share one, "
+                          f"AR's lacks the time conditioning), or drop --init-from to train from scratch")
+    run.model.load_state_dict(weights)
+    if run.ema is not None:
+        run.ema = EMA(run.model, run.cfg.ema)
+    run.metrics["init_from"] = dict(src, weights="ema" if use_ema else "model")
+    if run.rank == 0:
+        run.log(f"initialised {run.name} from the {'EMA' if use_ema else 'live'} weights of the {state['model_name']} "
+                f"checkpoint {src['path']} (step {state.get('step')}, {len(weights)} tensors); the optimizer, lr "
+                f"schedule, EMA and step counter start afresh: {run.cfg.steps} steps of its own")
+
+
 def _restore(run: _Run, path: Path, state: dict) -> None:
     """Weights, optimizer, schedule, EMA, data position, RNG streams and metrics from a checkpoint."""
     if json.loads(json.dumps(state.get("identity"), default=json_default)) != run.identity:
-        raise ConfigError(f"{run.out} holds a checkpoint of a different run (model, data or optimizer settings "
-                          f"differ); pass another --out, or delete {path} (and the files beside it of the "
+        raise ConfigError(f"{run.out} holds a checkpoint of a different run (model, data or optimizer settings, "
+                          f"or the checkpoint it started from, differ); pass another --out, or delete {path} (and the files beside it of the "
                           f"same name) to start over")
     if state["step"] > run.cfg.steps:
         raise ConfigError(f"{path} is a checkpoint at step {state['step']}, past steps={run.cfg.steps}: it cannot "
@@ -598,15 +644,18 @@ def _finish(run: _Run) -> dict:
 
 
 def fit(model_name: str, model, corpus, cfg: TrainConfig, out_dir: str | Path, *,
-        progress: bool = True, stop_after: int | None = None, log=print) -> dict:
+        progress: bool = True, stop_after: int | None = None, log=print, init_from: str | Path | None = None) -> dict:
     """Train ``model`` on ``corpus``; checkpoints and logs go to ``out_dir``; resumes from its
     checkpoint when one exists for the same run (a checkpoint past ``cfg.steps`` is a ConfigError).
+    ``init_from``: a fresh run starts from the weights of that checkpoint (its EMA weights where it has
+    them), not its optimizer or step, and trains ``cfg.steps`` steps of its own (a finetune, spec 10:
+    the paper's LM1B BD3-LMs start from MDLM); a resumed one continues from its own checkpoint.
     A step whose loss or gradient norm is NaN or infinite raises NonFiniteLoss (a ConfigError) before
     the optimizer applies it, so no checkpoint holds non-finite weights. Returns the run's metrics dict.
 
     stop_after: return after that many steps of this call (to simulate an interruption).
     """
-    run = _setup(model_name, model, corpus, cfg, Path(out_dir), log)
+    run = _setup(model_name, model, corpus, cfg, Path(out_dir), log, init_from)
     _resume(run)
     try:
         # DDP after the resume: every rank holds the same weights by now; DDP broadcasts rank 0's

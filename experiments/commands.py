@@ -46,6 +46,15 @@ def cmd_train(args) -> int:
     spec, _ = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.overrides)
     cfg = train_device(spec.train_config(), spec.overrides.get("train", {}).get("device"), args.device)
     out = Path(args.out) if args.out else spec.run_dir()
+    init = None
+    if getattr(args, "init_from", None):
+        from esolm.checkpoint import source_summary
+        from esolm.importers import ensure_checkpoint
+
+        init = ensure_checkpoint(args.init_from, log=say)
+        source = source_summary(init)
+        if not args.out:  # a finetune is not the run trained from scratch: a folder of its own
+            out = out.with_name(f"{out.name}-from-{source['weights_sha256'][:8]}")
     say(f"loading corpus {spec.corpus_name} ...")
     corpus = spec.load_corpus()
     seed_everything(cfg.seed)  # the initial weights are a function of the seed
@@ -53,7 +62,7 @@ def cmd_train(args) -> int:
     say(f"training {args.model} ({model.num_parameters() / 1e6:.2f}M parameters, preset {args.preset}) on "
         f"{corpus.name}: {corpus.splits['train'].shape[0]} sequences of {corpus.length} tokens, "
         f"{cfg.steps} steps x {cfg.batch_size} sequences; outputs -> {out}")
-    result = fit(args.model, model, corpus, cfg, out, progress=not args.no_progress, log=say)
+    result = fit(args.model, model, corpus, cfg, out, progress=not args.no_progress, log=say, init_from=init)
     from esolm.distributed import dist_info, teardown_distributed
 
     rank = dist_info()[0]

@@ -16,6 +16,7 @@ import datetime
 import os
 import socket
 import subprocess
+import statistics
 import time
 from pathlib import Path
 
@@ -181,7 +182,8 @@ def job_train(job: dict) -> tuple:
     seed_everything(cfg.seed)
     model = registry.build(c["model"], **corpus.model_fields(), **c["model_overrides"])
     _inject_fault(model, rank)
-    result = fit(c["model"], model, corpus, cfg, job["work"], progress=False)
+    # a finetune (pipeline Graph.train, init_from): the source entry's checkpoint; resumes from its own
+    result = fit(c["model"], model, corpus, cfg, job["work"], progress=False, init_from=c.get("init_checkpoint"))
     m = result["metrics"]
     valid = m.get("valid", {})
     row = dict(display=_display(model), metrics=dict(params=model.num_parameters(), steps_trained=m.get("step"), train_loss=m.get("train_loss"),
@@ -394,9 +396,13 @@ def _time_model(model, job: dict, opts: dict) -> dict:
 
 @recorded
 def job_time(job: dict) -> tuple:
+    """Seconds of one sweep configuration (spec 8.5); with ``points`` in the config, one clock
+    for every configuration of the preset instead (:func:`_clock`)."""
     from esolm.checkpoint import load_model
 
     c = job["config"]
+    if "points" in c:
+        return _clock(job)
     model, _ = load_model(c["checkpoint"])
     opts = dict(c["options"], top_p=c["top_p"], kv_cache=c.get("kv_cache", True))
     t = _time_model(model, job, opts)
@@ -408,6 +414,70 @@ def job_time(job: dict) -> tuple:
                             wall_median_s=wall.get("median"), wall_mean_s=wall.get("mean"), wall_std_s=wall.get("std"),
                             **t["intervals"]))
     return row, t, {}
+
+
+def _clock(job: dict) -> tuple:
+    """One clock per comparison (issue 25 item 4): every sweep configuration of the preset timed
+    in this one job, interleaved in rounds (each round times every configuration once, network
+    passes only, the order rotated from round to round), so that a slow spell of a shared machine
+    lands on every point of a Pareto figure alike and no comparison joins records of two runs.
+
+    Rounds run until every configuration's 95 % bootstrap interval of its mean is at most
+    ``target`` / sqrt(2) of the mean, so that the interval of any ratio of two configurations is
+    at most about ``target`` (and tighter than that for paired rounds), from ``min_rounds`` on and
+    at most ``max_rounds``; the record says how many it took and whether the target was met.
+    One row per configuration: its median and mean with their intervals, the NFE of the timed
+    calls; the record keeps each configuration's seconds per round, entry i of every
+    configuration from round i: paired, for ratio intervals."""
+    import math
+
+    import torch
+
+    from esolm.checkpoint import load_model
+    from esolm.metrics.bootstrap import interval_fields, mean_interval, median_interval
+    from esolm.metrics.timing import summarize
+
+    c = job["config"]
+    runs = []
+    for p in c["points"]:
+        model, _ = load_model(p["checkpoint"])
+        runs.append((p, model, dict(p["options"], top_p=c["top_p"], kv_cache=True)))
+    gen = torch.Generator().manual_seed(c["seed"])
+    secs = {p["name"]: [] for p, _m, _o in runs}
+    nfes = {p["name"]: [] for p, _m, _o in runs}
+
+    def width(values: list) -> float:  # the half-width of the mean's interval over the mean
+        lo, hi = mean_interval(values)
+        return (hi - lo) / 2 / max(statistics.fmean(values), 1e-12)
+
+    for _ in range(c["warmup"]):
+        for _p, model, opts in runs:
+            model.sample(c["batch_size"], generator=gen, profile=True, **opts)
+    rounds, widest, limit = 0, math.inf, c["target"] / math.sqrt(2)
+    while rounds < c["max_rounds"] and not (rounds >= c["min_rounds"] and widest <= limit):
+        k = rounds % len(runs)
+        for p, model, opts in runs[k:] + runs[:k]:
+            out = model.sample(c["batch_size"], generator=gen, profile=True, **opts)
+            secs[p["name"]].append(float(out.seconds))
+            nfes[p["name"]].append(out.nfe)
+        rounds += 1
+        if rounds >= max(c["min_rounds"], 2):
+            widest = max(width(v) for v in secs.values())
+    rows = []
+    for p, model, _opts in runs:
+        t = summarize(secs[p["name"]])
+        rows.append(dict(name=p["name"], label=p["label"], group=p["group"], model=p["model"],
+                         config=dict(top_p=c["top_p"], kv_cache=True, batch_size=c["batch_size"],
+                                     timing_run=c["timing_run"], rounds=rounds),
+                         options=p["options"], display=_display(model),
+                         metrics=dict(nfe=statistics.fmean(nfes[p["name"]]), time_median_s=t["median"],
+                                      time_mean_s=t["mean"], time_std_s=t["std"],
+                                      **interval_fields("time_mean_s", mean_interval(t["trials"])),
+                                      **interval_fields("time_median_s", median_interval(t["trials"])))))
+    metrics = dict(points={p["name"]: dict(trials=secs[p["name"]], nfe=nfes[p["name"]]) for p, _m, _o in runs},
+                   rounds=rounds, widest_half_width=widest, target_half_width=limit, met=widest <= limit,
+                   interleaved=True, order_rotated=True, order=[p["name"] for p, _m, _o in runs])
+    return rows, metrics, {}
 
 
 @recorded
@@ -463,7 +533,8 @@ def job_longctx(job: dict) -> tuple:
         w = summarize(wall[e["name"]])
         p = summarize(prof[e["name"]]) if prof[e["name"]] else None  # None: the preset skips network passes
         metrics[e["name"]] = dict(wall=w, profile=p)
-        rows.append(dict(e, config=dict(length=c["fields"]["length"], kv_cache=e["kv_cache"], batch_size=c["batch_size"]),
+        rows.append(dict(e, config=dict(length=c["fields"]["length"], kv_cache=e["kv_cache"], batch_size=c["batch_size"],
+                                        timing_run=c.get("timing_run")),
                          options=e["options"], display=_display(model),
                          metrics=dict(nfe=nfe[e["name"]], time_mean_s=w["mean"], time_std_s=w["std"],
                                       **interval_fields("time_mean_s", mean_interval(w["trials"])),

@@ -86,6 +86,7 @@ class Graph:
         # released presets name their exact test data; the others, the run's corpus
         self.corpus = getattr(preset, "corpus_spec", None) or self.run.data.corpus_kwargs()
         self.jobs: list[Job] = []
+        self.trains: dict[str, Job] = {}  # the training job of each entry added, by label
 
     def add(self, job: Job) -> Job:
         models = [m for m in (job.model, *job.uses) if m]
@@ -98,8 +99,12 @@ class Graph:
         return str(self.work / "train" / train.key / "checkpoint.safetensors")
 
     def train(self, m: P.ModelEntry) -> Job:
-        """Train ``m`` on the run's data, backbone and budget (a released entry: import its file)."""
+        """Train ``m`` on the run's data, backbone and budget (a released entry: import its file); an
+        entry with ``init_from`` starts from the trained weights of that earlier entry (a finetune of
+        its own budget): it waits for that entry's training job, whose key is in its identity (so it
+        retrains when the source does) and whose checkpoint is in its config."""
         source = getattr(m, "source", None)
+        deps, extra = [], {}
         if source:  # a released checkpoint: the job imports it instead of training (jobs.job_train)
             identity = dict(model=m.model, model_overrides=dict(m.overrides), corpus=self.corpus, source=source,
                             ema=getattr(m, "ema", None))
@@ -108,8 +113,19 @@ class Graph:
             train.update(m.train)
             identity = dict(model=m.model, model_overrides={**self.run.backbone_fields(), **m.overrides},
                             corpus=self.corpus, train=train)
-        job = self.add(Job("train", f"train/{m.label}", identity, identity, m.label, m.group, m.model))
+            init = getattr(m, "init_from", None)
+            if init:
+                if init not in self.trains:
+                    raise ConfigError(f"preset {self.preset.name}: entry {m.label!r} initialises from {init!r}, which "
+                                      f"is not an entry trained before it; list {init!r} earlier in the preset's "
+                                      f"models, or fix the label (entries: {', '.join(self.trains) or 'none'})")
+                src = self.trains[init]
+                identity["init_from"] = dict(label=init, train=src.key)
+                deps, extra = [src], dict(init_checkpoint=self.checkpoint(src))
+        job = self.add(Job("train", f"train/{m.label}", identity, dict(identity, **extra), m.label, m.group, m.model,
+                           deps))
         job.outputs = (self.checkpoint(job),)  # what eval, sample and time load
+        self.trains[m.label] = job
         return job
 
 
@@ -130,8 +146,12 @@ def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[J
         _sweep_jobs(g, m, trains[m.label], judges)
     for name in preset.calibration:
         _calibration_job(g, name, judges)
-    for length in preset.run.long_context.lengths:
-        _longctx_job(g, length)
+    runs = range(1, preset.clock["runs"] + 1) if preset.clock else [None]
+    for run in runs:
+        if run is not None:
+            _clock_job(g, trains, run)
+        for length in preset.run.long_context.lengths:
+            _longctx_job(g, length, run)
     return g.jobs
 
 
@@ -207,6 +227,8 @@ def _sweep_jobs(g: Graph, m: P.ModelEntry, tr: Job, judges: Judges) -> None:
         g.add(Job("sample", f"sample/{m.label}/{tag}", identity,
                   dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides, **judges.config),
                   m.label, m.group, m.model, [tr] + judges.deps, uses=judges.models))
+        if g.preset.clock:  # timed with every other configuration in the clock job (_clock_job)
+            continue
         t = run.timing
         identity = dict(train=tr.key, options=opts, top_p=run.sampling.top_p, batch_size=t.batch_size,
                         trials=t.trials, warmup=t.warmup, wall=t.wall, seed=0)
@@ -228,7 +250,26 @@ def _calibration_job(g: Graph, name: str, judges: Judges) -> None:
               name, CALIBRATION_GROUP, None, list(judges.deps), uses=judges.models))
 
 
-def _longctx_job(g: Graph, length: int) -> None:
+def _clock_job(g: Graph, trains: dict, run: int) -> None:
+    """Every sweep configuration of the preset timed in one job, interleaved (jobs._clock): the
+    one clock of the Pareto figures and of C6; ``run`` numbers the independent timing runs."""
+    t, points, models = g.run.timing, [], []
+    for m in g.preset.models:
+        for opts in m.sweep:
+            tag = ",".join(f"{k}={v}" for k, v in opts.items())
+            points.append(dict(name=f"time/{m.label}/{tag}", label=m.label, group=m.group, model=m.model,
+                               train=trains[m.label].key, options=opts))
+            models.append(m.model)
+    if not points:
+        return
+    identity = dict(points=points, top_p=g.run.sampling.top_p, batch_size=t.batch_size, warmup=t.warmup,
+                    **{k: v for k, v in g.preset.clock.items() if k != "runs"}, seed=0, timing_run=run)
+    config = dict(identity, points=[dict(p, checkpoint=g.checkpoint(trains[p["label"]])) for p in points])
+    deps = list({p["label"]: trains[p["label"]] for p in points}.values())
+    g.add(Job("time", f"time/clock/run={run}", identity, config, deps=deps, uses=tuple(dict.fromkeys(models))))
+
+
+def _longctx_job(g: Graph, length: int, run: int | None = None) -> None:
     """One job per length: every method with NFE = L options, timed side by side, interleaved."""
     lc = g.run.long_context
     entries = []
@@ -244,7 +285,12 @@ def _longctx_job(g: Graph, length: int) -> None:
     if entries:
         identity = dict(entries=entries, fields=dict(length=length, **_ids_for(g.preset)),
                         batch_size=1, trials=lc.trials, warmup=lc.warmup, profile=lc.profile, seed=0, top_p=1.0)
-        g.add(Job("longctx", f"longctx/L={length}", identity, dict(identity), uses=tuple(e["model"] for e in entries)))
+        if run is not None:  # one of the preset's timing runs (Preset.clock)
+            identity["timing_run"] = run
+            for e in entries:
+                e["name"] += f"/run={run}"
+        name = f"longctx/L={length}" + (f"/run={run}" if run is not None else "")
+        g.add(Job("longctx", name, identity, dict(identity), uses=tuple(e["model"] for e in entries)))
 
 
 def reuse_records(jobs: list[Job], results: Path, work: Path) -> list[str]:
@@ -468,9 +514,12 @@ def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root
         f"cluster {cluster}; code version {code} (each job is keyed by the code it runs)")
     run = Session(preset, cluster, results, work, slurm_overrides or {}, submitted, graph=graph)
     for wave in WAVES:
-        batches = [b for stage in wave if stages is None or stage in stages
-                   if (b := _submit_stage(run, stage, [j for j in graph if j.stage == stage]))]
-        _follow(batches, results, run.failed_keys, poll_s, job_status)
+        staged = {stage: stage_rounds([j for j in graph if j.stage == stage]) for stage in wave
+                  if stages is None or stage in stages}
+        for i in range(max((len(r) for r in staged.values()), default=0)):
+            batches = [b for stage, rounds in staged.items() if i < len(rounds)
+                       if (b := _submit_stage(run, stage, rounds[i]))]
+            _follow(batches, results, run.failed_keys, poll_s, job_status)
     from experiments.aggregate import aggregate
 
     table = aggregate(preset, graph, results, code)
@@ -478,6 +527,19 @@ def _run_preset(preset_name: str, *, cluster: str, results_root: Path, work_root
     return dict(preset=preset.name, submitted=run.total, adopted=run.adopted, failed=len(run.failed_keys),
                 failed_jobs=[j.name for j in graph if j.key in run.failed_keys],
                 results=str(results), rows=len(table))
+
+
+def stage_rounds(jobs: list[Job]) -> list[list[Job]]:
+    """A stage's jobs (dependencies first, as build_graph adds them) in rounds run one after the
+    other: a job that depends on a job of the same stage (a finetune on its source's training)
+    runs in a round after it; without such jobs, one round (also when there are no jobs)."""
+    depth: dict[str, int] = {}
+    for j in jobs:
+        depth[j.key] = max((depth[d.key] + 1 for d in j.deps if d.key in depth), default=0)
+    rounds: list[list[Job]] = [[] for _ in range(max(depth.values(), default=0) + 1)]
+    for j in jobs:
+        rounds[depth[j.key]].append(j)
+    return rounds
 
 
 def _todo(run: Session, stage: str, jobs: list[Job]) -> list[Job]:

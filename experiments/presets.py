@@ -29,6 +29,11 @@ class ModelEntry:
     # for a model whose exact likelihood takes L passes per order (by default K = 1 on 1/8 of
     # the exact sequences), where the budget allows more
     eval: dict = field(default_factory=dict)
+    # the label of an earlier entry of the preset whose trained weights (EMA) this one starts from, the
+    # same parameters required (a finetune: spec 10, the paper's LM1B BD3-LMs start from MDLM); it still
+    # trains its own budget (the preset's steps plus m.train), from step 0 with a fresh optimizer.
+    # results.csv marks each of its rows with config.init_from = that label (experiments/aggregate.py)
+    init_from: str | None = None
 
 
 @dataclass
@@ -50,6 +55,12 @@ class Preset:
     calibration: tuple = ()
     # models only timed at NFE = L (Table 11), not trained: latency does not depend on the weights
     timing_only: list[ModelEntry] = field(default_factory=list)
+    # one clock per comparison (issue 25 item 4): every sweep configuration timed in one job,
+    # interleaved (experiments/jobs.py _clock), instead of a time job per configuration; runs = how
+    # many independent timing runs (each also times the NFE = L table again), the first feeding
+    # tables, figures and claims, the others checking that the timing verdicts repeat. None: a
+    # time job per configuration (the paper presets, timed on a GPU node each)
+    clock: dict | None = None
 
     @property
     def name(self) -> str:
@@ -91,6 +102,27 @@ def _bd3(block: int, steps: list[int]) -> ModelEntry:
                       [dict(steps=t) for t in steps], nfe_equals_l=True)
 
 
+def _bd3_from_mdlm(block: int) -> ModelEntry:
+    """BD3-LM L' finetuned from the trained MDLM entry "mdlm", as the paper trains its LM1B BD3-LMs
+    (spec 6, 10): the preset's own training budget on top of MDLM's; test NELBO only (no exact
+    likelihood, no sampling sweep, no timing)."""
+    return ModelEntry(f"bd3lm L'={block} from mdlm", "bd3lm", f"BD3-LM L'={block} (from MDLM)", {"block_size": block},
+                      [], eval=dict(exact_orders=[]), init_from="mdlm")
+
+
+def _seed_replicates(models: list[ModelEntry], seeds=(2, 3)) -> list[ModelEntry]:
+    """The same models trained again from other training seeds (TrainConfig.seed; the main entries
+    use 1, the second judge JUDGE_SEED): train and the test NELBO only (no exact likelihood, no
+    sampling sweep, no timing), the same group (one method in tables and figures, folded into one
+    value by the perplexity claims: results.csv config.train_seed, analysis/claims.py fold_seeds)."""
+    return [ModelEntry(f"{m.label} seed={s}", m.model, m.group, dict(m.overrides), [], train=dict(m.train, seed=s),
+                       eval=dict(exact_orders=[])) for m in models for s in seeds]
+
+
+# the CPU presets' clock: rounds until every configuration's mean is within +-10 %/sqrt(2) (95 %),
+# so that any ratio of two is within about +-10 %; at least 8, at most 20 rounds
+CLOCK = dict(runs=1, min_rounds=8, max_rounds=20, target=0.10)
+
 # the null samplers of every CPU preset's calibration rows (esolm/metrics/calibration.py)
 CALIBRATION = ("real text", "unigram", "repeater", "all-EOS")
 # the second judge's training seed: no scored model trains with it (they use TrainConfig.seed = 1,
@@ -105,7 +137,7 @@ def smoke() -> Preset:
     return Preset(runs.get("smoke"),
                   models=[_ar(31), _mdlm([4, 16]), _bd3(4, [8, 32]), *_eso_models([1.0, 0.25], eso)],
                   evaluator="ngram", second_evaluator=dict(model="ar", overrides={}, train=dict(steps=60, seed=JUDGE_SEED)),
-                  calibration=CALIBRATION)
+                  calibration=CALIBRATION, clock=dict(CLOCK, min_rounds=2, max_rounds=3))
 
 
 def _cpu_evaluator(steps: int) -> dict:
@@ -135,14 +167,18 @@ def tiny() -> Preset:
     return Preset(run, models=[_ar(127), _mdlm(MDLM_STEPS_CPU[:-1], eval=dict(exact_orders=[])),
                                *_eso_models([1.0, 0.25], ESO_SWEEP_CPU)],
                   evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION,
-                  timing_only=[_bd3(4, []), _bd3(16, [])])
+                  timing_only=[_bd3(4, []), _bd3(16, [])], clock=CLOCK)
 
 
 def cpu() -> Preset:
     """The full CPU comparison (run once, committed under results/cpu/): AR, MDLM, BD3-LM
     L' in {4, 16} (each also sampled on the authors' time grid), Eso-LM (B) at alpha_0 in
     {1, 0.25, 0.125} and Eso-LM (A) at 0.25, with the data, backbone, budget and
-    sweeps of `tiny` (whose jobs are a subset of these)."""
+    sweeps of `tiny` (whose jobs are a subset of these); and BD3-LM L' in {4, 16} finetuned
+    from the trained MDLM under the paper's LM1B protocol (each its own CPU_STEPS after MDLM's
+    CPU_STEPS: twice a scratch run's budget in all), test NELBO only; and AR, MDLM, both BD3-LMs
+    and the three Eso-LM (B) trained again from seeds 2 and 3, test NELBO only (the training-seed
+    spread of C1, C3 and C4)."""
     bd3 = [_bd3(b, [128 // b, 2 * 128 // b, 128, 512]) for b in (4, 16)]
     for m in bd3:  # one step per block, again on the authors' grid (linspace(1, 0, T'), spec 6)
         m.sweep += [dict(steps=128 // int(m.overrides["block_size"]), reference_grid=True),
@@ -153,10 +189,12 @@ def cpu() -> Preset:
     eso_a = ModelEntry("esolm-a a0=0.25", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.25},
                        [dict(steps=t) for t in (16, 128)], eval=dict(exact_orders=[1, 10, 100], exact_max_sequences=64))
     run = runs.get("cpu")
-    run.description += ": every method, Eso-LM (B) at three alpha_0"
-    return Preset(run, models=[_ar(127), _mdlm(MDLM_STEPS_CPU), *bd3, *_eso_models([1.0, 0.25, 0.125], ESO_SWEEP_CPU),
-                               eso_a],
-                  evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION)
+    run.description += ": every method, Eso-LM (B) at three alpha_0, BD3-LM also finetuned from MDLM"
+    main = [_ar(127), _mdlm(MDLM_STEPS_CPU), *bd3, *_eso_models([1.0, 0.25, 0.125], ESO_SWEEP_CPU)]
+    # training seeds 2 and 3 of the models the perplexity claims (C1, C3, C4) compare: train + test NELBO
+    return Preset(run, models=[*main, eso_a, *[_bd3_from_mdlm(b) for b in (4, 16)], *_seed_replicates(main)],
+                  evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION,
+                  clock=dict(CLOCK, runs=2))
 
 
 def _paper(corpus: str) -> Preset:

@@ -3,6 +3,7 @@
     python experiments/run.py models
     python experiments/run.py import SOURCE [--model NAME] [--no-ema] --out DIR   (an authors' .ckpt / HF folder / hf:ORG/NAME)
     python experiments/run.py train  --model mdlm --preset tiny [--corpus shakespeare] [key=value ...]
+    python experiments/run.py train  --model bd3lm --preset tiny block_size=4 --init-from runs/mdlm-shakespeare-tiny   (a finetune)
     python experiments/run.py eval   --model mdlm --preset tiny [--exact num_orders=K]
     python experiments/run.py sample --model mdlm --preset tiny steps=64 top_p=0.9 [--score --evaluator ...]
     python experiments/run.py score  SAMPLES.jsonl --evaluator PATH|source|hub-name
@@ -116,7 +117,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model; resumes its run directory when interrupted",
                        epilog=_keys_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_model_args(p)
-    p.add_argument("--out", help="run directory (default: runs/<model>-<corpus>-<preset>[-<hash>])")
+    p.add_argument("--out", help="run directory (default: runs/<model>-<corpus>-<preset>[-<hash>], with "
+                                 "-from-<weights> after it under --init-from)")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start from the weights of this trained checkpoint (its EMA weights; a run folder, a "
+                        "checkpoint.safetensors or an authors' release), not its optimizer or step: a finetune of "
+                        "the preset's own steps (the paper's LM1B BD3-LMs start from MDLM); its parameters must "
+                        "match the model's (same backbone). An interrupted finetune resumes from its own checkpoint")
 
     p = sub.add_parser("import", help="import an authors' checkpoint (Eso-LM, MDLM, BD3-LM) as a harness checkpoint")
     p.add_argument("source", help="a Lightning .ckpt, a Hugging Face folder (config.json + model.safetensors) or hf:ORG/NAME")

@@ -270,6 +270,113 @@ def test_c9_rule_allows_the_stated_tolerance():
     assert status(store(mdlm128=123.0), "C9", table=R.override(R.RULES, "C9", tol=0.0)) == FAIL
 
 
+# ------------------------------------------------------------------------ training seeds
+def seeded(rows, extra: dict) -> list[dict]:
+    """The store's rows with train_seed = 1, plus NELBO rows of other training seeds: extra maps a
+    main label to its replicates' NELBO PPLs (seeds 2, 3, ...), each a row like the main one's."""
+    out = [dict(r, train_seed=1) for r in rows]
+    for label, values in extra.items():
+        main = next(r for r in rows if r["label"] == label and r["stage"] == "eval" and not r["exact"])
+        out += [dict(main, label=f"{label} seed={i + 2}", train_seed=i + 2, ppl=v) for i, v in enumerate(values)]
+    return out
+
+
+def test_one_seed_per_model_gives_the_same_report_with_or_without_a_train_seed_column():
+    plain, ones = claims(store()), claims(seeded(store(), {}))
+    assert {i: (c.status, c.point, c.ours) for i, c in plain.items()} == \
+           {i: (c.status, c.point, c.ours) for i, c in ones.items()}
+    assert not any("seeds" in d for c in ones.values() for d in c.details)
+
+
+def test_seeds_fold_into_one_value_per_model_that_passes_when_the_margin_clears_the_seed_interval():
+    c = claims(seeded(store(), {"esolm-b a0=1": [89.0, 91.0], "esolm-b a0=0.25": [79.0, 81.0]}))["C1"]
+    # mean 90, sd 1 over 3 seeds: +- 4.303 / sqrt(3) = 2.48, with the per-seed 0.45 in quadrature
+    assert c.status == PASS and c.ours.count("mean of 3 seeds") == 2
+    assert "a0=1 90 [87.48, 92.52] (mean of 3 seeds: 1: 90, 2: 89, 3: 91)" in c.ours
+    assert any(d.startswith("training seeds folded") and "esolm-b a0=1: 3 training seeds" in d for d in c.details)
+    assert "seed=2" not in c.ours  # the replicates are the same model, never a point of the trend
+
+
+def test_a_seed_spread_wide_enough_makes_a_clear_single_seed_pass_inconclusive():
+    assert status(store(), "C1") == PASS  # 90 vs 80 with +-0.5% intervals
+    c = claims(seeded(store(), {"esolm-b a0=1": [80.0, 100.0]}))["C1"]  # mean 90, sd 10: +- 24.8
+    assert c.status == INCONCLUSIVE and c.point == PASS
+
+
+def test_seeds_fold_into_a_fail_when_the_reversal_clears_the_seed_interval():
+    c = claims(seeded(store(eso025_nelbo=100.0), {"esolm-b a0=1": [89.0, 91.0], "esolm-b a0=0.25": [99.5, 100.5]}))
+    assert c["C1"].status == FAIL and "mean of 3 seeds" in c["C1"].ours
+
+
+def test_seeds_fold_in_c3_and_c4_without_spurious_comparisons_in_any_claim():
+    extra = {"ar": [50.5, 49.5], "mdlm": [69.0, 71.0], "bd3lm L'=4": [60.5, 59.5], "bd3lm L'=16": [64.5, 65.5]}
+    got = claims(seeded(store(), extra))
+    assert {i: got[i].status for i in IDS} == {i: PASS for i in IDS}
+    assert "mean of 3 seeds" in got["C3"].ours and "mean of 3 seeds" in got["C4"].ours
+    assert not any("seed=" in got[i].ours for i in IDS)  # each model once, under its main label
+    wide = claims(seeded(store(), {"mdlm": [40.0, 100.0]}))  # MDLM 70 +- 75 over its seeds
+    assert wide["C3"].status == INCONCLUSIVE and wide["C4"].status == INCONCLUSIVE
+
+
+def test_a_seed_row_without_an_interval_leaves_the_folded_value_without_one():
+    rows = seeded(store(), {"esolm-b a0=1": [89.0, 91.0]})
+    rows = with_ci(rows, 0.005)
+    rows = [{k: v for k, v in r.items() if not k.startswith("ppl_")} if r["label"] == "esolm-b a0=1 seed=2" else r
+            for r in rows]
+    c = claims(rows, ci=None)["C1"]
+    assert c.status == INCONCLUSIVE and c.point == PASS
+
+
+def test_cpu_trains_seeds_2_and_3_of_the_compared_models_for_the_nelbo_only_and_rows_carry_train_seed(monkeypatch):
+    """The replicates add train and NELBO jobs only, leave every existing job's key as it was, and
+    aggregate marks each trained model's rows with its seed (experiments/aggregate.py)."""
+    from experiments import presets as P
+    from experiments.aggregate import mark_train_seed, train_seeds
+    from experiments.pipeline import build_graph
+
+    work = Path("/nonexistent/work")
+    graph = build_graph(P.get("cpu"), work)
+    monkeypatch.setattr(P, "_seed_replicates", lambda models, seeds=(2, 3): [])
+    before = {j.name: j.key for j in build_graph(P.get("cpu"), work)}
+    assert all({j.name: j.key for j in graph}[n] == k for n, k in before.items())
+    extra = [j for j in graph if j.name not in before]
+    assert sorted({(j.stage, j.name.endswith("/nelbo")) for j in extra}) == [("eval", True), ("train", False)]
+    trains = {j.label: j for j in extra if j.stage == "train"}
+    assert len(trains) == 14 and {j.identity["train"]["seed"] for j in trains.values()} == {2, 3}
+    assert trains["esolm-b a0=0.25 seed=3"].group == "Eso-LM (B)" and trains["bd3lm L'=4 seed=2"].group == "BD3-LM L'=4"
+    seeds = train_seeds(graph)
+    assert seeds["ar"] == 1 and seeds["mdlm seed=3"] == 3 and seeds["evaluator-2"] == P.JUDGE_SEED
+    row = dict(config=dict(label="mdlm seed=2"), metrics={})
+    assert mark_train_seed(row, seeds)["config"]["train_seed"] == 2
+    assert mark_train_seed(dict(config=dict(label="real text")), seeds) == dict(config=dict(label="real text"))
+
+
+# ---------------------------------------------------------------- C3-ft: finetuned BD3-LMs
+def finetuned(l4: float, l16: float) -> list[dict]:
+    """NELBO rows of BD3-LM L'=4 and 16 finetuned from MDLM (config.init_from = "mdlm")."""
+    return [_ev(f"bd3lm L'={b} from mdlm", f"BD3-LM L'={b} (from MDLM)", v, block_size=b, init_from="mdlm")
+            for b, v in ((4, l4), (16, l16))]
+
+
+def test_c3_ft_judges_only_the_bd3_lms_finetuned_from_mdlm_and_c3_only_those_from_scratch():
+    assert status(store(), "C3-ft") == NOT_MEASURED  # no finetuned rows
+    assert status(store(), "C3") == PASS  # a store without init_from: C3 as before
+    got = claims(store() + finetuned(50.0, 55.0))  # finetuned: below L'=4's 60 from scratch, yet a trend of their own
+    assert got["C3-ft"].status == PASS and got["C3"].status == PASS
+    assert "from mdlm" in got["C3-ft"].ours and "from mdlm" not in got["C3"].ours
+    assert "bd3lm L'=4 from mdlm" not in got["C3"].ours
+    reversed_ = claims(store() + finetuned(56.0, 50.0))  # L'=16 below L'=4: fails C3-ft only
+    assert reversed_["C3-ft"].status == FAIL and reversed_["C3"].status == PASS
+    above = claims(store() + finetuned(50.0, 75.0))  # above MDLM's 70
+    assert above["C3-ft"].status == FAIL and any("below MDLM's NELBO PPL" in d for d in above["C3-ft"].details)
+
+
+def test_c4_counts_the_finetuned_bd3_lms_among_the_other_methods():
+    assert status(store() + finetuned(56.0, 58.0), "C4") == PASS  # above AR's 50
+    c = claims(store() + finetuned(40.0, 55.0))["C4"]  # a finetuned BD3-LM below AR's 50
+    assert c.status == FAIL and "from mdlm" in c.ours
+
+
 # ------------------------------------------------------------------- rules and changelog
 def test_the_rule_tables_fingerprint_is_the_one_the_changelog_records():
     text = (ROOT / "docs" / "claims_changelog.md").read_text()
@@ -288,7 +395,8 @@ def test_any_change_to_a_rule_changes_the_fingerprint():
 
 def test_every_rule_uses_a_declared_kind():
     assert all(c.kind in R.KINDS for r in R.RULES for c in r.checks + (r.earlier.checks if r.earlier else ()))
-    assert [r.id for r in R.RULES] == ["C1", "C2", "C2-K", "C3", "C4", "C5", "C6", "C7", "C7-ref", "C8", "C9"]
+    assert [r.id for r in R.RULES] == ["C1", "C2", "C2-K", "C3", "C3-ft", "C4", "C5", "C6", "C7", "C7-ref", "C8",
+                                       "C9"]
 
 
 def test_a_claim_whose_rule_changed_after_a_fail_shows_its_verdict_under_the_earlier_rule():
@@ -379,7 +487,7 @@ def test_claims_and_samples_run_on_the_committed_tiny_store(tmp_path):
     paths = report(dst, log=lines.append)
     js = json.loads((dst / "claims.json").read_text())
     assert {c["status"] for c in js["claims"]} <= set(VERDICTS)
-    assert len(js["claims"]) == 11 and (dst / "samples.md") in paths
+    assert len(js["claims"]) == len(R.RULES) == 12 and (dst / "samples.md") in paths
     assert "## Eso-LM (B)" in (dst / "samples.md").read_text()
 
 

@@ -432,3 +432,112 @@ def test_a_new_model_is_one_file_and_one_registration(tmp_path, monkeypatch):
     assert any("Toy" in p.read_text() for p in tables if p.suffix == ".md")
     figures = draw_pareto(results)
     assert figures and all(p.stat().st_size > 0 for p in figures)
+
+
+def test_one_clock_times_every_configuration_in_one_job_per_timing_run(tmp_path, monkeypatch):
+    """Preset.clock: no time job per configuration, one clock job per timing run (and the NFE = L
+    table again per run); every configuration timed in every round of it, interleaved; the
+    analysis reads one run at a time (the first by default) and the record keeps paired rounds."""
+    from analysis import store as S
+
+    def clocked() -> P.Preset:
+        return dataclasses.replace(micro(), clock=dict(runs=2, min_rounds=2, max_rounds=3, target=0.10))
+
+    monkeypatch.setitem(P.PRESETS, "micro", clocked)
+    graph = pipeline.build_graph(clocked(), tmp_path / "work" / "micro")
+    timed = [j for j in graph if j.stage in ("time", "longctx")]
+    assert [j.name for j in timed] == ["time/clock/run=1", "longctx/L=16/run=1", "time/clock/run=2",
+                                       "longctx/L=16/run=2"]
+    assert len({j.key for j in timed}) == 4
+    clock = timed[0]
+    assert [p["name"] for p in clock.config["points"]] == ["time/ar/steps=15",
+                                                           "time/esolm-b a0=0.5/steps=4,alpha_0_eval=0.5"]
+    assert {d.name for d in clock.deps} == {"train/ar", "train/esolm-b a0=0.5"}
+    out = pipeline.run_preset("micro", cluster="debug", results_root=tmp_path / "res", work_root=tmp_path / "work",
+                              poll_s=0.5)
+    assert out["failed"] == 0
+    records = [json.loads(p.read_text()) for p in (tmp_path / "res" / "micro" / "records" / "time").glob("*.json")]
+    assert len(records) == 2
+    for rec in records:
+        m = rec["metrics"]
+        assert 2 <= m["rounds"] <= 3 and m["interleaved"] and m["order_rotated"]
+        assert {len(p["trials"]) for p in m["points"].values()} == {m["rounds"]}  # every point in every round
+        assert all(row["metrics"]["time_median_s_lo"] <= row["metrics"]["time_median_s"]
+                   <= row["metrics"]["time_median_s_hi"] for row in rec["rows"])
+    df = S.load_results(tmp_path / "res" / "micro")
+    assert df.attrs["timing_runs"] == [1, 2] and df.attrs["timing_run"] == 1
+    points = S.speed_quality(df)
+    assert len(points) == 2 and points["time_median_s"].notna().all()  # one time row per point: run 1's
+    second = S.speed_quality(S.load_results(tmp_path / "res" / "micro", timing_run=2))
+    assert (second["time_median_s"] != points["time_median_s"]).any()  # another clock
+    with pytest.raises(ConfigError, match="no timing run 3"):
+        S.load_results(tmp_path / "res" / "micro", timing_run=3)
+    from analysis.claims import write_claims
+
+    _claims, paths = write_claims(tmp_path / "res" / "micro")
+    report = json.loads(paths[1].read_text())["timing_runs"]
+    assert set(report) == {"C5", "C6"} and all(set(v) == {"1", "2"} for v in report.values())
+    assert "The timed claims under each timing run" in paths[0].read_text()
+
+
+def test_cpu_finetunes_bd3lm_from_its_trained_mdlm_and_tiny_is_unchanged(tmp_path):
+    """`cpu`'s BD3-LMs from MDLM (the paper's LM1B protocol): each training job waits for MDLM's (a
+    later round of the train stage), names its key in its identity (retrained when MDLM is) and reads
+    its checkpoint; NELBO only. `tiny` has no finetune, and its model jobs are all jobs of `cpu`."""
+    from experiments.aggregate import init_sources, mark_init_from
+
+    cpu = P.get("cpu")
+    jobs = pipeline.build_graph(cpu, tmp_path)
+    by = {j.name: j for j in jobs}
+    mdlm = by["train/mdlm"]
+    rounds = pipeline.stage_rounds([j for j in jobs if j.stage == "train"])
+    assert len(rounds) == 2 and mdlm in rounds[0]
+    for b in (4, 16):
+        label = f"bd3lm L'={b} from mdlm"
+        ft = by[f"train/{label}"]
+        assert ft.deps == [mdlm] and ft in rounds[1] and ft.group == f"BD3-LM L'={b} (from MDLM)"
+        assert ft.identity["init_from"] == dict(label="mdlm", train=mdlm.key)
+        assert ft.config["init_checkpoint"] == str(tmp_path / "train" / mdlm.key / "checkpoint.safetensors")
+        assert ft.identity["train"] == by[f"train/bd3lm L'={b}"].identity["train"]  # a scratch run's budget
+        assert sorted(j.name for j in jobs if j.label == label) == [f"eval/{label}/nelbo", f"train/{label}"]
+    changed = P.get("cpu")
+    next(m for m in changed.models if m.label == "mdlm").train = dict(steps=7)
+    again = {j.name: j for j in pipeline.build_graph(changed, tmp_path)}
+    assert again["train/bd3lm L'=4 from mdlm"].key != by["train/bd3lm L'=4 from mdlm"].key
+    assert again["train/bd3lm L'=4"].key == by["train/bd3lm L'=4"].key
+    # results.csv: config.init_from on the finetune's rows, its display label saying so, others untouched
+    sources = init_sources(cpu)
+    row = dict(config=dict(stage="eval", label="bd3lm L'=4 from mdlm"), options={}, metrics={},
+               display=dict(family="BD3-LM", label="BD3-LM L'=4"))
+    marked = mark_init_from(row, sources)
+    assert marked["config"]["init_from"] == "mdlm" and marked["display"] == dict(family="BD3-LM",
+                                                                                 label="BD3-LM L'=4 (from MDLM)")
+    plain = dict(row, config=dict(stage="eval", label="bd3lm L'=4"))
+    assert mark_init_from(plain, sources) == plain
+    tiny = P.get("tiny")
+    assert not any(m.init_from for m in tiny.models) and not init_sources(tiny)
+    models = ("train", "eval", "sample")  # the timing jobs time each preset's own set side by side
+    assert {j.key for j in pipeline.build_graph(tiny, tmp_path) if j.stage in models} <= set(by[n].key for n in by)
+    bad = P.get("cpu")
+    bad.models[-1].init_from = "no such entry"
+    with pytest.raises(ConfigError, match="not an entry trained before it"):
+        pipeline.build_graph(bad, tmp_path)
+
+
+@pytest.mark.parametrize("name", ["smoke", "tiny", "cpu"])
+def test_the_judges_share_no_training_run_seed_or_data_order_with_a_scored_model(name, tmp_path):
+    """Issue 25 item 1: the first judge is fitted on the train split (an n-gram, no training run);
+    the second is trained from a seed no scored model uses (seed = weights, batch order and noise)."""
+    preset = P.get(name)
+    assert preset.evaluator == "ngram" and isinstance(preset.second_evaluator, dict)
+    graph = pipeline.build_graph(preset, tmp_path)
+    trains = [j for j in graph if j.stage == "train"]
+    judges = [j for j in trains if j.group == "evaluator"]
+    scored = [j for j in trains if j.group != "evaluator"]
+    assert [j.label for j in judges] == ["evaluator-2"] and scored
+    judge_seed = judges[0].identity["train"]["seed"]
+    assert judge_seed == P.JUDGE_SEED
+    assert all(j.identity["train"]["seed"] != judge_seed for j in scored)
+    samples = [j for j in graph if j.stage == "sample"]
+    assert samples and all(j.identity["evaluator"] == "ngram" and j.identity["evaluator2"] == judges[0].key
+                           for j in samples)

@@ -144,3 +144,63 @@ def test_batch_split_keeps_the_global_batch_whatever_the_world_size():
         batch_split(16, 3)
     with pytest.raises(ConfigError, match="micro_batch=64 does not divide the per-process batch 96"):
         batch_split(96, 1, 64)
+
+
+def test_init_from_starts_from_the_sources_ema_weights_then_trains_its_own_steps_from_step_0(tmp_path, monkeypatch):
+    """A finetune (the paper's LM1B BD3-LMs from MDLM, spec 10): BD3-LM starts from exactly the
+    EMA weights MDLM is evaluated with, at step 0 with its own steps; interrupted, it resumes from its
+    own checkpoint without loading the source again."""
+    from esolm import train as T
+    from esolm.checkpoint import read_checkpoint
+
+    corpus = synthetic(16)
+    train("mdlm", corpus, tmp_path / "mdlm", steps=4, ema=0.9)
+    source = read_checkpoint(tmp_path / "mdlm")
+    assert source["ema"] is not None and any(not torch.equal(source["ema"][k], source["model"][k]) for k in source["ema"])
+    cfg = train_config("smoke", steps=3, checkpoint_every=1, ema=0.9)
+
+    def bd3():
+        return registry.build("bd3lm", preset="smoke", block_size=4, **corpus.model_fields())
+
+    model, lines = bd3(), []
+    fit("bd3lm", model, corpus, cfg, tmp_path / "ft", progress=False, stop_after=0, log=lines.append,
+        init_from=tmp_path / "mdlm")
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, source["ema"][k]), k
+    assert any("initialised bd3lm from the EMA weights of the mdlm checkpoint" in x and "mdlm" in x for x in lines)
+
+    part = fit("bd3lm", bd3(), corpus, cfg, tmp_path / "ft", progress=False, stop_after=2, init_from=tmp_path / "mdlm")
+    assert [h["step"] for h in part["history"]] == [1, 2]
+    state = read_checkpoint(tmp_path / "ft", training_state=True)
+    assert state["identity"]["init_from"] == dict(model_name="mdlm", step=4,
+                                                  weights_sha256=source["files"]["weights"]["sha256"])
+    assert state["metrics"]["init_from"]["weights"] == "ema" and state["step"] == 2
+
+    def reload(run):
+        raise AssertionError("a resumed finetune loaded the source again")
+
+    monkeypatch.setattr(T, "_start_from", reload)
+    done = fit("bd3lm", bd3(), corpus, cfg, tmp_path / "ft", progress=False, init_from=tmp_path / "mdlm")
+    assert done["finished"] and [h["step"] for h in done["history"]] == [1, 2, 3]
+    assert done["metrics"]["init_from"]["model_name"] == "mdlm"
+    # a run of the same settings from scratch is another run: its folder is refused
+    with pytest.raises(ConfigError, match="the checkpoint it started from"):
+        fit("bd3lm", bd3(), corpus, cfg, tmp_path / "ft", progress=False)
+
+
+def test_init_from_another_backbone_is_one_clear_error_naming_the_fix(tmp_path, capsys):
+    """AR lacks the time conditioning MDLM, BD3-LM and Eso-LM share: BD3-LM cannot start from it."""
+    from faults import in_process
+
+    corpus = synthetic(16)
+    train("ar", corpus, tmp_path / "ar", steps=1)
+    model = registry.build("bd3lm", preset="smoke", block_size=4, **corpus.model_fields())
+    with pytest.raises(ConfigError, match="do not fit this bd3lm model, parameters missing from it .*adaln"):
+        fit("bd3lm", model, corpus, train_config("smoke", steps=2), tmp_path / "ft", progress=False,
+            init_from=tmp_path / "ar")
+    assert not (tmp_path / "ft").exists()
+    out = tmp_path / "cli"
+    one_error(in_process(capsys, "train", "--model", "bd3lm", "--preset", "smoke", "--corpus", "synthetic",
+                         "--init-from", tmp_path / "ar", "--out", out, "--no-progress", "length=16", "steps=2"),
+              "do not fit", "drop --init-from", code=None)
+    assert not (out / "checkpoint.safetensors").exists()
