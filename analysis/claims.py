@@ -460,12 +460,20 @@ def _covered(targets: pd.DataFrame, by: pd.DataFrame, x: str, y: str, tol: float
                       for tx, ty in zip(targets[x], targets[y])], index=targets.index, dtype=bool)
 
 
+def _gap(pts: pd.DataFrame, y: str) -> pd.DataFrame:
+    """The points with the column "1 - y" and its interval (1 - hi, 1 - lo)."""
+    lo, hi = (pts[c] if c in pts.columns else pd.Series(np.nan, index=pts.index) for c in (f"{y}_lo", f"{y}_hi"))
+    return pts.assign(**{f"1 - {y}": 1 - pts[y], f"1 - {y}_lo": 1 - hi, f"1 - {y}_hi": 1 - lo})
+
+
 def check_frontier(check: Check, frames: dict, ctx: dict) -> Outcome:
     """Every timed point of every family other than the checked one's matched by one of its points."""
     x, y, tol = check.p("x"), check.metric, float(check.p("tol"))
     pts = _methods(frames.get("points", pd.DataFrame()))
     if pts.empty or x not in pts.columns or y not in pts.columns:
         return _missing("no timed sample points")
+    if check.p("flip"):  # a similarity in [0, 1] (higher is better): its gap 1 - y, lower is better
+        pts, y = _gap(pts, y), f"1 - {y}"
     pts = pts.loc[pts[x].notna() & pts[y].notna()]
     own, rivals = select({"points": pts}, check.rows), pts.loc[~_fam(pts).isin(check.rows.families)]
     if own.empty or rivals.empty:
@@ -852,7 +860,7 @@ def write_claims(results_dir, *, out_dir=None, table: tuple[Rule, ...] = RULES) 
     return claims, [md, js]
 
 
-TIMED = ("C5", "C6")  # the claims a timing run decides (longctx and clock rows)
+TIMED = ("C5", "C6", "C6-dist")  # the claims a timing run decides (longctx and clock rows)
 
 
 def timing_run_verdicts(results: Path, summary: dict, table: tuple[Rule, ...] = RULES) -> dict:

@@ -140,7 +140,7 @@ def nfe_figure(points: pd.DataFrame, paper: pd.DataFrame | None, *, summary: dic
                              gridspec_kw=dict(height_ratios=[3, 2]))
     styles = group_styles(*models)
     ours = draw_column(axes[0, 0], axes[1, 0], points, points.iloc[:0], styles, length)
-    axes[0, 0].set_ylabel(f"gen PPL (log; {S.evaluator_name(points)})")
+    axes[0, 0].set_ylabel(f"gen PPL (log; {S.short_evaluator_name(points)})")
     axes[1, 0].set_ylabel("mean unigram entropy (nats)")
     axes[0, 0].set_title(f"ours: {summary.get('preset', '')} ({summary.get('corpus', '?')}, L = {length}, "
                          f"{summary.get('num_samples', '?')} samples per point)", fontsize=10)

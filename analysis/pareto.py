@@ -601,7 +601,7 @@ def pareto_figure(points: pd.DataFrame, paper: pd.DataFrame | None, *, metric: s
     styles = group_styles(*models)
     ours = draw_panel(axes[0, 0], points, "time_median_s", metric, styles, metric=m, by=by)
     unit = "log scale" if not maximize else "higher is better"
-    label_ours(axes[0, 0], points, summary, f"{name} ({unit}; {S.evaluator_name(points)})" if m.evaluator
+    label_ours(axes[0, 0], points, summary, f"{name} ({unit}; {S.short_evaluator_name(points)})" if m.evaluator
                else f"{name} ({unit})")
     paper_ref = None
     if len(panels) > 1:

@@ -96,6 +96,11 @@ def speed_quality(df: pd.DataFrame) -> pd.DataFrame:
     return X.view(X.join_time(sample, X.stage_rows(df, "time", EVALUATOR_GROUP)))
 
 
+def short_evaluator_name(points: pd.DataFrame, column: str = "evaluator") -> str:
+    """evaluator_name without what follows " on " (an axis label: "KN 8-gram", not its corpus)."""
+    return evaluator_name(points, column).split(" on ")[0]
+
+
 def evaluator_name(points: pd.DataFrame, column: str = "evaluator") -> str:
     """A short name for the gen-PPL judge of these points in ``column`` ("evaluator"; the second
     judge's: "evaluator2")."""

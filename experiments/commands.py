@@ -278,8 +278,13 @@ def _score(path: Path, args, corpus=None) -> int:
     result = score_samples(path, evaluator=args.evaluator, mauve=not args.no_mauve, device=args.device,
                            corpus=corpus, featurizer=args.featurizer, batch_size=args.batch_size,
                            max_length=args.max_length, out=args.metrics_out, overwrite=args.overwrite,
-                           progress=not getattr(args, "no_progress", False))
-    summary = {k: result[k] for k in ("gen_ppl", "entropy", "self_bleu", "mauve", "nfe") if k in result}
+                           progress=not getattr(args, "no_progress", False),
+                           second_evaluator=getattr(args, "second_evaluator", None))
+    summary = {k: result[k] for k in ("gen_ppl", "gen_ppl_judge2", "entropy", "distributional", "self_bleu", "mauve",
+                                      "nfe") if k in result}
+    for k in ("gen_ppl", "gen_ppl_judge2"):  # the per-sample sums stay in the metrics JSON
+        if isinstance(summary.get(k), dict):
+            summary[k] = {n: v for n, v in summary[k].items() if n != "per_sample"}
     print(json.dumps(summary, indent=2, default=str))
     say(f"wrote {result.get('path', path)}")
     return 0

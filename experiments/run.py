@@ -157,7 +157,10 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="gen PPL, entropy, self-BLEU, MAUVE of a samples JSONL")
     p.add_argument("samples")
     p.add_argument("--evaluator", default=None,
-                   help="source | path to checkpoint.safetensors | HF folder | hub name (default: source on synthetic)")
+                   help="source | ngram | ngram:N | path to checkpoint.safetensors | HF folder | hub name "
+                        "(default: source on synthetic)")
+    p.add_argument("--second-evaluator", default=None,
+                   help="a second gen-PPL judge of the same kinds (e.g. ngram): its gen PPL goes to gen_ppl_judge2")
     p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
     _score_args(p)
 

@@ -38,7 +38,9 @@ def _lc(label, group, length, secs, cached=True, **over):
 def _pt(label, group, opts, nfe, gen, ent, secs, **over):
     """A sample row and its time row (same label and options)."""
     base = dict(label=label, group=group, model=label.split()[0], **over, **opts)
-    return [dict(stage="sample", nfe=nfe, gen_ppl=gen, entropy=ent, **base),
+    d = 1 - gen / 1000  # a similarity as good as gen PPL says, its interval +- 0.0002
+    return [dict(stage="sample", nfe=nfe, gen_ppl=gen, entropy=ent, dist_sim=d, dist_sim_lo=d - 2e-4, dist_sim_hi=d + 2e-4,
+                 **base),
             dict(stage="time", nfe=nfe, kv_cache=True, time_median_s=secs, time_mean_s=secs, **base)]
 
 
@@ -243,6 +245,18 @@ def test_c6_asks_about_every_family_present_and_names_a_new_familys_unmatched_po
     assert status(store() + _pt("udlm", "UDLM", dict(steps=8), 8, 200.0, 4.1, 0.5), "C6") == PASS
 
 
+def test_c6_dist_judges_the_frontier_on_the_gap_to_real_text():
+    """1 - dist_sim is the quality (lower is better), its interval flipped: on store() it mirrors C6
+    (1 - dist_sim = gen PPL / 1000); a rival far closer to real text and faster is not matched."""
+    assert status(store(mdlm8=(8, 145.0, 0.195)), "C6-dist") == PASS
+    rows = store() + [dict(r, dist_sim=0.99, dist_sim_lo=0.985, dist_sim_hi=0.995) if r["stage"] == "sample" else r
+                      for r in _pt("udlm", "UDLM", dict(steps=8), 8, 200.0, 4.1, 0.15)]
+    c = claims(rows)["C6-dist"]
+    assert c.status == FAIL and any(d.startswith("not matched: udlm T=8 (UDLM;") for d in c.details)
+    assert "1 - dist_sim" in c.details[0]
+    assert claims(store())["C6"].status == claims([r for r in rows if r["label"] != "udlm"])["C6"].status
+
+
 def test_a_gen_ppl_claim_whose_judges_disagree_is_inconclusive_and_says_so():
     def judged(rows, second):
         return [dict(r, gen_ppl_judge2=second(r)) if r["stage"] == "sample" else r for r in rows]
@@ -395,8 +409,8 @@ def test_any_change_to_a_rule_changes_the_fingerprint():
 
 def test_every_rule_uses_a_declared_kind():
     assert all(c.kind in R.KINDS for r in R.RULES for c in r.checks + (r.earlier.checks if r.earlier else ()))
-    assert [r.id for r in R.RULES] == ["C1", "C2", "C2-K", "C3", "C3-ft", "C4", "C5", "C6", "C7", "C7-ref", "C8",
-                                       "C9"]
+    assert [r.id for r in R.RULES] == ["C1", "C2", "C2-K", "C3", "C3-ft", "C4", "C5", "C6", "C6-dist", "C7", "C7-ref",
+                                       "C8", "C9"]
 
 
 def test_a_claim_whose_rule_changed_after_a_fail_shows_its_verdict_under_the_earlier_rule():
@@ -487,7 +501,7 @@ def test_claims_and_samples_run_on_the_committed_tiny_store(tmp_path):
     paths = report(dst, log=lines.append)
     js = json.loads((dst / "claims.json").read_text())
     assert {c["status"] for c in js["claims"]} <= set(VERDICTS)
-    assert len(js["claims"]) == len(R.RULES) == 12 and (dst / "samples.md") in paths
+    assert len(js["claims"]) == len(R.RULES) == 13 and (dst / "samples.md") in paths
     assert "## Eso-LM (B)" in (dst / "samples.md").read_text()
 
 
