@@ -390,8 +390,11 @@ def _pick(rows: pd.DataFrame, metric: str, how: str):
 
 
 def _ratio_num(check: Check, n, d) -> Num:
-    """The ratio of two rows' metric; a declared ratio interval column on the numerator row wins."""
-    r = ratio(num(n, check.metric), num(d, check.metric))
+    """The ratio of two rows' metric: with the paired interval over the rounds of their one clock
+    where both carry them (analysis.store.paired_ratio), else the conservative one from the two
+    intervals; a declared ratio interval column on the numerator row wins over both."""
+    paired = S.paired_ratio(n, d) if check.metric == "time_mean_s" else None
+    r = Num(*paired) if paired else ratio(num(n, check.metric), num(d, check.metric))
     col = check.p("ratio_column")
     if col and math.isfinite(_float(n.get(f"{col}_lo"))):
         return Num(r.v, _float(n.get(f"{col}_lo")), _float(n.get(f"{col}_hi")))
@@ -660,6 +663,8 @@ def evaluate_rule(rule: Rule, frames: dict, ctx: dict) -> Claim:
         c.earlier = (f"under the rule of {rule.earlier.date} ({rule.earlier.commit}): "
                      f"{combine([p.verdict for p in e.parts])} (point: {point_verdict(e.parts)})")
         c.details.append(f"{c.earlier}; changed because {rule.earlier.reason}")
+    if any(ch.rows.stage in ("sample", "points") for ch in rule.checks):
+        c.details += identical_note(frames)
     c.details += list(rule.notes)
     return c
 
@@ -671,7 +676,39 @@ def frames_of(df: pd.DataFrame) -> dict:
         df = df.assign(stale=False)
     out = {stage: _rows(df, stage) for stage in ("eval", "longctx", "sample")}
     out["points"] = S.speed_quality(df) if len(out["sample"]) else out["sample"]
+    out["_raw_sample"] = out["sample"]
+    out["sample"], _ = identical_once(out["sample"])
+    out["points"], _ = identical_once(out["points"])
     return out
+
+
+def identical_once(rows: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The rows with each set of identical samples once (analysis.rules.IDENTICAL: rows of one
+    label with the same samples_digest kept at their fewest steps), and a line per row left out.
+    Rows without a digest (calibration rows keep theirs; a store written before digests) stay."""
+    column, within = R.IDENTICAL["column"], list(R.IDENTICAL["within"])
+    if rows.empty or column not in rows.columns or any(w not in rows.columns for w in within):
+        return rows, []
+    digest = rows[column].astype(str).str.strip()
+    has = rows[column].notna() & ~digest.isin(("", "nan", "None"))
+    order = pd.to_numeric(_col(rows, "steps"), errors="coerce").fillna(math.inf).sort_values(kind="stable").index
+    ranked = rows.loc[order].assign(_digest=digest.loc[order])
+    dup = ranked.duplicated(subset=within + ["_digest"], keep="first") & has.loc[order]
+    firsts = ranked.loc[~dup].drop_duplicates(subset=within + ["_digest"])
+    lines = []
+    for _, r in ranked.loc[dup].iterrows():
+        same = firsts.loc[firsts["_digest"].eq(r["_digest"])]
+        for w in within:
+            same = same.loc[same[w].eq(r[w])]
+        lines.append(f"{point_name(r)} drew the same samples as {point_name(same.iloc[0])}: counted once, as the latter")
+    return rows.loc[[i for i in rows.index if i not in set(ranked.index[dup])]], lines
+
+
+def identical_note(frames: dict) -> list[str]:
+    """The report's line on sample rows counted once (none where no two are identical)."""
+    df = frames.get("_raw_sample")
+    lines = identical_once(df)[1] if df is not None else []
+    return [f"identical samples counted once ({R.IDENTICAL['keep']}): " + "; ".join(lines)] if lines else []
 
 
 def _rows(df: pd.DataFrame, stage: str) -> pd.DataFrame:

@@ -50,6 +50,11 @@ KINDS = ("falls", "below", "below_paired", "ratio", "frontier", "collapse")
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
 # a model's training seeds (results.csv config.train_seed; experiments/aggregate.py): rows equal on
 # every `key` column present (NaN equals NaN) are one model's seeds and fold into one value
+# sample rows of one trained model whose samples are identical (the same samples_digest: at a small
+# alpha_0_eval, T = 32 and T = 128 decode the same sequences) count once, at their fewest steps, in
+# every claim that reads sample rows or timed points (C6, C6-dist, C7, C8, C9): one measurement is
+# not two pieces of evidence
+IDENTICAL = dict(column="samples_digest", within=("label",), keep="fewest steps")
 SEEDS = dict(column="train_seed", key=("group", "model", "init_from", "alpha_0", "block_size", "exact", "num_orders"),
              interval="mean over seeds +- t975(n - 1) x sd / sqrt(n), in quadrature with the mean per-seed "
                       "bootstrap half-width on each side; no interval where a seed's row has none",
@@ -211,7 +216,9 @@ RULES: tuple[Rule, ...] = (
          "mean seconds (time_mean_s, as Table 11); AR, Eso-LM (B) and BD3-LM with the KV cache, MDLM its fastest "
          "row, several Eso-LM (B) models: the slowest; Eso/AR at the longest length (at short L a batch-1 step is "
          "mostly per-call overhead), the other ratios at every length; 'growing' needs >= 2 lengths; a ratio's "
-         "interval from its two intervals (lo/hi, hi/lo)",
+         "95% interval: the paired bootstrap over the interleaved rounds of the one longctx job that timed both "
+         "(round i of both resampled together), where the rows carry their rounds (time_trials); else from the "
+         "two intervals (lo/hi, hi/lo)",
          (Check("ratio", _lc(FAMILY_ESO_B, True), "time_mean_s", "Eso/AR", against=_lc(FAMILY_AR, True),
                 params=dict(C5_ESO_AR, at="longest")),
           Check("ratio", _lc(FAMILY_MDLM, False), "time_mean_s", "MDLM/Eso", against=_lc(FAMILY_ESO_B, True),
@@ -265,7 +272,7 @@ COLLAPSE = dict(real_text_z=REAL_TEXT_Z, interval_z=Z95, fallback_ratio_of_ar=0.
 def fingerprint(table: tuple[Rule, ...] = RULES) -> str:
     """A short hash of the declared content (every rule, its earlier form, the collapse
     calibration and the seed folding): any change to a rule changes it, so the changelog must record the new one."""
-    text = json.dumps(dict(rules=[asdict(r) for r in table], collapse=COLLAPSE, seeds=SEEDS), sort_keys=True,
+    text = json.dumps(dict(rules=[asdict(r) for r in table], collapse=COLLAPSE, seeds=SEEDS, identical=IDENTICAL), sort_keys=True,
                       default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -68,6 +68,39 @@ def one_timing_run(df: pd.DataFrame, run: int | None = None) -> pd.DataFrame:
     return out
 
 
+TRIALS = "time_trials"  # a longctx row's seconds per interleaved round, space-separated (experiments/jobs.py)
+
+
+def round_times(row) -> list[float] | None:
+    """A timing row's seconds per interleaved round (None where the row does not carry them: a
+    store written before they were recorded, or a row of another stage)."""
+    text = row.get(TRIALS) if hasattr(row, "get") else None
+    if not isinstance(text, str) or not text.strip():
+        return None
+    try:
+        return [float(v) for v in text.split()]
+    except ValueError:
+        return None
+
+
+def paired_ratio(num_row, den_row) -> tuple[float, float, float] | None:
+    """mean(num) / mean(den) of two rows timed in the same interleaved clock (the same length and
+    timing run, as many rounds each) with its 95 % paired bootstrap interval (round i of both
+    resampled together, esolm.metrics.bootstrap.ratio_interval): (ratio, lo, hi); None where the
+    rows were not timed together or carry no rounds."""
+    from esolm.metrics.bootstrap import ratio_interval
+
+    a, b = round_times(num_row), round_times(den_row)
+    if not a or not b or len(a) != len(b):
+        return None
+    for key in ("length", "timing_run"):
+        va, vb = num_row.get(key), den_row.get(key)
+        if not (pd.isna(va) and pd.isna(vb)) and str(va) != str(vb):
+            return None
+    lo, hi = ratio_interval(a, b)
+    return sum(a) / sum(b), lo, hi
+
+
 def load_summary(results_dir: str | Path) -> dict:
     """summary.json of the preset ({} when absent: a hand-made store)."""
     path = Path(results_dir) / "summary.json"

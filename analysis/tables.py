@@ -260,6 +260,7 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
             row[f"L{L}_kv_cache"] = bool(len(cached))
             row[f"L{L}_nfe"] = best["nfe"].iloc[0] if len(best) else np.nan
             main[(g, L)] = row[f"L{L}_s"]
+            main[("row", g, L)] = best.iloc[0] if len(best) else None
         for L in p_lengths:
             anc = paper.loc[paper["group"].eq(g) & paper["length"].eq(L)]
             row[f"paper_L{L}_s"] = anc["value"].iloc[0] if len(anc) else np.nan
@@ -275,8 +276,7 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
     cols += [Col(f"paper_L{L}_s", f"L = {L}: s", ".1f", std=f"paper_L{L}_std", group=src) for L in p_lengths]
     env = summary.get("environment") or {}
     notes = [(f"ours: {summary.get('corpus', '?')}, preset {summary.get('preset', '?')}, L as in each column: "
-              f"mean (std) seconds of the whole sampling call over the "
-              f"preset's trials, batch 1, NFE = L (first-hitting, spec 8.6), no nucleus, with the model's KV cache "
+              f"mean (std) [95 % interval] seconds of the whole sampling call over {_rounds_text(lc)}, batch 1, NFE = L (first-hitting, spec 8.6), no nucleus, with the model's KV cache "
               f"where it has one; device: {env.get('device') or env.get('cpu', 'CPU')}, "
               f"{env.get('torch_threads', '?')} thread(s). Untrained weights: latency does not depend on them."),
              "paper: OWT models, mean (std) over 5 runs on one A6000 (v4); = v2 Table 3.",
@@ -288,11 +288,25 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
     return [seconds, speedups]
 
 
+def _rounds_text(lc: pd.DataFrame) -> str:
+    """How many interleaved rounds timed Table 11 (the preset's trials in a store without the count)."""
+    rounds = pd.to_numeric(lc["rounds"], errors="coerce").dropna() if "rounds" in lc else pd.Series(dtype=float)
+    if rounds.empty:
+        return "the preset's trials"
+    span = f"{int(rounds.min())}" + (f"-{int(rounds.max())}" if rounds.max() != rounds.min() else "")
+    return (f"{span} interleaved rounds per length (one job per length times every method once a round, the order "
+            f"rotated; rounds until every ratio's 95 % interval is within the preset's target, "
+            f"esolm/runs.py LongContext)")
+
+
 def _ratio(num: str, den: str, main: dict, lengths: list, p_lengths: list) -> dict:
     """One row of Table 11's speedups: ours and the paper's mean seconds of `num` over `den`."""
     r = dict(ratio=f"{num} / {den}")
     for L in lengths:
         r[f"L{L}"] = main.get((num, L), np.nan) / main.get((den, L), np.nan)
+        a, b = main.get(("row", num, L)), main.get(("row", den, L))
+        paired = S.paired_ratio(a, b) if a is not None and b is not None else None
+        r[f"L{L}_lo"], r[f"L{L}_hi"] = paired[1:] if paired else (np.nan, np.nan)
     for L in p_lengths:
         r[f"paper_L{L}"] = main.get(("paper", num, L), np.nan) / main.get(("paper", den, L), np.nan)
     return r
@@ -305,9 +319,10 @@ def _speedups(groups: list, styles: dict, main: dict, lengths: list, p_lengths: 
     refs = [g for g in groups if family[g] == FAMILY_AR]
     pairs = [(g, eso) for g in groups if eso and g != eso and g not in refs] + [(eso, r) for r in refs if eso]
     rdata = pd.DataFrame([_ratio(num, den, main, lengths, p_lengths) for num, den in pairs])
-    rcols = [Col("ratio", "time ratio", "s"), *[Col(f"L{L}", f"L = {L}", ".2f", group="ours") for L in lengths],
+    rcols = [Col("ratio", "time ratio", "s"), *[_col(rdata, f"L{L}", f"L = {L}", ".2f", group="ours") for L in lengths],
              *[Col(f"paper_L{L}", f"L = {L}", ".1f", group=src) for L in p_lengths]]
-    rnotes = [("Ratios of the mean seconds of Table 11 (above 1: the first method is slower). The paper reports "
+    rnotes = [("Ratios of the mean seconds of Table 11 (above 1: the first method is slower); [lo, hi] = 95 % paired "
+               "bootstrap interval over the interleaved rounds that timed both methods. The paper reports "
                "Eso-LM (B) 14–65× faster than MDLM and 3–4× faster than BD3-LM at these lengths."),
               "Matching rule: same pair of methods; lengths differ (ours: the preset's, paper: 2048 and 8192).",
               NOT_SAME]

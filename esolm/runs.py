@@ -87,7 +87,11 @@ class LongContext:
     """Latency at NFE = L, batch 1, no nucleus (spec 8.6, Table 11)."""
 
     lengths: list[int] = field(default_factory=list)  # L of each latency job; empty: none
-    trials: int = 3  # timed calls per method, interleaved across methods
+    trials: int = 3  # timed calls per method, interleaved across methods (the least, with a target)
+    # with a target: rounds go on until every ratio of two methods has a 95 % interval within
+    # +-target of it (paired rounds, experiments/jobs.py _rounds), at most max_trials
+    target: float | None = None
+    max_trials: int | None = None
     warmup: int = 1  # untimed calls per method first
     cached_only: bool = False  # time the models that have a KV cache only with it
     profile: bool = True  # also time network passes only (after whole calls); doubles the stage
@@ -182,8 +186,10 @@ def _cpu(name: str, description: str) -> RunConfig:
         # clock, spec 8.5) and Table 11's whole calls; the other clock would double each stage
         timing=Timing(batch_size=16, trials=3, warmup=1, wall=False),
         # MDLM at NFE = L = 1024 takes 62 s a call with this backbone (measured): 512 is the longest
-        # length that fits the quickstart's budget
-        long_context=LongContext(lengths=[256, 512], trials=2, warmup=1, cached_only=True, profile=False),
+        # length that fits the quickstart's budget. Rounds until every ratio is within +-5 % (95 %):
+        # C5's BD3-LM / Eso-LM (B) ratio at L = 256 is about 1.1, which +-10 % would not decide
+        long_context=LongContext(lengths=[256, 512], trials=8, max_trials=30, target=0.05, warmup=1, cached_only=True,
+                                 profile=False),
         mauve=Mauve(featurizer="minilm", max_text_length=256),
         # eval and sample share a wave: two eval lanes and one sample lane balanced it best here
         slurm={"default": dict(time_min=120, cpus_per_task=1, array_parallelism=2),
@@ -206,7 +212,7 @@ def paper(corpus: str) -> RunConfig:
         eval=Eval(batch_size=32, max_batches=None, exact_orders=[1, 10, 100, 1000], exact_max_sequences=None),
         sampling=Sampling(num_samples=5120, batch_size=256, top_p=0.9),
         timing=Timing(batch_size=512, trials=10, warmup=1),
-        long_context=LongContext(lengths=[2048, 8192], trials=5, warmup=1),
+        long_context=LongContext(lengths=[2048, 8192], trials=5, max_trials=20, target=0.10, warmup=1),
         mauve=Mauve(featurizer="answerdotai/ModernBERT-large", max_text_length=512),
         slurm={"default": dict(time_min=24 * 60, gpus_per_node=1, cpus_per_task=8, mem_gb=64),
                "train": dict(gpus_per_node=8, tasks_per_node=8, nodes=1)},

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import math
 import os
 import socket
 import subprocess
@@ -364,7 +365,18 @@ def _sample_metrics(scores: dict, records: list[dict]) -> dict:
                 dist_sim=dist and dist["score"], dist_sim_lo=dist and dist["score_lo"],
                 dist_sim_hi=dist and dist["score_hi"],
                 self_bleu=(scores.get("self_bleu") or {}).get("self_bleu"),
-                mauve=(scores.get("mauve") or {}).get("mauve"), num_samples=len(records))
+                mauve=(scores.get("mauve") or {}).get("mauve"), num_samples=len(records),
+                samples_digest=_digest([r["tokens"] for r in records]))
+
+
+def _digest(token_rows: list) -> str:
+    """A short hash of the sampled token ids, row by row: equal for two configurations that drew
+    the very same samples (analysis.rules.IDENTICAL counts them once)."""
+    import json
+
+    from esolm.io import content_hash
+
+    return content_hash(json.dumps([[int(t) for t in row] for row in token_rows], separators=(",", ":")))[:16]
 
 
 # ------------------------------------------------------------------------------- time
@@ -416,21 +428,49 @@ def job_time(job: dict) -> tuple:
     return row, t, {}
 
 
+def _rounds(runs: list, time_once, least: int, most: int, target: float | None) -> dict:
+    """Interleaved rounds of a clock: each round times every entry of ``runs`` ([(name, thing)])
+    once through ``time_once(name, thing) -> seconds``, the order rotated from round to round, so
+    that a slow spell of a shared machine lands on every entry alike and round i of any two
+    entries is a pair. With a ``target``, rounds go on from ``least`` until the 95 % bootstrap
+    interval of every pair's ratio of means (rounds resampled as pairs) is at most +-``target``
+    of the ratio, and at most ``most`` rounds; without one, ``least`` rounds. Returns the seconds
+    per round of each entry, the rounds, the widest pair's half-width over its ratio and the pair."""
+    from esolm.metrics.bootstrap import paired_ratio_widths
+
+    secs = {name: [] for name, _ in runs}
+    most = most if target is not None else least
+    rounds, widest, pair = 0, math.inf, None
+
+    def judge():
+        widths = paired_ratio_widths(secs)
+        return max(widths.items(), key=lambda kv: kv[1]) if widths else (None, 0.0)
+
+    while rounds < most and not (rounds >= least and widest <= target):
+        k = rounds % len(runs)
+        for name, thing in runs[k:] + runs[:k]:
+            secs[name].append(float(time_once(name, thing)))
+        rounds += 1
+        if target is not None and rounds >= max(least, 2):
+            pair, widest = judge()
+    if target is None and rounds >= 2:
+        pair, widest = judge()
+    return dict(secs=secs, rounds=rounds, widest=widest, pair=list(pair) if pair else None,
+                met=None if target is None else widest <= target)
+
+
 def _clock(job: dict) -> tuple:
     """One clock per comparison (issue 25 item 4): every sweep configuration of the preset timed
-    in this one job, interleaved in rounds (each round times every configuration once, network
-    passes only, the order rotated from round to round), so that a slow spell of a shared machine
-    lands on every point of a Pareto figure alike and no comparison joins records of two runs.
+    in this one job, interleaved in rounds (:func:`_rounds`: each round times every configuration
+    once, network passes only, the order rotated), so that a slow spell of a shared machine lands
+    on every point of a Pareto figure alike and no comparison joins records of two runs.
 
-    Rounds run until every configuration's 95 % bootstrap interval of its mean is at most
-    ``target`` / sqrt(2) of the mean, so that the interval of any ratio of two configurations is
-    at most about ``target`` (and tighter than that for paired rounds), from ``min_rounds`` on and
-    at most ``max_rounds``; the record says how many it took and whether the target was met.
-    One row per configuration: its median and mean with their intervals, the NFE of the timed
-    calls; the record keeps each configuration's seconds per round, entry i of every
-    configuration from round i: paired, for ratio intervals."""
-    import math
-
+    Rounds run until the 95 % interval of every ratio of two configurations (paired rounds) is at
+    most ``target`` of the ratio, from ``min_rounds`` on and at most ``max_rounds``; the record
+    says how many it took, the widest pair and whether the target was met. One row per
+    configuration: its median and mean with their intervals, the NFE of the timed calls; the
+    record keeps each configuration's seconds per round, entry i of every configuration from
+    round i: paired, for ratio intervals."""
     import torch
 
     from esolm.checkpoint import load_model
@@ -441,42 +481,35 @@ def _clock(job: dict) -> tuple:
     runs = []
     for p in c["points"]:
         model, _ = load_model(p["checkpoint"])
-        runs.append((p, model, dict(p["options"], top_p=c["top_p"], kv_cache=True)))
+        runs.append((p["name"], (p, model, dict(p["options"], top_p=c["top_p"], kv_cache=True))))
     gen = torch.Generator().manual_seed(c["seed"])
-    secs = {p["name"]: [] for p, _m, _o in runs}
-    nfes = {p["name"]: [] for p, _m, _o in runs}
+    nfes = {name: [] for name, _ in runs}
 
-    def width(values: list) -> float:  # the half-width of the mean's interval over the mean
-        lo, hi = mean_interval(values)
-        return (hi - lo) / 2 / max(statistics.fmean(values), 1e-12)
+    def once(name, run):
+        out = run[1].sample(c["batch_size"], generator=gen, profile=True, **run[2])
+        nfes[name].append(out.nfe)
+        return out.seconds
 
     for _ in range(c["warmup"]):
-        for _p, model, opts in runs:
-            model.sample(c["batch_size"], generator=gen, profile=True, **opts)
-    rounds, widest, limit = 0, math.inf, c["target"] / math.sqrt(2)
-    while rounds < c["max_rounds"] and not (rounds >= c["min_rounds"] and widest <= limit):
-        k = rounds % len(runs)
-        for p, model, opts in runs[k:] + runs[:k]:
-            out = model.sample(c["batch_size"], generator=gen, profile=True, **opts)
-            secs[p["name"]].append(float(out.seconds))
-            nfes[p["name"]].append(out.nfe)
-        rounds += 1
-        if rounds >= max(c["min_rounds"], 2):
-            widest = max(width(v) for v in secs.values())
+        for name, run in runs:
+            run[1].sample(c["batch_size"], generator=gen, profile=True, **run[2])
+    clock = _rounds(runs, once, c["min_rounds"], c["max_rounds"], c["target"])
+    secs, rounds = clock["secs"], clock["rounds"]
     rows = []
-    for p, model, _opts in runs:
-        t = summarize(secs[p["name"]])
-        rows.append(dict(name=p["name"], label=p["label"], group=p["group"], model=p["model"],
+    for name, (p, model, _opts) in runs:
+        t = summarize(secs[name])
+        rows.append(dict(name=name, label=p["label"], group=p["group"], model=p["model"],
                          config=dict(top_p=c["top_p"], kv_cache=True, batch_size=c["batch_size"],
                                      timing_run=c["timing_run"], rounds=rounds),
                          options=p["options"], display=_display(model),
-                         metrics=dict(nfe=statistics.fmean(nfes[p["name"]]), time_median_s=t["median"],
+                         metrics=dict(nfe=statistics.fmean(nfes[name]), time_median_s=t["median"],
                                       time_mean_s=t["mean"], time_std_s=t["std"],
                                       **interval_fields("time_mean_s", mean_interval(t["trials"])),
                                       **interval_fields("time_median_s", median_interval(t["trials"])))))
-    metrics = dict(points={p["name"]: dict(trials=secs[p["name"]], nfe=nfes[p["name"]]) for p, _m, _o in runs},
-                   rounds=rounds, widest_half_width=widest, target_half_width=limit, met=widest <= limit,
-                   interleaved=True, order_rotated=True, order=[p["name"] for p, _m, _o in runs])
+    metrics = dict(points={name: dict(trials=secs[name], nfe=nfes[name]) for name, _ in runs},
+                   rounds=rounds, widest_half_width=clock["widest"], widest_pair=clock["pair"],
+                   target_half_width=c["target"], met=clock["met"], stop_rule="paired ratio intervals",
+                   interleaved=True, order_rotated=True, order=[name for name, _ in runs])
     return rows, metrics, {}
 
 
@@ -484,14 +517,16 @@ def _clock(job: dict) -> tuple:
 def job_longctx(job: dict) -> tuple:
     """Latency at NFE = L (spec 8.6) of every method at one length, side by side: a model of the
     preset's backbone per method, built at length L (timing does not depend on the weights),
-    batch 1, no nucleus. The calls are interleaved (each trial times every method once, the
-    order rotated from trial to trial), so that a slow spell of a shared machine lands on all
-    methods alike and the ratios of Table 11 are measured in one run. One row per method.
-    The trials time whole calls (Table 11's clock), then as many of network passes only,
-    unless the preset sets long_context profile=False (the CPU presets: it halves the stage).
-    Each row carries time_mean_s_lo/hi (95 % bootstrap over its trials); the record keeps every
-    method's seconds per trial under metrics.methods[<row name>].wall.trials (.profile.trials),
-    entry i of every method from the same round i: paired, for bootstrap intervals of ratios."""
+    batch 1, no nucleus. The calls are interleaved (:func:`_rounds`: each round times every
+    method once, the order rotated), so that a slow spell of a shared machine lands on all
+    methods alike and the ratios of Table 11 are measured in one run; with the preset's
+    ``target``, rounds go on (from ``trials`` to ``max_trials``) until every ratio of two methods
+    has a 95 % interval within +-target of it. The rounds time whole calls (Table 11's clock),
+    then as many of network passes only, unless the preset sets long_context profile=False (the
+    CPU presets: it halves the stage). Each row carries time_mean_s_lo/hi (95 % bootstrap over
+    its rounds) and time_trials, its seconds per round (space-separated; entry i of every method
+    from the same round i: paired, for the ratio intervals of claim C5); the record keeps them
+    under metrics.methods[<row name>].wall.trials (.profile.trials)."""
     import torch
 
     from esolm import registry
@@ -504,43 +539,42 @@ def job_longctx(job: dict) -> tuple:
     runs = []
     for e in entries:
         model = registry.build(e["model"], **c["fields"], **e["model_overrides"]).eval()
-        runs.append((e, model, dict(e["options"], top_p=c["top_p"], kv_cache=e["kv_cache"])))
+        runs.append((e["name"], (e, model, dict(e["options"], top_p=c["top_p"], kv_cache=e["kv_cache"]))))
     gen = torch.Generator().manual_seed(c["seed"])
+    nfe = {}
 
-    def call(model, opts, profile: bool):
+    def call(name, run, profile: bool):
         sync("cpu")
         t0 = time.perf_counter()
-        out = model.sample(c["batch_size"], generator=gen, profile=profile, **opts)
+        out = run[1].sample(c["batch_size"], generator=gen, profile=profile, **run[2])
         sync("cpu")
-        return time.perf_counter() - t0, out
+        nfe[name] = out.nfe
+        return float(out.seconds) if profile else time.perf_counter() - t0
 
     for _ in range(c["warmup"]):
-        for _e, model, opts in runs:
-            call(model, opts, False)
-    wall = {e["name"]: [] for e in entries}
-    prof = {e["name"]: [] for e in entries}
-    nfe = {}
-    modes = ((False, wall), (True, prof)) if c.get("profile", True) else ((False, wall),)
-    for profile, into in modes:  # whole calls first, then (unless the preset says not) network passes only
-        for trial in range(c["trials"]):
-            k = trial % len(runs)
-            for e, model, opts in runs[k:] + runs[:k]:
-                seconds, out = call(model, opts, profile)
-                into[e["name"]].append(float(out.seconds) if profile else seconds)
-                nfe[e["name"]] = out.nfe
+        for name, run in runs:
+            call(name, run, False)
+    # whole calls first, to the target; then (unless the preset says not) as many rounds of network passes only
+    wall = _rounds(runs, lambda n, r: call(n, r, False), c["trials"], c.get("max_trials") or c["trials"],
+                   c.get("target"))
+    prof = (_rounds(runs, lambda n, r: call(n, r, True), wall["rounds"], wall["rounds"], None)["secs"]
+            if c.get("profile", True) else {})
     rows, metrics = [], {}
-    for e, model, _opts in runs:
-        w = summarize(wall[e["name"]])
-        p = summarize(prof[e["name"]]) if prof[e["name"]] else None  # None: the preset skips network passes
-        metrics[e["name"]] = dict(wall=w, profile=p)
+    for name, (e, model, _opts) in runs:
+        w = summarize(wall["secs"][name])
+        p = summarize(prof[name]) if name in prof else None  # None: the preset skips network passes
+        metrics[name] = dict(wall=w, profile=p)
         rows.append(dict(e, config=dict(length=c["fields"]["length"], kv_cache=e["kv_cache"], batch_size=c["batch_size"],
-                                        timing_run=c.get("timing_run")),
+                                        timing_run=c.get("timing_run"), rounds=wall["rounds"]),
                          options=e["options"], display=_display(model),
-                         metrics=dict(nfe=nfe[e["name"]], time_mean_s=w["mean"], time_std_s=w["std"],
+                         metrics=dict(nfe=nfe[name], time_mean_s=w["mean"], time_std_s=w["std"],
                                       **interval_fields("time_mean_s", mean_interval(w["trials"])),
+                                      time_trials=" ".join(f"{v:.6g}" for v in w["trials"]),
                                       time_median_s=w["median"], profile_mean_s=p and p["mean"])))
     order = [e["name"] for e in entries]
-    return rows, dict(methods=metrics, interleaved=True, order_rotated=True, trials=c["trials"]), dict(order=order)
+    return rows, dict(methods=metrics, interleaved=True, order_rotated=True, trials=wall["rounds"],
+                      rounds=wall["rounds"], widest_half_width=wall["widest"], widest_pair=wall["pair"],
+                      target_half_width=c.get("target"), met=wall["met"]), dict(order=order)
 
 
 JOB_FUNCTIONS = {"train": job_train, "eval": job_eval, "zeroshot": job_zeroshot, "sample": job_sample,

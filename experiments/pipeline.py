@@ -284,7 +284,7 @@ def _longctx_job(g: Graph, length: int, run: int | None = None) -> None:
                                 options=dict(caps.nfe_equals_l), kv_cache=cached))
     if entries:
         identity = dict(entries=entries, fields=dict(length=length, **_ids_for(g.preset)),
-                        batch_size=1, trials=lc.trials, warmup=lc.warmup, profile=lc.profile, seed=0, top_p=1.0)
+                        batch_size=1, trials=lc.trials, max_trials=lc.max_trials, target=lc.target, warmup=lc.warmup, profile=lc.profile, seed=0, top_p=1.0)
         if run is not None:  # one of the preset's timing runs (Preset.clock)
             identity["timing_run"] = run
             for e in entries:

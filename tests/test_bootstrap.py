@@ -17,6 +17,7 @@ from analysis.tables import build_tables
 from esolm import registry
 from esolm.config import ConfigError
 from esolm.data import load_corpus
+from esolm.metrics import bootstrap as bs
 from esolm.evaluate import evaluate
 from esolm.metrics.bootstrap import (bootstrap_interval, interval_fields, mean_interval, median_interval,
                                      ppl_interval, ratio_interval)
@@ -230,5 +231,50 @@ def test_eval_time_and_longctx_records_carry_intervals_and_the_values_they_resam
     rec = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1))
     for row in rec["rows"]:
         trials = rec["metrics"]["methods"][row["name"]]["wall"]["trials"]
-        assert len(trials) == 3
+        assert len(trials) == 3 and row["config"]["rounds"] == 3
         assert (row["metrics"]["time_mean_s_lo"], row["metrics"]["time_mean_s_hi"]) == mean_interval(trials)
+        assert [float(v) for v in row["metrics"]["time_trials"].split()] == pytest.approx(trials, rel=1e-5)
+    preset.run.long_context = R.LongContext(lengths=[16], trials=2, max_trials=4, target=1e-9, warmup=0, profile=False)
+    (lc,) = [j for j in pipeline.build_graph(preset, tmp_path / "work", "code1") if j.stage == "longctx"]
+    rec = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1))
+    assert rec["metrics"]["rounds"] == 4 and rec["metrics"]["met"] is False  # the target unmet at the cap
+
+
+def test_paired_ratio_widths_give_every_pair_the_interval_of_ratio_interval():
+    rng = np.random.default_rng(3)
+    series = {f"c{i}": list(rng.uniform(1.0, 1.3, 12) * (i + 1)) for i in range(5)}
+    widths = bs.paired_ratio_widths(series)
+    assert len(widths) == 10
+    for (a, b), w in widths.items():
+        lo, hi = bs.ratio_interval(series[a], series[b])
+        r = np.mean(series[a]) / np.mean(series[b])
+        assert w == pytest.approx((hi - lo) / 2 / r, rel=1e-6)  # quantiles interpolated on logs
+    with pytest.raises(ConfigError, match="time <= 0"):
+        bs.paired_ratio_widths(dict(a=[1.0, 0.0], b=[1.0, 1.0]))
+    assert bs.paired_ratio_widths(dict(a=[1.0, 2.0])) == {}
+
+
+def test_interleaved_rounds_go_on_until_every_paired_ratio_is_within_the_target():
+    """experiments.jobs._rounds: rotated order; with a target, from `least` rounds until the widest
+    paired ratio interval is within it (or `most`); without one, exactly `least` rounds. A slow
+    spell shared by both methods does not widen the paired ratio."""
+    from experiments.jobs import _rounds
+
+    rng = np.random.default_rng(0)
+    order = []
+
+    def once(name, scale):
+        order.append(name)
+        return scale * (1.0 + 0.3 * rng.random())  # independent noise: the ratio needs rounds
+
+    noisy = _rounds([("a", 1.0), ("b", 2.0)], once, 3, 40, 0.05)
+    assert 3 < noisy["rounds"] <= 40 and noisy["met"] == (noisy["widest"] <= 0.05)
+    assert noisy["pair"] == ["a", "b"] and len(noisy["secs"]["a"]) == noisy["rounds"]
+    assert order[:4] == ["a", "b", "b", "a"]  # the order rotated from round to round
+    spell = iter([1.0, 1.0, 3.0, 3.0, 1.0, 1.0, 2.0, 2.0] * 10)
+    shared = _rounds([("a", 1.0), ("b", 2.0)], lambda n, s: s * next(spell), 4, 40, 0.05)
+    assert shared["rounds"] == 4 and shared["widest"] == pytest.approx(0.0, abs=1e-12) and shared["met"]
+    fixed = _rounds([("a", 1.0), ("b", 2.0)], once, 3, 40, None)
+    assert fixed["rounds"] == 3 and fixed["met"] is None and fixed["widest"] > 0
+    capped = _rounds([("a", 1.0), ("b", 2.0)], once, 2, 3, 1e-6)
+    assert capped["rounds"] == 3 and capped["met"] is False

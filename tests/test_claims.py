@@ -229,6 +229,52 @@ def test_c5_a_ratio_gets_its_interval_from_the_two_intervals():
     assert f"Eso/AR 1.1 [{4.4 * 0.995 / (4.0 * 1.005):.4g}, {4.4 * 1.005 / (4.0 * 0.995):.4g}]" in c.ours
 
 
+def test_c5_a_ratio_of_two_rows_timed_in_one_clock_gets_the_paired_interval_over_its_rounds():
+    """Rows of one longctx job carry their seconds per round (time_trials): the ratio's interval is
+    the paired bootstrap over rounds, so a slow spell shared by both methods cancels; wide
+    per-row intervals would leave the same ratio INCONCLUSIVE. Rows of unequal rounds fall back."""
+    from esolm.metrics.bootstrap import ratio_interval
+
+    spell = [1.0, 1.0, 1.6, 1.0, 1.3, 1.0, 1.0, 1.5]  # the machine's slow spells, shared by every method
+    jitter = [1.0, 1.01, 0.99, 1.0, 1.02, 0.98, 1.0, 1.01]
+
+    def rounds(rows):
+        out = []
+        for r in rows:
+            if r["stage"] == "longctx":
+                t = [r["time_mean_s"] * s * (j if r["group"] == ESO else 1.0) for s, j in zip(spell, jitter)]
+                r = dict(r, time_trials=" ".join(f"{v:.9g}" for v in t), time_mean_s=sum(t) / len(t))
+            out.append(r)
+        return out
+
+    wide = [dict(r, time_mean_s_lo=r["time_mean_s"] * 0.8, time_mean_s_hi=r["time_mean_s"] * 1.2)
+            if r["stage"] == "longctx" else r for r in with_ci(rounds(store()), 0.005)]
+    assert claims(wide, ci=None)["C5"].status == PASS
+    plain = [dict(r, time_trials=None) for r in wide]
+    assert claims(plain, ci=None)["C5"].status == INCONCLUSIVE  # the same numbers, unpaired
+    ar = next(r for r in wide if r["stage"] == "longctx" and r["group"] == "AR" and r["length"] == 512)
+    eso = next(r for r in wide if r["stage"] == "longctx" and r["group"] == ESO and r["length"] == 512)
+    lo, hi = ratio_interval([float(v) for v in eso["time_trials"].split()], [float(v) for v in ar["time_trials"].split()])
+    assert f"[{lo:.4g}, {hi:.4g}]" in claims(wide, ci=None)["C5"].ours
+    uneven = [dict(r, time_trials=" ".join(r["time_trials"].split()[:5])) if r.get("group") == "AR"
+              and r["stage"] == "longctx" else r for r in wide]
+    assert claims(uneven, ci=None)["C5"].status == INCONCLUSIVE  # Eso/AR not timed in the same rounds
+
+
+def test_identical_samples_count_once_at_their_fewest_steps_and_the_report_says_so():
+    """Two sweep points of one model that drew the very same samples (the same samples_digest)
+    are one measurement: C6 counts the point once, and the claims reading samples say which."""
+    rows = [dict(r, samples_digest="same") if r["label"] == "mdlm" and r.get("steps") in (32, 128) else r
+            for r in store()]
+    before, after = claims(store())["C6"], claims(rows)["C6"]
+    assert "of 6 points" in before.ours and "of 5 points" in after.ours
+    note = [d for d in after.details if d.startswith("identical samples counted once")]
+    assert note and "mdlm T=128 drew the same samples as mdlm T=32" in note[0]
+    assert any(d.startswith("identical samples") for d in claims(rows)["C9"].details)
+    assert not any(d.startswith("identical samples") for d in claims(rows)["C5"].details)  # no sample rows read
+    assert not any(d.startswith("identical samples") for d in before.details)
+
+
 def test_c6_matches_within_the_stated_tolerance_and_names_unmatched_points():
     rows = store(mdlm8=(8, 145.0, 0.195))  # Eso-LM (B) 0.2 s / 150: within 5% on both axes
     assert status(rows, "C6") == PASS

@@ -98,3 +98,32 @@ def interval_fields(name: str, interval: tuple[float, float] | None) -> dict:
     there is none), the convention of docs/results_store.md."""
     lo, hi = interval if interval is not None else (None, None)
     return {f"{name}_lo": lo, f"{name}_hi": hi}
+
+
+def paired_ratio_widths(series: dict, **kw) -> dict:
+    """Every pair's ratio interval as a half-width over its ratio: {(a, b): (hi - lo) / 2 / (mean(a) /
+    mean(b))} for each a before b in ``series`` ({name: seconds per round}, entry i of every
+    series from the same interleaved round i). Rounds are resampled jointly for all series at
+    once (the same draws as :func:`ratio_interval` gives each pair), so the whole table of an
+    interleaved clock costs one bootstrap: the stopping rule of the clocks of experiments/jobs.py."""
+    names = list(series)
+    if len(names) < 2:
+        return {}
+    values = np.stack(_check(tuple(series[n] for n in names), kw.get("draws", DRAWS), kw.get("level", LEVEL)))
+    n, draws, level = values.shape[1], kw.get("draws", DRAWS), kw.get("level", LEVEL)
+    if np.any(values <= 0):
+        raise ConfigError("paired ratio intervals need positive times; a series has a time <= 0")
+    point = np.log(values.mean(axis=1))
+    if n == 1:
+        return {(a, b): 0.0 for i, a in enumerate(names) for b in names[i + 1:]}
+    idx = np.random.default_rng(kw.get("seed", 0)).integers(0, n, size=(draws, n))
+    logs = np.log(values[:, idx].mean(axis=2))  # [series, draws]
+    tail = (1.0 - level) / 2.0
+    out = {}
+    for i, a in enumerate(names[:-1]):
+        diff = logs[i][None, :] - logs[i + 1:]  # log ratios of a over every later series
+        lo, hi = np.quantile(diff, [tail, 1.0 - tail], axis=1)
+        ratio = np.exp(point[i] - point[i + 1:])
+        for j, b in enumerate(names[i + 1:]):
+            out[(a, b)] = float((np.exp(hi[j]) - np.exp(lo[j])) / 2.0 / ratio[j])
+    return out
