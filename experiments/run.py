@@ -9,6 +9,7 @@
     python experiments/run.py score  SAMPLES.jsonl --evaluator PATH|source|hub-name
     python experiments/run.py pareto --preset smoke --cluster local|slurm|debug
     python experiments/run.py tables --preset tiny
+    python experiments/run.py lm-eval --checkpoint PATH [--tasks T1,T2]   (lm-evaluation-harness; local tasks by default)
 
 Run any subcommand with --help for its options and its keys. key=value pairs go through one
 parser (esolm.config.parse_keys): `section.key=value`, or a bare key that goes to the first
@@ -164,6 +165,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu" if not _cuda() else "cuda")
     _score_args(p)
 
+    from experiments.lmeval_cmd import add_lm_eval_command
+
+    add_lm_eval_command(sub)
     try:
         from experiments.pipeline import add_pipeline_commands
     except ImportError:
