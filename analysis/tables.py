@@ -118,33 +118,48 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
     NELBO from another run never fills the same-sequence column; the paper's LM1B and OWT
     columns beside."""
     ev, seeds = _seed_replicates(S.rows(df, "eval"))
-    out = []
-    for label, g in ev.groupby("label", sort=False):
-        first = g.iloc[0]
-        exact = g.loc[g["exact"].astype(str).eq("True")] if "exact" in g else g.iloc[:0]
-        exact = exact.sort_values("num_orders") if len(exact) else exact  # no exact run: no num_orders column
-        nelbo = g.loc[g["exact"].astype(str).ne("True")] if "exact" in g else g
-        top = exact.iloc[-1] if len(exact) else None
-        same = top.get("nelbo_ppl", np.nan) if top is not None else np.nan  # same run: same sequences, same seed
-        row = dict(group=first["group"], label=label, alpha_0=first.get("alpha_0", np.nan),
-                   block_size=first.get("block_size", np.nan),
-                   **_first(exact.iloc[-1:], "exact_ppl", "ppl"),
-                   exact_K=top["num_orders"] if top is not None else np.nan,
-                   exact_sequences=top["num_sequences"] if top is not None else np.nan,
-                   **_first(exact.iloc[-1:], "nelbo_ppl", "nelbo_ppl"),  # same run: same sequences, same seed
-                   **_first(nelbo, "nelbo_split_ppl", "ppl"),
-                   nelbo_split_sequences=nelbo["num_sequences"].iloc[0] if len(nelbo) else np.nan,
-                   test_sequences=g["num_sequences"].max(), stale=bool(g["stale"].any()))
-        row["nelbo_seeds"] = seeds.get(_seed_key(first), "")
-        row["exact_mark"] = "*" if top is not None and pd.isna(same) else ""
-        a0 = row["alpha_0"] if pd.notna(row["alpha_0"]) else None
-        for ds in ("LM1B", "OWT"):
-            for est in ("exact", "nelbo"):
-                anc = _anchor(anchors, "1", group=row["group"], alpha_0=a0, dataset=ds, estimator=est)
-                row[f"paper_{ds.lower()}_{est}"] = anc["value"] if anc is not None else np.nan
-                row[f"paper_{ds.lower()}_{est}_notes"] = _marks(anc)
-        out.append(row)
-    data = _order(pd.DataFrame(out), ev).rename(columns={"group": "method"})
+    rows = [dict(_table1_row(label, g, seeds), **_table1_paper(g.iloc[0], anchors))
+            for label, g in ev.groupby("label", sort=False)]
+    data = _order(pd.DataFrame(rows), ev).rename(columns={"group": "method"})
+    return Table("table1_test_ppl", "Table 1: test perplexity", data, _table1_columns(data),
+                 _table1_notes(data, summary))
+
+
+def _table1_row(label: str, g: pd.DataFrame, seeds: dict) -> dict:
+    """Ours for one model: its exact row at the largest K (with the same run's NELBO), its NELBO run."""
+    first = g.iloc[0]
+    exact = g.loc[g["exact"].astype(str).eq("True")] if "exact" in g else g.iloc[:0]
+    exact = exact.sort_values("num_orders") if len(exact) else exact  # no exact run: no num_orders column
+    nelbo = g.loc[g["exact"].astype(str).ne("True")] if "exact" in g else g
+    top = exact.iloc[-1] if len(exact) else None
+    same = top.get("nelbo_ppl", np.nan) if top is not None else np.nan  # same run: same sequences, same seed
+    return dict(group=first["group"], label=label, alpha_0=first.get("alpha_0", np.nan),
+                block_size=first.get("block_size", np.nan),
+                **_first(exact.iloc[-1:], "exact_ppl", "ppl"),
+                exact_K=top["num_orders"] if top is not None else np.nan,
+                exact_sequences=top["num_sequences"] if top is not None else np.nan,
+                **_first(exact.iloc[-1:], "nelbo_ppl", "nelbo_ppl"),  # same run: same sequences, same seed
+                **_first(nelbo, "nelbo_split_ppl", "ppl"),
+                nelbo_split_sequences=nelbo["num_sequences"].iloc[0] if len(nelbo) else np.nan,
+                test_sequences=g["num_sequences"].max(), stale=bool(g["stale"].any()),
+                nelbo_seeds=seeds.get(_seed_key(first), ""),
+                exact_mark="*" if top is not None and pd.isna(same) else "")
+
+
+def _table1_paper(first: pd.Series, anchors: pd.DataFrame) -> dict:
+    """The paper's LM1B and OWT numbers (exact and NELBO) of the same method, L' and alpha_0."""
+    a0 = first.get("alpha_0", np.nan)
+    a0 = a0 if pd.notna(a0) else None
+    out = {}
+    for ds in ("LM1B", "OWT"):
+        for est in ("exact", "nelbo"):
+            anc = _anchor(anchors, "1", group=first["group"], alpha_0=a0, dataset=ds, estimator=est)
+            out[f"paper_{ds.lower()}_{est}"] = anc["value"] if anc is not None else np.nan
+            out[f"paper_{ds.lower()}_{est}_notes"] = _marks(anc)
+    return out
+
+
+def _table1_columns(data: pd.DataFrame) -> list[Col]:
     paper = A.source_label("1", None)
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"),
             _col(data, "exact_ppl", "exact PPL", ".2f", marks="exact_mark"), Col("exact_K", "K", "g"),
@@ -152,23 +167,25 @@ def table1(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table:
             _col(data, "nelbo_split_ppl", "NELBO PPL, NELBO run", ".2f"), Col("nelbo_split_sequences", "seqs", "g")]
     if data["nelbo_seeds"].ne("").any():
         cols.append(Col("nelbo_seeds", "NELBO PPL over training seeds", "s"))
-    cols += [Col(f"paper_{d.lower()}_{e}", f"{d} {e}", ".2f", group=paper, marks=f"paper_{d.lower()}_{e}_notes")
-             for d in ("LM1B", "OWT") for e in ("exact", "nelbo")]
+    return cols + [Col(f"paper_{d.lower()}_{e}", f"{d} {e}", ".2f", group=paper, marks=f"paper_{d.lower()}_{e}_notes")
+                   for d in ("LM1B", "OWT") for e in ("exact", "nelbo")]
+
+
+def _table1_notes(data: pd.DataFrame, summary: dict) -> list[str]:
     used = sorted({m for c in data.filter(like="_notes") for s in data[c] for m in s})
     foot = A.anchors_meta()["footnotes"]
     unpaired = ["* no NELBO on the exact run's sequences in its record (a record of an older code version): "
                 "this exact PPL has no like-for-like NELBO; the NELBO run is another set of sequences."
                 ] if data["exact_mark"].eq("*").any() else []
-    notes = [(f"{_setup(summary, S.sequence_length(summary))}; exact = the IW bound with the largest K we ran "
-              "(AR: its exact likelihood), and beside it the NELBO computed in the same run on the same test "
-              "sequences with the same seed (AR: the same number); 'seqs' = test sequences behind the number(s) "
-              "to its left. The NELBO run is its own job, on the first 'seqs' test sequences (the whole split "
-              "unless the preset caps it): compare it with the exact PPL only when the two counts agree."),
-             ("paper: LM1B (L = 128, 1M steps) and OWT (L = 1024, 250K steps); Eso-LM exact = IW bound with K = 5000 "
-              "(LM1B) / 1000 (OWT); MDLM LM1B exact = IW with K = 1000."),
-             "Matching rule: same method, block size L′ and α0 of training.", NOT_SAME, *unpaired,
-             *[f"{m}: {foot[m]}" for m in used], *_stale_note(data)]
-    return Table("table1_test_ppl", "Table 1: test perplexity", data, cols, notes)
+    return [(f"{_setup(summary, S.sequence_length(summary))}; exact = the IW bound with the largest K we ran "
+             "(AR: its exact likelihood), and beside it the NELBO computed in the same run on the same test "
+             "sequences with the same seed (AR: the same number); 'seqs' = test sequences behind the number(s) "
+             "to its left. The NELBO run is its own job, on the first 'seqs' test sequences (the whole split "
+             "unless the preset caps it): compare it with the exact PPL only when the two counts agree."),
+            ("paper: LM1B (L = 128, 1M steps) and OWT (L = 1024, 250K steps); Eso-LM exact = IW bound with K = 5000 "
+             "(LM1B) / 1000 (OWT); MDLM LM1B exact = IW with K = 1000."),
+            "Matching rule: same method, block size L′ and α0 of training.", NOT_SAME, *unpaired,
+            *[f"{m}: {foot[m]}" for m in used], *_stale_note(data)]
 
 
 # --------------------------------------------------------------------------- Tables 6-8
@@ -196,44 +213,58 @@ def _seed_replicates(ev: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
 def table_iw(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> Table | None:
     """The IW exact-likelihood estimate against the number of orders K, paper's at the same K."""
     ev = S.rows(df, "eval")
-    if "exact" not in ev.columns:
-        return None
-    ex = ev.loc[ev["exact"].astype(str).eq("True")]
+    ex = ev.loc[ev["exact"].astype(str).eq("True")] if "exact" in ev.columns else ev.iloc[:0]
     if ex.empty:
         return None
     ks = sorted(int(k) for k in ex["num_orders"].dropna().unique())
-    out = []
-    for label, g in ex.groupby("label", sort=False):
-        first = g.iloc[0]
-        a0 = first.get("alpha_0") if pd.notna(first.get("alpha_0", np.nan)) else None
-        counts = g["num_sequences"].dropna().unique() if "num_sequences" in g else []
-        row = dict(group=first["group"], label=label, alpha_0=a0 if a0 is not None else np.nan,
-                   block_size=first.get("block_size", np.nan), stale=bool(g["stale"].any()),
-                   sequences=counts[0] if len(counts) == 1 else np.nan,
-                   sequences_note=", ".join(f"{c:g}" for c in counts) if len(counts) > 1 else "")
-        for k in ks:
-            row.update(_first(g.loc[g["num_orders"].eq(k)], f"K{k}", "ppl"))
-            for ds, tables in (("lm1b", ("6", "7")), ("owt", ("8",))):
-                anc = [_anchor(anchors, t, group=first["group"], alpha_0=a0, num_orders=k) for t in tables]
-                anc = [a for a in anc if a is not None]
-                row[f"paper_{ds}_K{k}"] = anc[0]["value"] if anc else np.nan
-        out.append(row)
-    data = _order(pd.DataFrame(out), ex).rename(columns={"group": "method"})
+    rows = [_iw_row(label, g, ks, anchors) for label, g in ex.groupby("label", sort=False)]
+    data = _order(pd.DataFrame(rows), ex).rename(columns={"group": "method"})
+    return Table("table6-8_iw_vs_k", "Tables 6–8: exact-likelihood (IW) test PPL against the number of orders K",
+                 data, _iw_columns(data, ks), _iw_notes(data, summary))
+
+
+def _iw_row(label: str, g: pd.DataFrame, ks: list[int], anchors: pd.DataFrame) -> dict:
+    """One model's IW PPL at each K (ours, then the paper's LM1B and OWT at the same K)."""
+    first = g.iloc[0]
+    a0 = first.get("alpha_0") if pd.notna(first.get("alpha_0", np.nan)) else None
+    counts = g["num_sequences"].dropna().unique() if "num_sequences" in g else []
+    row = dict(group=first["group"], label=label, alpha_0=a0 if a0 is not None else np.nan,
+               block_size=first.get("block_size", np.nan), stale=bool(g["stale"].any()),
+               sequences=counts[0] if len(counts) == 1 else np.nan,
+               sequences_note=", ".join(f"{c:g}" for c in counts) if len(counts) > 1 else "")
+    for k in ks:
+        row.update(_first(g.loc[g["num_orders"].eq(k)], f"K{k}", "ppl"))
+        row.update(_iw_paper(first["group"], a0, k, anchors))
+    return row
+
+
+def _iw_paper(group: str, a0, k: int, anchors: pd.DataFrame) -> dict:
+    """The paper's IW PPL at K orders: LM1B (Tables 6, 7) and OWT (Table 8)."""
+    out = {}
+    for ds, tables in (("lm1b", ("6", "7")), ("owt", ("8",))):
+        anc = [a for a in (_anchor(anchors, t, group=group, alpha_0=a0, num_orders=k) for t in tables) if a is not None]
+        out[f"paper_{ds}_K{k}"] = anc[0]["value"] if anc else np.nan
+    return out
+
+
+def _iw_columns(data: pd.DataFrame, ks: list[int]) -> list[Col]:
     cols = [Col("method", "method", "s"), Col("alpha_0", "α0 (train)", "g"), Col("sequences", "seqs", "g")]
     for k in ks:
         cols += [_col(data, f"K{k}", f"K = {k}", ".2f", group="ours"),
                  Col(f"paper_lm1b_K{k}", f"K = {k}", ".2f", group=A.source_label(["6", "7"], "LM1B")),
                  Col(f"paper_owt_K{k}", f"K = {k}", ".2f", group=A.source_label("8", "OWT"))]
-    notes = [(f"{_setup(summary, S.sequence_length(summary))}; test PPL of the importance-weighted exact-likelihood "
-              "bound (spec 7.10) with K orders; a model with one order (AR) does not change with K."),
-             ("Matching rule: same method, α0 of training and K (paper: MDLM LM1B in Table 6, Eso-LM LM1B in "
-              "Table 7, Eso-LM OWT in Table 8)."),
-             "seqs: test sequences behind every K of the row (the same sequences and seed for each K).",
-             *[f"{r['label']}: its K columns come from different sequence counts ({r['sequences_note']}): "
-               "not comparable along the row." for _, r in data.iterrows() if r["sequences_note"]],
-             NOT_SAME, *_stale_note(data)]
-    return Table("table6-8_iw_vs_k", "Tables 6–8: exact-likelihood (IW) test PPL against the number of orders K",
-                 data, cols, notes)
+    return cols
+
+
+def _iw_notes(data: pd.DataFrame, summary: dict) -> list[str]:
+    return [(f"{_setup(summary, S.sequence_length(summary))}; test PPL of the importance-weighted exact-likelihood "
+             "bound (spec 7.10) with K orders; a model with one order (AR) does not change with K."),
+            ("Matching rule: same method, α0 of training and K (paper: MDLM LM1B in Table 6, Eso-LM LM1B in "
+             "Table 7, Eso-LM OWT in Table 8)."),
+            "seqs: test sequences behind every K of the row (the same sequences and seed for each K).",
+            *[f"{r['label']}: its K columns come from different sequence counts ({r['sequences_note']}): "
+              "not comparable along the row." for _, r in data.iterrows() if r["sequences_note"]],
+            NOT_SAME, *_stale_note(data)]
 
 
 # ----------------------------------------------------------------------------- Table 11
@@ -250,17 +281,7 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
     for g in groups:
         row = dict(method=g)
         for L in lengths:
-            sel = lc.loc[lc["group"].eq(g) & lc["length"].eq(L)]
-            cached = sel.loc[sel["kv_cache"].astype(str).eq("True")]
-            best = cached if len(cached) else sel
-            plain = sel.loc[sel["kv_cache"].astype(str).ne("True")] if len(cached) else sel.iloc[:0]
-            for key, part in (("", best), ("_no_cache", plain)):
-                row.update(_first(part, f"L{L}{key}_s", "time_mean_s"))
-                row[f"L{L}{key}_std"] = part["time_std_s"].iloc[0] if len(part) else np.nan
-            row[f"L{L}_kv_cache"] = bool(len(cached))
-            row[f"L{L}_nfe"] = best["nfe"].iloc[0] if len(best) else np.nan
-            main[(g, L)] = row[f"L{L}_s"]
-            main[("row", g, L)] = best.iloc[0] if len(best) else None
+            row.update(_table11_ours(lc, g, L, main))
         for L in p_lengths:
             anc = paper.loc[paper["group"].eq(g) & paper["length"].eq(L)]
             row[f"paper_L{L}_s"] = anc["value"].iloc[0] if len(anc) else np.nan
@@ -274,18 +295,43 @@ def table11(df: pd.DataFrame, anchors: pd.DataFrame, summary: dict) -> list[Tabl
         cols += [Col(f"L{L}_nfe", f"L = {L}: NFE", ".0f"), _col(data, f"L{L}_s", f"L = {L}: s", ".3f", std=f"L{L}_std"),
                  _col(data, f"L{L}_no_cache_s", f"L = {L}: s, no KV cache", ".3f", std=f"L{L}_no_cache_std")]
     cols += [Col(f"paper_L{L}_s", f"L = {L}: s", ".1f", std=f"paper_L{L}_std", group=src) for L in p_lengths]
-    env = summary.get("environment") or {}
-    notes = [(f"ours: {summary.get('corpus', '?')}, preset {summary.get('preset', '?')}, L as in each column: "
-              f"mean (std) [95 % interval] seconds of the whole sampling call over {_rounds_text(lc)}, batch 1, NFE = L (first-hitting, spec 8.6), no nucleus, with the model's KV cache "
-              f"where it has one; device: {env.get('device') or env.get('cpu', 'CPU')}, "
-              f"{env.get('torch_threads', '?')} thread(s). Untrained weights: latency does not depend on them."),
-             "paper: OWT models, mean (std) over 5 runs on one A6000 (v4); = v2 Table 3.",
-             "Matching rule: same method; our lengths and the paper's are different columns, never the same one.",
-             NOT_SAME, *_stale_note(lc)]
+    notes = _table11_notes(lc, summary)
     seconds = Table("table11_longctx_seconds", "Table 11: sampling time at NFE = L, batch 1 (seconds)", data, cols,
                     notes)
     speedups = _speedups(groups, group_styles(lc, paper), main, lengths, p_lengths, src)
     return [seconds, speedups]
+
+
+
+
+def _table11_ours(lc: pd.DataFrame, g: str, L: int, main: dict) -> dict:
+    """Method ``g`` at length ``L``: its cached row (else its only one) and its uncached row;
+    ``main`` keeps the shown seconds and row of each (method, L) for the speedups."""
+    sel = lc.loc[lc["group"].eq(g) & lc["length"].eq(L)]
+    cached = sel.loc[sel["kv_cache"].astype(str).eq("True")]
+    best = cached if len(cached) else sel
+    plain = sel.loc[sel["kv_cache"].astype(str).ne("True")] if len(cached) else sel.iloc[:0]
+    row = {}
+    for key, part in (("", best), ("_no_cache", plain)):
+        row.update(_first(part, f"L{L}{key}_s", "time_mean_s"))
+        row[f"L{L}{key}_std"] = part["time_std_s"].iloc[0] if len(part) else np.nan
+    row[f"L{L}_kv_cache"] = bool(len(cached))
+    row[f"L{L}_nfe"] = best["nfe"].iloc[0] if len(best) else np.nan
+    main[(g, L)] = row[f"L{L}_s"]
+    main[("row", g, L)] = best.iloc[0] if len(best) else None
+    return row
+
+
+def _table11_notes(lc: pd.DataFrame, summary: dict) -> list[str]:
+    env = summary.get("environment") or {}
+    return [(f"ours: {summary.get('corpus', '?')}, preset {summary.get('preset', '?')}, L as in each column: "
+             f"mean (std) [95 % interval] seconds of the whole sampling call over {_rounds_text(lc)}, batch 1, "
+             f"NFE = L (first-hitting, spec 8.6), no nucleus, with the model's KV cache "
+             f"where it has one; device: {env.get('device') or env.get('cpu', 'CPU')}, "
+             f"{env.get('torch_threads', '?')} thread(s). Untrained weights: latency does not depend on them."),
+            "paper: OWT models, mean (std) over 5 runs on one A6000 (v4); = v2 Table 3.",
+            "Matching rule: same method; our lengths and the paper's are different columns, never the same one.",
+            NOT_SAME, *_stale_note(lc)]
 
 
 def _rounds_text(lc: pd.DataFrame) -> str:
@@ -343,32 +389,56 @@ def sweep_tables(df: pd.DataFrame, paper: pd.DataFrame, summary: dict) -> list[T
     points["collapsed"] = low
     points, calibration = split_calibration(points)
     calibration = calibration.assign(group="calibration: " + calibration["label"].astype(str))
-    tables = []
-    for model, pts in points.groupby("model", sort=False):
-        within = [c for c in ("alpha_0_eval", "steps") if c in pts]
-        pts = _order(pts.sort_values(within, ascending=[c != "alpha_0_eval" for c in within], kind="stable")
-                     if within else pts).reset_index(drop=True)
-        matches = [A.match_paper(r, paper, length) for _, r in pts.iterrows()] + [None] * len(calibration)
-        pts = pd.concat([pts, calibration], ignore_index=True)  # real text and the null samplers, last
-        found = [m for m in matches if m is not None]
-        table = found[0]["table"] if found else None
-        ident = [c for c in ("alpha_0", "block_size", "alpha_0_eval", "steps") if c in pts and pts[c].notna().any()]
-        shown = [m for m in X.METRICS if m.stage in ("sample", "time") and m.name in pts]
-        names = [m.name for m in shown]
-        at = names.index("entropy") + 1 if "entropy" in names else len(names)  # the collapse flag: beside entropy
-        data = pts[["group", "label", *ident, "relative_steps", *_with_intervals(names[:at], pts), "collapsed",
-                    *_with_intervals(names[at:], pts), *[c for c in ("stale",) if c in pts]]].copy()
-        data["entropy_mark"] = np.where(data["collapsed"], "↓", "")  # entropy's footnote mark (Col marks)
-        for c in ("steps", "nfe", "gen_ppl", "entropy", "mauve", "time_s"):
-            data[f"paper_{c}"] = [m[c] if m is not None and c in m and pd.notna(m[c]) else np.nan for m in matches]
-        cols = _sweep_columns(data, ident, shown, A.source_label(table) if table else "paper")
-        notes = _sweep_notes(summary, length, pts, table, low.attrs.get("rule", "")) + _stale_note(data)
-        name = f"table{table}_{_slug(model)}" if table in A.SWEEP_TABLES else f"sweep_{_slug(model)}"
-        title = (f"Table {table}: " if table in A.SWEEP_TABLES else "") + \
-            f"{', '.join(dict.fromkeys(pts.loc[~pts['group'].astype(str).str.startswith('calibration'), 'group']))}: " \
-            "gen PPL, entropy, MAUVE and time per configuration, with the calibration rows"
-        tables.append(Table(name, title, data, cols, notes))
-    return tables
+    rule = low.attrs.get("rule", "")
+    return [_sweep_table(model, pts, calibration, paper, summary, rule)
+            for model, pts in points.groupby("model", sort=False)]
+
+
+def _sweep_table(model: str, pts: pd.DataFrame, calibration: pd.DataFrame, paper: pd.DataFrame, summary: dict,
+                 collapse_rule: str) -> Table:
+    """One model's sweep table: its configurations in order (selection), each matched to the
+    paper's (A.match_paper), the calibration rows last, then the columns and notes (rendering)."""
+    length = S.sequence_length(summary)
+    pts = _sweep_order(pts)
+    matches = [A.match_paper(r, paper, length) for _, r in pts.iterrows()] + [None] * len(calibration)
+    pts = pd.concat([pts, calibration], ignore_index=True)  # real text and the null samplers, last
+    found = [m for m in matches if m is not None]
+    table = found[0]["table"] if found else None
+    ident = [c for c in ("alpha_0", "block_size", "alpha_0_eval", "steps") if c in pts and pts[c].notna().any()]
+    shown = [m for m in X.METRICS if m.stage in ("sample", "time") and m.name in pts]
+    data = _sweep_data(pts, ident, shown, matches)
+    cols = _sweep_columns(data, ident, shown, A.source_label(table) if table else "paper")
+    notes = _sweep_notes(summary, length, pts, table, collapse_rule) + _stale_note(data)
+    return Table(*_sweep_name(table, model, pts), data, cols, notes)
+
+
+def _sweep_order(pts: pd.DataFrame) -> pd.DataFrame:
+    """A model's configurations: alpha_0_eval descending, then steps ascending, in the registry's order."""
+    within = [c for c in ("alpha_0_eval", "steps") if c in pts]
+    ordered = pts.sort_values(within, ascending=[c != "alpha_0_eval" for c in within], kind="stable") if within else pts
+    return _order(ordered).reset_index(drop=True)
+
+
+def _sweep_name(table: str | None, model: str, pts: pd.DataFrame) -> tuple[str, str]:
+    """(file name, title): the paper's table number where the rows match one of its sweep tables."""
+    paper = table in A.SWEEP_TABLES
+    methods = pts.loc[~pts["group"].astype(str).str.startswith("calibration"), "group"]
+    title = (f"Table {table}: " if paper else "") + (f"{', '.join(dict.fromkeys(methods))}: gen PPL, entropy, MAUVE "
+                                                     "and time per configuration, with the calibration rows")
+    return (f"table{table}_{_slug(model)}" if paper else f"sweep_{_slug(model)}"), title
+
+
+def _sweep_data(pts: pd.DataFrame, ident: list[str], shown: list, matches: list) -> pd.DataFrame:
+    """The table's frame: identity, T / L, the metrics with their intervals (the collapse flag
+    beside entropy, as its footnote mark), the matched paper configuration's numbers."""
+    names = [m.name for m in shown]
+    at = names.index("entropy") + 1 if "entropy" in names else len(names)  # the collapse flag: beside entropy
+    data = pts[["group", "label", *ident, "relative_steps", *_with_intervals(names[:at], pts), "collapsed",
+                *_with_intervals(names[at:], pts), *[c for c in ("stale",) if c in pts]]].copy()
+    data["entropy_mark"] = np.where(data["collapsed"], "↓", "")  # entropy's footnote mark (Col marks)
+    for c in ("steps", "nfe", "gen_ppl", "entropy", "mauve", "time_s"):
+        data[f"paper_{c}"] = [m[c] if m is not None and c in m and pd.notna(m[c]) else np.nan for m in matches]
+    return data
 
 
 def _sweep_columns(data: pd.DataFrame, ident: list[str], shown: list, src: str) -> list[Col]:
