@@ -32,9 +32,10 @@ def collect(results: Path) -> pd.DataFrame:
     """One row per (training run, window): label, group, run (the training record's key: a model
     trained again, or under another seed, is a run of its own), step, tokens, train_nll,
     valid_nll (NaN off the validation steps). Models whose log is gone are skipped, and so are
-    records that do not verify (analysis/records.py)."""
+    records that do not verify (analysis/records.py). Of a job trained under several code
+    versions (records of older keys not yet cleaned), only its newest record is drawn."""
     rows = []
-    for _, rec in R.scan(results, {"train"})[0]:
+    for rec in R.latest_by_name(rec for _, rec in R.scan(results, {"train"})[0]).values():
         log = Path(rec.get("checkpoint") or "").with_name("train_log.jsonl")
         config = rec.get("config") if isinstance(rec.get("config"), dict) else {}
         length = (config.get("corpus") or {}).get("length")

@@ -504,14 +504,16 @@ def grid_groups(*frames: pd.DataFrame) -> list:
 
 def legend_handles(groups, styles: dict, shaded: dict, *, paper_ref: str | None, collapse,
                    alphas: dict | None = None, grids=(), calibration: bool = False, intervals: bool = False) -> list:
-    """One entry per method (the reference as a star), per shade value, per alpha_0 of sampling
+    """One entry per method in its own marker (Display.marker; the reference's star; "o" for a
+    method shaded by a field, whose markers are the shade entries), per shade value, per alpha_0 of sampling
     (its marker fill), per method's authors'-grid series, off the frontier, error bars, the
     calibration lines, collapsed samples (`collapse`: True, or the words of each rule drawn)
     and the paper's untimed reference line."""
     h = []
     for g in groups:
         ref = styles[g]["reference"]
-        h.append(Line2D([], [], color=styles[g]["colour"], marker=styles[g]["marker"] if ref else "o",
+        shaded_by = _given(styles[g].get("shade_by"))  # its markers are the shade entries' below
+        h.append(Line2D([], [], color=styles[g]["colour"], marker="o" if shaded_by and not ref else styles[g]["marker"],
                         ms=12 if ref else 7, lw=0 if ref else 1.8, label=f"{g}" + ("" if ref else " (frontier line)")))
     h += [Line2D([], [], color=styles[g]["colour"], marker="o", fillstyle="none", ms=7, mew=1.3, ls=GRID_DASH, lw=1.8,
                  label=f"{g}{GRID_SUFFIX} (reference_grid)") for g in grids]

@@ -246,7 +246,7 @@ def test_time_conditioned_calls_run_the_plain_forward_inside_the_inference_mode(
     assert (plain - net(x, pos, None)).abs().max() > 1e-6
 
 
-@pytest.mark.parametrize("name", ["ar", "mdlm", "bd3lm", "esolm-a", "esolm-b"])
+@pytest.mark.parametrize("name", registry.available())
 def test_likelihood_and_sampling_entry_points_run_in_the_inference_mode(name):
     """nll and sample are the callers of the fast paths: each runs inside backbone.inference()."""
     model = registry.build(name, preset="smoke", vocab_size=37, length=16)

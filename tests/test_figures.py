@@ -6,6 +6,8 @@ one learning-curve line per training run. Figures are drawn from hand-made point
 results/, and saved under pytest's tmp_path only."""
 from __future__ import annotations
 
+import json
+
 import matplotlib
 
 matplotlib.use("Agg")
@@ -203,3 +205,30 @@ def test_each_training_run_is_its_own_learning_curve_line():
     fig = LC.learning_figure(frame, P.group_styles(pd.DataFrame(dict(group=["AR"]))), "hand")
     drawn = [ln for ln in fig.axes[0].lines if len(ln.get_xdata()) == 3]
     assert len(drawn) == 2 and all(np.all(np.diff(ln.get_xdata()) > 0) for ln in drawn)  # no line runs back
+
+
+def test_learning_curves_draw_the_newest_record_of_each_training_job_once(tmp_path, monkeypatch):
+    """A model trained under three code versions (older records not yet cleaned) is one line, its
+    newest run's; another seed of it is a job of its own and keeps its line."""
+    def record(name, key, day):
+        folder = tmp_path / key
+        folder.mkdir()
+        (folder / "train_log.jsonl").write_text("".join(json.dumps(dict(step=s, nll_per_token=3.0 - s / 100)) + "\n"
+                                                        for s in range(1, 51)))
+        return dict(name=name, key=key, label=name.split("/")[1], group="UDLM", finished=f"2026-12-0{day}T00:00:00+00:00",
+                    checkpoint=str(folder / "checkpoint.safetensors"),
+                    config=dict(corpus=dict(length=8), train=dict(batch_size=2)))
+
+    recs = [record("train/udlm", f"k{d}", d) for d in (1, 3, 2)] + [record("train/udlm seed=2", "s2", 1)]
+    monkeypatch.setattr(LC.R, "scan", lambda results, stages: ([(None, r) for r in recs], []))
+    frame = LC.collect(tmp_path)
+    assert set(frame["run"]) == {"k3", "s2"} and len(frame) == 4  # 50 steps: two windows of 25 each
+
+
+def test_the_legend_shows_each_methods_own_marker():
+    styles = {"UDLM": dict(colour="#aa0000", marker="D", reference=False, shade_by=None),
+              "Eso-LM (B)": dict(colour="#029e73", marker="s", reference=False, shade_by="alpha_0"),
+              "AR": dict(colour="#222222", marker="*", reference=True, shade_by=None)}
+    h = {x.get_label().split(" (")[0]: x.get_marker() for x in
+         P.legend_handles(list(styles), styles, {}, paper_ref=None, collapse=False)}
+    assert h["UDLM"] == "D" and h["AR"] == "*" and h["Eso-LM"] == "o"  # shaded: its markers are the shade entries'
