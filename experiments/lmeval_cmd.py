@@ -75,23 +75,23 @@ metadata:
 
 
 def _cut(text: str, at: int) -> int:
-    """The first space at or after ``at`` (a word boundary), else ``at``."""
-    i = text.find(" ", at)
-    return i if i > 0 else at
+    """The first word boundary (space or newline) at or after ``at``, else ``at``."""
+    found = [i for i in (text.find(" ", at), text.find("\n", at)) if i > 0]
+    return min(found) if found else at
 
 
 def mc_items(texts: list[str], n: int, seed: int = 0) -> list[dict]:
-    """Multiple-choice items from held-out passages: the first half as the context, its next
-    words (about 32 characters, from a word boundary, with their leading space: the task's
-    target delimiter is empty) as the true choice, the same span of three
-    other passages as the distractors, the gold index drawn with ``seed``."""
+    """Multiple-choice items from held-out passages, as the text is (its newlines and
+    indentation kept, the distribution the models were trained on): the first half as the
+    context, its next words (about 32 characters, from a word boundary, with their leading
+    space or newline: the task's target delimiter is empty) as the true choice, the same span of
+    three other passages as the distractors, the gold index drawn with ``seed``."""
     rng = random.Random(seed)
     spans = []
     for t in texts:
-        t = " ".join(t.split())
         a = _cut(t, len(t) // 2)
         b = _cut(t, a + 32)
-        if 16 <= a and b - a >= 16:
+        if 16 <= a and b - a >= 16 and t[:a].strip():
             spans.append((t[:a], t[a:b]))
     if len(spans) < 4:
         raise ConfigError(f"{len(spans)} usable passages for the multiple-choice task; it needs at least 4")
@@ -112,7 +112,8 @@ def write_local_tasks(folder: Path, *, length: int = 128) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     texts = load_corpus("shakespeare", length=length, vocab_size=258).texts("test", n=MC_ITEMS * 2)  # byte-level rows
-    rolling = [dict(text=" ".join((texts[i] + " " + texts[i + 1]).split())) for i in range(0, 2 * ROLLING_DOCS, 2)]
+    # two consecutive test rows: one contiguous passage of the test text (rows are packed in order)
+    rolling = [dict(text=texts[i] + texts[i + 1]) for i in range(0, 2 * ROLLING_DOCS, 2)]
     for name, rows, yaml in (("esolm_shakespeare_mc", mc_items(texts, MC_ITEMS), MC_YAML),
                              ("esolm_shakespeare_rolling", rolling, ROLLING_YAML)):
         data = folder / f"{name}.jsonl"

@@ -233,3 +233,19 @@ def test_generate_until_refuses_until_the_samplers_take_prompts(corpus):
     lm = EsolmLM(model=build("ar", corpus), tokenizer=corpus.tokenizer)
     with pytest.raises(ConfigError, match="issue 27"):
         lm.generate_until([])
+
+
+def test_the_local_multiple_choice_items_keep_the_text_as_it_is_and_one_true_choice():
+    from experiments.lmeval_cmd import mc_items
+
+    texts = [f"Line {i} of the play,\n  spoken by someone here at length; and then more words follow it {i}." * 2
+             for i in range(10)]
+    items = mc_items(texts, 8, seed=1)
+    assert len(items) == 8
+    for i, it in enumerate(items):
+        t = texts[i]
+        assert len(it["choices"]) == 4 and 0 <= it["gold"] < 4
+        assert t.startswith(it["context"] + it["choices"][it["gold"]])  # the true continuation, verbatim
+        assert "\n" in it["context"]  # newlines and indentation kept
+        assert sum(t.startswith(it["context"] + c) for c in it["choices"]) == 1
+    assert mc_items(texts, 8, seed=1) == items
