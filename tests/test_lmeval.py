@@ -204,7 +204,7 @@ def _save(tmp_path, model, name, corpus):
 def test_lm_eval_runs_the_local_tasks_end_to_end_offline_and_writes_sums(tmp_path, corpus, monkeypatch):
     """run.py lm-eval on an AR and an Eso-LM (B) checkpoint: lm-eval's multiple-choice and
     rolling-perplexity tasks from local data; the results JSON beside the checkpoint; lm-eval's
-    rolling log-likelihoods are our rolling sums (word perplexity recomputed from them)."""
+    rolling log-likelihoods are our rolling sums (byte perplexity recomputed from them)."""
     from experiments import run as cli
     from experiments.lmeval_cmd import LOCAL_TASKS
 
@@ -222,8 +222,8 @@ def test_lm_eval_runs_the_local_tasks_end_to_end_offline_and_writes_sums(tmp_pat
         lm = EsolmLM(checkpoint=str(path))
         docs = [json.loads(line) for line in (out.parent / "tasks" / "esolm_shakespeare_rolling.jsonl").open()][:6]
         lls = [rolling_loglik(lm.model, lm.tok_encode(d["text"]), lm.prefix_token_id, lm.scorer) for d in docs]
-        words = [len(d["text"].split()) for d in docs]
-        assert rolling["word_perplexity,none"] == pytest.approx(math.exp(-sum(lls) / sum(words)), rel=1e-6)
+        size = [len(d["text"].encode("utf-8")) for d in docs]  # lm-eval's count_bytes
+        assert rolling["byte_perplexity,none"] == pytest.approx(math.exp(-sum(lls) / sum(size)), rel=1e-6)
         assert cli.main(["lm-eval", "--checkpoint", str(path), "--limit", "6"]) == 2  # never overwrites
     assert cli.main(["lm-eval", "--checkpoint", str(path), "--tasks", "no_such_task", "--out",
                      str(tmp_path / "x.json")]) == 2
