@@ -23,7 +23,8 @@ class ARConfig(ModelConfig):
 class AR(LanguageModel):
     config_class = ARConfig
     capabilities = Capabilities(kv_cache=True, exact_likelihood=True, single_pass_likelihood=True,
-                                next_token_scoring=True, nfe_equals_l=dict(steps=1))  # L - 1 calls whatever steps says
+                                next_token_scoring=True, nfe_equals_l=dict(steps=1),  # L - 1 calls whatever steps says
+                                conditioning=("prefix",))  # no right context: no infill (spec 15.4.1)
 
     @classmethod
     def display(cls, config: ARConfig) -> Display:
@@ -62,26 +63,39 @@ class AR(LanguageModel):
         """Exact NLL (the AR likelihood is exact whatever ``exact`` says)."""
         self.check_tokens(tokens)
         valid = ones_like_valid(tokens, valid)[:, 1:]
-        nll = (self._token_nll(tokens) * valid).double().sum(1)
-        return NLL(per_sequence=nll, num_tokens=valid.sum(1))
+        nll = (self._tok    @in_inference_mode
+    def generate(self, num_samples, options, *, generator=None, profile=False, given=None) -> SampleOutput:
+        """Left to right from BOS: L - 1 network calls (``steps`` is ignored: NFE = L - 1).
 
-    @in_inference_mode
-    def generate(self, num_samples, options, *, generator=None, profile=False) -> SampleOutput:
-        """Left to right from BOS: L - 1 network calls (``steps`` is ignored: NFE = L - 1)."""
+        ``given`` (a prompt, spec 15.4.1): g = the shortest row's prompt length (at least the BOS);
+        one prefill pass over positions [0, g) fills the cache and predicts position g, then one
+        call per position: NFE = L - g. A row whose prompt is longer keeps its given tokens where
+        the others draw (its draws there are discarded), so a batch may mix prompt lengths; the
+        cache holds the given tokens, so it stays exact."""
         length, top_p = self.sample_length(options), options.top_p
         dev = self.device
         x = torch.full((num_samples, length), self.config.bos_id, dtype=torch.long, device=dev)
+        g = 1
+        if given is not None:
+            x, g = given.place(x), max(1, int(given.prefixes().min()))
         clock = Clock(dev)
         cache = self.backbone.new_cache(num_samples, length) if options.kv_cache else None
         positions = torch.arange(length, device=dev)  # sliced per step: no host-to-device copy
         with clock.region(not profile):
-            for i in range(length - 1):
+            for i in range(g - 1, length - 1):
                 with clock.region(profile):
-                    if cache is not None:
-                        logits = self.backbone(x[:, i:i + 1], positions[i:i + 1], None, cache=cache)
-                        cache.commit(1)
-                    else:
-                        logits = self.backbone(x[:, :i + 1], positions[:i + 1], "causal", last=1)
+                    logits = self._next_logits(x, positions, i, g, cache)
                 if not profile:
-                    x[:, i + 1] = sample_categorical(logits[:, -1], top_p, generator)
-        return SampleOutput(tokens=x, nfe=length - 1, seconds=clock.seconds)
+                    nxt = sample_categorical(logits[:, -1], top_p, generator)
+                    x[:, i + 1] = nxt if given is None else given.place_column(nxt, i + 1)
+        return SampleOutput(tokens=x, nfe=length - g, seconds=clock.seconds)
+
+    def _next_logits(self, x, positions, i, g, cache):
+        """Logits predicting position i + 1: with the cache, the prefill [0, g) at i = g - 1, then
+        one token per call; without it, the whole prefix [0, i]."""
+        if cache is None:
+            return self.backbone(x[:, :i + 1], positions[:i + 1], "causal", last=1)
+        a = 0 if i == g - 1 else i  # the prefill feeds every given position at once
+        logits = self.backbone(x[:, a:i + 1], positions[a:i + 1], "causal" if i > a else None, cache=cache, last=1)
+        cache.commit(i + 1 - a)
+        return logits

@@ -29,13 +29,25 @@ class MDLMConfig(ModelConfig):
 class MDLMSampleOptions(SampleOptions):
     sampler: Literal["schedule", "ancestral"] = "schedule"  # the schedule's equivalent order, or 5.5 step by step
     reuse_px0: bool = True  # ancestral: reuse p(x0) while nothing changes
+    # ReMDM remasking (spec 15.3, baselines/remdm.py): none | cap | rescale | loop; not none: step by step
+    remask: Literal["none", "cap", "rescale", "loop"] = "none"
+    eta: float | None = None  # ReMDM's eta; None: the schedule's default (cap 0.008, rescale 0.015, loop 0.02)
+    t_on: float = 0.55  # remask=loop: the loop runs on [t_off, t_on] at alpha = alpha_on
+    t_off: float = 0.05
+    alpha_on: float = 0.9
+
+    def __post_init__(self):
+        super().__post_init__()
+        from baselines.remdm import check_options  # remdm imports this module
+        check_options(self)
 
 
 class MDLM(LanguageModel):
     config_class = MDLMConfig
     sample_options_class = MDLMSampleOptions
     capabilities = Capabilities(kv_cache=False, exact_likelihood=True, single_pass_likelihood=False,
-                                nfe_equals_l=dict(steps=10**6))  # first hitting: about one token per step
+                                nfe_equals_l=dict(steps=10**6),  # first hitting: about one token per step
+                                conditioning=("prefix", "infill"))  # carry-over keeps given tokens (15.4.2)
 
     @classmethod
     def display(cls, config: MDLMConfig) -> Display:
@@ -102,7 +114,7 @@ class MDLM(LanguageModel):
         return out.view(B, L).sum(1)
 
     @in_inference_mode
-    def generate(self, num_samples, options, *, generator=None, profile=False) -> SampleOutput:
+    def generate(self, num_samples, options, *, generator=None, profile=False, given=None) -> SampleOutput:
         """Ancestral sampling over ``steps`` steps (spec 5.5), float64 nucleus and draw.
 
         sampler="ancestral" is spec 5.5 step by step (p(x0) reused while nothing changes
@@ -110,9 +122,19 @@ class MDLM(LanguageModel):
         equivalent order: each token's unmasking step first (the multinomial law of the
         binomial chain, 5.7), then only the non-empty steps, so T = 10^6 costs what its NFE
         costs. MDLM has no KV cache: ``kv_cache`` is ignored (capabilities.kv_cache=False).
+
+        ``given`` (a prompt or an infill, spec 15.4.2): the given tokens start clean and SUBS
+        carry-over keeps them; the schedule is unchanged, only the free positions are masks (the
+        positions after the last given token stay masks too: the model may end the text there).
+        ``remask`` != "none": ReMDM's chain (baselines/remdm.py).
         """
+        if options.remask != "none":
+            from baselines import remdm
+            return remdm.generate(self, num_samples, options, generator=generator, profile=profile, given=given)
         length, steps, top_p = self.sample_length(options), options.required_steps(self.name), options.top_p
         z = torch.full((num_samples, length), self.config.mask_id, dtype=torch.long, device=self.device)
+        if given is not None:
+            z = given.place(z)
         clock = Clock(self.device)
         if options.sampler == "ancestral":
             with clock.region(True):
@@ -153,7 +175,8 @@ class MDLM(LanguageModel):
         that is one position instead of L, the same draws from the same logits. ``profile``
         (spec 8.5): time only the network passes on the all-mask input, draw nothing."""
         when = self._unmask_steps(z, steps, generator).to(z.device)
-        active = torch.unique(when)  # the non-empty steps, ascending
+        when = when.masked_fill(z != self.config.mask_id, steps)  # given tokens: never filled
+        active = torch.unique(when[when < steps])  # the non-empty steps, ascending
         positions = torch.arange(z.shape[1], device=z.device)
         rows = torch.arange(z.shape[0], device=z.device)[:, None]
         for step in active.tolist():

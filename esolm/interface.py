@@ -33,6 +33,8 @@ class Capabilities:
     next_token_scoring: bool = False  # next_token_logprobs(tokens) scores text left to right (a gen-PPL evaluator)
     # the sample options of the NFE = L regime (spec 8.6: about one token per network call); None: not defined
     nfe_equals_l: dict | None = None
+    # the forms of given tokens sample(given=...) takes (esolm.conditioning: "prefix", "infill")
+    conditioning: tuple[str, ...] = ()
 
     def as_dict(self) -> dict:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -185,13 +187,21 @@ class LanguageModel(nn.Module, abc.ABC):
         ...
 
     def sample(self, num_samples: int, *, generator: torch.Generator | None = None, profile: bool = False,
-               hooks: dict | None = None, **options) -> SampleOutput:
+               hooks: dict | None = None, given=None, **options) -> SampleOutput:
         """``num_samples`` sequences; ``options`` are fields of ``sample_options_class`` (strings
         are typed). ``profile=True`` times only the network passes (spec 8.5). ``hooks`` are
         keyword arguments of the model's ``generate`` handed on as they are (test hooks, such as
-        BD3-LM's ``on_step``)."""
-        return self.generate(num_samples, self.options(options), generator=generator, profile=profile,
-                             **(hooks or {}))
+        BD3-LM's ``on_step``). ``given`` (esolm.conditioning.Given): tokens every sample keeps, a
+        prompt or an infill (spec 15.4), checked against ``capabilities_for(config).conditioning``;
+        None samples unconditionally, draw for draw as before."""
+        opts = self.options(options)
+        kwargs = dict(hooks or {})
+        if given is not None:
+            kwargs["given"] = given = given.checked(self, num_samples, self.sample_length(opts))
+        out = self.generate(num_samples, opts, generator=generator, profile=profile, **kwargs)
+        if given is not None and not profile and not given.preserved(out.tokens):
+            raise AssertionError(f"{self.name}'s sampler changed given tokens (a bug in its conditioning)")
+        return out
 
     def options(self, given: dict) -> SampleOptions:
         """The model's ``SampleOptions`` with ``given`` (checked and typed) over its defaults."""
@@ -199,8 +209,14 @@ class LanguageModel(nn.Module, abc.ABC):
 
     @abc.abstractmethod
     def generate(self, num_samples: int, options: SampleOptions, *, generator: torch.Generator | None = None,
-                 profile: bool = False) -> SampleOutput:
-        """Sampling with checked options (what ``sample`` calls)."""
+                 profile: bool = False, given=None) -> SampleOutput:
+        """Sampling with checked options and checked ``given`` tokens (what ``sample`` calls)."""
+
+    @classmethod
+    def capabilities_for(cls, config: ModelConfig) -> Capabilities:
+        """What this model can do with ``config`` (e.g. NFE = L options that depend on L); by
+        default the class's ``capabilities``. The harness asks this, not the class attribute."""
+        return cls.capabilities
 
     @classmethod
     def train_step_cost(cls, config: ModelConfig) -> float:

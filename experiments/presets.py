@@ -20,9 +20,11 @@ class ModelEntry:
 
     label: str  # unique within the preset, e.g. "esolm-b a0=0.25"
     model: str  # registry name
-    group: str  # the method it is plotted as ("Eso-LM (B)", "MDLM", ...)
     overrides: dict = field(default_factory=dict)  # model config fields
     sweep: list[dict] = field(default_factory=list)  # sample options per configuration
+    # the method it is tabled and plotted as: by default (None) the model's own Display label with
+    # these overrides ("Eso-LM (B)", "BD3-LM L'=4"; a finetune adds " (from MDLM)"), filled in by get()
+    group: str | None = None
     train: dict = field(default_factory=dict)  # training overrides on top of the preset's
     nfe_equals_l: bool = False  # timed in the NFE = L regime (8.6), with the options its capabilities declare
     # the preset's eval settings for this model only: e.g. exact_orders and exact_max_sequences
@@ -83,22 +85,22 @@ def _eso_sweep(steps_all: list[int], steps_eval1: list[int], alphas: list[float]
 
 
 def _eso_models(alphas_train, sweep) -> list[ModelEntry]:
-    return [ModelEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, sweep,
+    return [ModelEntry(f"esolm-b a0={a:g}", "esolm-b", {"alpha_0": a}, sweep,
                        nfe_equals_l=i == 0)
             for i, a in enumerate(alphas_train)]
 
 
 def _ar(sweep_steps: int) -> ModelEntry:
-    return ModelEntry("ar", "ar", "AR", {}, [dict(steps=sweep_steps)], nfe_equals_l=True)
+    return ModelEntry("ar", "ar", {}, [dict(steps=sweep_steps)], nfe_equals_l=True)
 
 
 def _mdlm(steps: list[int], **entry) -> ModelEntry:
-    return ModelEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in steps], nfe_equals_l=True,
+    return ModelEntry("mdlm", "mdlm", {}, [dict(steps=t) for t in steps], nfe_equals_l=True,
                       **entry)
 
 
 def _bd3(block: int, steps: list[int]) -> ModelEntry:
-    return ModelEntry(f"bd3lm L'={block}", "bd3lm", f"BD3-LM L'={block}", {"block_size": block},
+    return ModelEntry(f"bd3lm L'={block}", "bd3lm", {"block_size": block},
                       [dict(steps=t) for t in steps], nfe_equals_l=True)
 
 
@@ -106,7 +108,7 @@ def _bd3_from_mdlm(block: int) -> ModelEntry:
     """BD3-LM L' finetuned from the trained MDLM entry "mdlm", as the paper trains its LM1B BD3-LMs
     (spec 6, 10): the preset's own training budget on top of MDLM's; test NELBO only (no exact
     likelihood, no sampling sweep, no timing)."""
-    return ModelEntry(f"bd3lm L'={block} from mdlm", "bd3lm", f"BD3-LM L'={block} (from MDLM)", {"block_size": block},
+    return ModelEntry(f"bd3lm L'={block} from mdlm", "bd3lm", {"block_size": block},
                       [], eval=dict(exact_orders=[]), init_from="mdlm")
 
 
@@ -115,7 +117,7 @@ def _seed_replicates(models: list[ModelEntry], seeds=(2, 3)) -> list[ModelEntry]
     use 1, the second judge JUDGE_SEED): train and the test NELBO only (no exact likelihood, no
     sampling sweep, no timing), the same group (one method in tables and figures, folded into one
     value by the perplexity claims: results.csv config.train_seed, analysis/claims.py fold_seeds)."""
-    return [ModelEntry(f"{m.label} seed={s}", m.model, m.group, dict(m.overrides), [], train=dict(m.train, seed=s),
+    return [ModelEntry(f"{m.label} seed={s}", m.model, dict(m.overrides), [], group=m.group, train=dict(m.train, seed=s),
                        eval=dict(exact_orders=[])) for m in models for s in seeds]
 
 
@@ -188,7 +190,7 @@ def cpu() -> Preset:
     # Eso-LM (A)'s exact likelihood takes a pass per diffused token (not one per order), yet at
     # alpha_0 = 0.25 and L = 128 an order of 32 sequences cost 2.2 s here: the same K and the
     # same 64 sequences as Eso-LM (B) fit the budget (C2 is judged at the largest K)
-    eso_a = ModelEntry("esolm-a a0=0.25", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.25},
+    eso_a = ModelEntry("esolm-a a0=0.25", "esolm-a", {"alpha_0": 0.25},
                        [dict(steps=t) for t in (16, 128)], eval=dict(exact_orders=[1, 10, 100], exact_max_sequences=64))
     run = runs.get("cpu")
     run.description += ": every method, Eso-LM (B) at three alpha_0, BD3-LM also finetuned from MDLM"
@@ -204,7 +206,7 @@ def _paper(corpus: str) -> Preset:
     length = run.data.length
     eso = _eso_sweep([16, 128, 1024], [32, 64, 256, 4096], [1.0, 0.5, 0.25, 0.0625])
     return Preset(run, models=[
-        _ar(length - 1), ModelEntry("ar+adaln", "ar", "AR + AdaLN", {"adaln": True}, []),
+        _ar(length - 1), ModelEntry("ar+adaln", "ar", {"adaln": True}, []),
         _mdlm([8, 16, 32, 48, 64, 128, 256, 1024, 4096]),
         *[_bd3(b, [256, 512, 1024, 2048, 4096]) for b in (4, 8, 16)],
         *_eso_models([1.0, 0.5, 0.25, 0.125], eso),
@@ -220,10 +222,79 @@ PRESETS = {
 }
 
 
+PRESET_ENTRY_POINTS = "esolm.presets"  # a plugin's presets: name = "module:function returning a Preset"
+
+
+def _plugin_presets() -> dict:
+    """Presets of installed packages (their ``esolm.presets`` entry points); a plugin may not
+    shadow a built-in preset."""
+    import importlib.metadata
+
+    out = {}
+    for ep in importlib.metadata.entry_points(group=PRESET_ENTRY_POINTS):
+        if ep.name in PRESETS:
+            raise ConfigError(f"the {PRESET_ENTRY_POINTS} entry point {ep.name!r} of "
+                              f"{ep.dist.name if ep.dist else 'an installed package'} shadows the built-in preset "
+                              f"{ep.name!r}; rename the plugin's preset")
+        out[ep.name] = ep
+    return out
+
+
+def names() -> list[str]:
+    """Every preset name: the built-in ones, then those of installed plugins."""
+    return list(PRESETS) + sorted(_plugin_presets())
+
+
 def get(name: str) -> Preset:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown experiment preset {name!r}; presets: {', '.join(PRESETS)}")
-    return PRESETS[name]()
+    if name in PRESETS:
+        preset = PRESETS[name]()
+    else:
+        plugin = _plugin_presets().get(name)
+        if plugin is None:
+            raise ConfigError(f"unknown experiment preset {name!r}; presets: {', '.join(names())}")
+        preset = plugin.load()()
+    resolve_methods(preset)
+    return preset
+
+
+def display_of(entry: ModelEntry):
+    """The model's own Display with the entry's config overrides."""
+    from esolm import registry
+
+    return registry.model_class(entry.model).display(registry.build_config(entry.model, **entry.overrides))
+
+
+def method_of(entry: ModelEntry) -> str:
+    """The method a model entry is plotted and tabled as: its model's own Display label with
+    its config (what also links its rows to the paper's numbers, results/paper_anchors.json)."""
+    return display_of(entry).label
+
+
+def resolve_methods(preset: Preset) -> Preset:
+    """Give every entry without an explicit ``group`` its method (:func:`method_of`); a finetune
+    (``init_from``) is its own method, "<method> (from <the initial entry's method>)"."""
+    entries = preset.models + preset.timing_only
+    by_label = {m.label: m for m in entries}
+    for m in entries:
+        if m.group is None:
+            m.group = method_of(m)
+    for m in entries:
+        if m.init_from is not None and m.init_from in by_label and " (from " not in m.group:
+            m.group = f"{m.group} (from {by_label[m.init_from].group})"
+    check_styles(entries)
+    return preset
+
+
+def check_styles(entries: list[ModelEntry]) -> None:
+    """Every figure tells methods apart by colour: two models whose Display labels differ may not
+    share a colour (a finetune keeps its model's label and colour)."""
+    seen: dict[str, str] = {}
+    for m in entries:
+        d = display_of(m)
+        other = seen.setdefault(d.colour.lower(), d.label)
+        if other != d.label:
+            raise ConfigError(f"{d.label} ({m.model}) and {other} are drawn in the same colour {d.colour}; give "
+                              f"one of them its own colour in its display() (every figure tells methods apart by colour)")
 
 from experiments.presets_released import PRESETS as _RELEASED  # noqa: E402 - the released-checkpoint presets
 PRESETS.update(_RELEASED)

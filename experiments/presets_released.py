@@ -162,14 +162,14 @@ def _zero_shot() -> dict:
 def paper_owt_released() -> ReleasedPreset:
     """The OWT releases: MDLM and BD3-LM L' = 4/8/16 from the hub, Eso-LM (B) from local .ckpt files."""
     eso = _eso_sweep([16, 128, 1024], [32, 64, 256, 4096], [1.0, 0.5, 0.25, 0.0625])
-    bd3 = [ReleasedEntry(f"bd3lm L'={b}", "bd3lm", f"BD3-LM L'={b}", {"block_size": b},
+    bd3 = [ReleasedEntry(f"bd3lm L'={b}", "bd3lm", {"block_size": b},
                          [dict(steps=t) for t in (256, 512, 1024, 2048, 4096)], nfe_equals_l=True,
                          source=resolve(f"hf:kuleshov-group/bd3lm-owt-block_size{b}")) for b in (4, 8, 16)]
     mdlm_steps = (8, 16, 32, 48, 64, 128, 256, 1024, 4096)
-    models = [ReleasedEntry("mdlm", "mdlm", "MDLM", {}, [dict(steps=t) for t in mdlm_steps],
+    models = [ReleasedEntry("mdlm", "mdlm", {}, [dict(steps=t) for t in mdlm_steps],
                             nfe_equals_l=True, source=resolve("hf:kuleshov-group/mdlm-owt")),
               *bd3,
-              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, eso,
+              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", {"alpha_0": a}, eso,
                               nfe_equals_l=i == 0,
                               source=str(_checkpoints() / f"esolm-b-owt-a0={a:g}.ckpt"))
                 for i, a in enumerate([1.0, 0.5, 0.25, 0.125])]]
@@ -180,8 +180,8 @@ def paper_owt_released() -> ReleasedPreset:
 def paper_lm1b_released() -> ReleasedPreset:
     """LM1B: Eso-LM (B) and MDLM Lightning checkpoints from local files (no hub release is known
     to the harness); Tables 1 and 6-7. Gen PPL is not a paper metric on LM1B: no sampling sweep."""
-    models = [ReleasedEntry("mdlm", "mdlm", "MDLM", {}, [], source=str(_checkpoints() / "mdlm-lm1b.ckpt")),
-              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", "Eso-LM (B)", {"alpha_0": a}, [],
+    models = [ReleasedEntry("mdlm", "mdlm", {}, [], source=str(_checkpoints() / "mdlm-lm1b.ckpt")),
+              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", {"alpha_0": a}, [],
                               source=str(_checkpoints() / f"esolm-b-lm1b-a0={a:g}.ckpt"))
                 for a in (1.0, 0.5, 0.25, 0.125, 0.0625)]]
     return released("paper-lm1b-released", "the authors' LM1B checkpoints: test PPL, NELBO and IW (GPU)",

@@ -237,7 +237,7 @@ def job_states(graph, results: Path) -> list[JobState]:
     that verifies, its checkpoint gone: pareto retrains it only when a job that reads it has to
     run), stale or missing."""
     from analysis import records as R
-    from experiments.pipeline import check_job
+    from experiments.graph import check_job
 
     good, _ = R.scan(results)
     by_name = R.latest_by_name(rec for _, rec in good)
@@ -342,7 +342,7 @@ def clean_targets(graph, results: Path, work: Path, *, stages=(), names=(), stal
 
 def _job_paths(job, results: Path, work: Path) -> list[Path]:
     """A job's record, its submission note and its work folder."""
-    from experiments.pipeline import record_path
+    from experiments.graph import record_path
 
     return [record_path(results, job), submitted_path(results, job.key), work / job.stage / job.key]
 
@@ -457,7 +457,7 @@ def add_store_commands(sub) -> None:
 def _graph(args):
     from experiments import jobs as J
     from experiments import presets as P
-    from experiments.pipeline import build_graph
+    from experiments.graph import build_graph
 
     preset = P.get(args.preset)
     results, work = Path(args.results) / preset.name, Path(args.work) / preset.name

@@ -1,8 +1,10 @@
 """Code versions of records: each job is keyed by the code it actually runs.
 
-A job's code is experiments/jobs.py plus every module of esolm/ and baselines/ that its stage
+A job's code is the part of experiments/jobs.py its stage runs (the stage's function, the jobs.py
+functions it calls, and the module's top-level statements: imports and constants) plus every module of esolm/ and baselines/ that its stage
 imports (followed statically through the import statements, function-level imports included)
-and the file of every model it builds, which the registry imports by name. Each file enters as
+and the file of every model it builds, which the registry imports by name (esolm/models.toml, the table of names, is data: adding a
+model stales no other model's jobs, and a new stage function in jobs.py stales no other stage). Each file enters as
 its syntax tree with docstrings dropped (comments are not in the tree): a documentation edit
 keeps every record valid, a change to baselines/bd3lm.py makes only BD3-LM's records stale.
 
@@ -25,7 +27,11 @@ JOBS = "experiments/jobs.py"
 @functools.lru_cache(maxsize=None)
 def file_hash(path: str) -> str:
     """Hash of one file's syntax tree without docstrings (``path`` relative to the root)."""
-    tree = ast.parse((ROOT / path).read_text())
+    return _tree_hash(ast.parse((ROOT / path).read_text()))
+
+
+def _tree_hash(tree: ast.AST) -> str:
+    """Hash of a syntax tree with the docstrings of its module, classes and functions dropped."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
             first = node.body[0]
@@ -79,17 +85,20 @@ def closure(files) -> list[str]:
 
 
 def model_file(name: str) -> str | None:
-    """The file that defines registry model ``name`` (a model registered from outside the
-    library, e.g. by a test, counts by its own file where it has one under the root)."""
+    """The file that defines registry model ``name``: relative to the root for the library's
+    models, an absolute path for a plugin's (an installed package outside the repository)."""
     import inspect
 
     from esolm import registry
 
     path = inspect.getsourcefile(registry.model_class(name))
-    try:
-        return str(Path(path).resolve().relative_to(ROOT)) if path else None
-    except ValueError:  # a file outside the repository: its module name stands for it
+    if not path:
         return None
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
 
 
 def _imports_in(node: ast.AST) -> set[str]:
@@ -117,20 +126,48 @@ def _called(defs: dict, function: str) -> set[str]:
     return reached
 
 
-def stage_files(function: str, models: tuple[str, ...]) -> list[str]:
-    """The files a job runs: jobs.py, the library modules imported by its stage function and
-    by the jobs.py functions it calls (transitively), and the files of the models it builds."""
+def _jobs_defs() -> tuple[ast.Module, dict]:
     tree = ast.parse((ROOT / JOBS).read_text())
-    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+    return tree, {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
+
+
+def part_name(function: str) -> str:
+    """The name a record gives the part of jobs.py that ``function`` runs."""
+    return f"{JOBS}::{function}"
+
+
+@functools.lru_cache(maxsize=None)
+def part_hash(function: str) -> str:
+    """Hash of the part of jobs.py that ``function`` runs: the module's statements other than
+    function definitions (imports, constants) and the functions it calls, transitively, each
+    without its docstring. A new stage function, or an edit to another stage's function,
+    leaves it unchanged."""
+    tree, defs = _jobs_defs()
+    kept = [n for n in tree.body if not isinstance(n, ast.FunctionDef) or n.name in _called(defs, function)]
+    part = ast.Module(body=kept, type_ignores=[])
+    return _tree_hash(part)
+
+
+def stage_files(function: str, models: tuple[str, ...]) -> list[str]:
+    """The files a job runs: the part of jobs.py its stage function runs, the library modules
+    imported by jobs.py's top level and by the jobs.py functions the stage calls (transitively),
+    and the files of the models it builds."""
+    tree, defs = _jobs_defs()
     top = {f for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)) for f in _imports_in(n)}
     direct = top | {f for name in _called(defs, function) for f in _imports_in(defs[name])}
     direct |= {f for m in models if (f := model_file(m))}
-    return closure(direct | {JOBS})
+    return closure(direct) + [part_name(function)]
+
+
+def _hash(path: str) -> str:
+    if "::" in path:
+        return part_hash(path.split("::", 1)[1])
+    return file_hash(path)
 
 
 def version(files: list[str]) -> tuple[str, dict[str, str]]:
-    """(one hash of these files' code, the hash of each file)."""
-    per_file = {f: file_hash(f) for f in files}
+    """(one hash of these files' code, the hash of each file or jobs.py part)."""
+    per_file = {f: _hash(f) for f in files}
     blob = "".join(f"{f}:{h}\n" for f, h in sorted(per_file.items()))
     return content_hash(blob)[:12], per_file
 

@@ -197,13 +197,14 @@ def test_eval_time_and_longctx_records_carry_intervals_and_the_values_they_resam
     trials; job_longctx: time_mean_s_lo/hi per method and each method's trials, paired by round."""
     import esolm.checkpoint as ck
     from esolm import runs as R
-    from experiments import jobs, pipeline
+    from experiments import jobs
+    from experiments.graph import build_graph
     from test_pipeline import micro
 
     preset = micro()
     preset.run.timing = R.Timing(batch_size=2, trials=3, warmup=0, wall=False)
     preset.run.long_context = R.LongContext(lengths=[16], trials=3, warmup=0, profile=False)
-    graph = pipeline.build_graph(preset, tmp_path / "work", "code1")
+    graph = build_graph(preset, tmp_path / "work", "code1")
     corpus = load_corpus("synthetic", length=16)
     torch.manual_seed(0)
     model = registry.build("ar", preset="smoke", **corpus.model_fields()).eval()
@@ -235,7 +236,7 @@ def test_eval_time_and_longctx_records_carry_intervals_and_the_values_they_resam
         assert (row["metrics"]["time_mean_s_lo"], row["metrics"]["time_mean_s_hi"]) == mean_interval(trials)
         assert [float(v) for v in row["metrics"]["time_trials"].split()] == pytest.approx(trials, rel=1e-5)
     preset.run.long_context = R.LongContext(lengths=[16], trials=2, max_trials=4, target=1e-9, warmup=0, profile=False)
-    (lc,) = [j for j in pipeline.build_graph(preset, tmp_path / "work", "code1") if j.stage == "longctx"]
+    (lc,) = [j for j in build_graph(preset, tmp_path / "work", "code1") if j.stage == "longctx"]
     rec = jobs.job_longctx(lc.payload("micro", tmp_path / "results", tmp_path / "work", 1))
     assert rec["metrics"]["rounds"] == 4 and rec["metrics"]["met"] is False  # the target unmet at the cap
 

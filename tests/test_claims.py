@@ -392,7 +392,7 @@ def test_cpu_trains_seeds_2_and_3_of_the_compared_models_for_the_nelbo_only_and_
     aggregate marks each trained model's rows with its seed (experiments/aggregate.py)."""
     from experiments import presets as P
     from experiments.aggregate import mark_train_seed, train_seeds
-    from experiments.pipeline import build_graph
+    from experiments.graph import build_graph
 
     work = Path("/nonexistent/work")
     graph = build_graph(P.get("cpu"), work)

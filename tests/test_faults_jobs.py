@@ -30,7 +30,7 @@ from experiments import jobs as J
 from experiments import pipeline
 from experiments import presets as P
 from experiments.cluster import process_alive, process_identity
-from experiments.pipeline import build_graph, record_path
+from experiments.graph import build_graph, record_path
 from experiments.store import explain_os_error, submitted_path
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,7 +21,7 @@ from faults import in_process as run
 from analysis import records as R
 from experiments import pipeline
 from experiments import presets as P
-from experiments.pipeline import build_graph, record_path
+from experiments.graph import build_graph, record_path, reuse_records
 from experiments.store import DriverLock
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -137,14 +137,14 @@ def test_clean_corrupt_lists_then_removes_only_the_corrupt_records(store, capsys
 def test_a_corrupt_record_of_another_preset_is_not_reused_and_a_corrupt_own_one_is_replaced(store, tmp_path):
     job = first(store.graph, "eval")
     mine = tmp_path / "results" / "cpu"
-    assert pipeline.reuse_records([job], mine, tmp_path / "runs" / "cpu") == ["tiny"]
+    assert reuse_records([job], mine, tmp_path / "runs" / "cpu") == ["tiny"]
     assert R.load(record_path(mine, job))["reused_from"] == "tiny"  # sealed again after the change
     record_path(mine, job).write_text("{}")  # corrupt here: replaced
-    assert pipeline.reuse_records([job], mine, tmp_path / "runs" / "cpu") == ["tiny"]
+    assert reuse_records([job], mine, tmp_path / "runs" / "cpu") == ["tiny"]
     assert R.done(record_path(mine, job))
     record_path(store.results, job).write_text("{")  # corrupt there: not copied
     record_path(mine, job).unlink()
-    assert pipeline.reuse_records([job], mine, tmp_path / "runs" / "cpu") == []
+    assert reuse_records([job], mine, tmp_path / "runs" / "cpu") == []
 
 
 # ----------------------------------------------------------------------------- missing artefacts
@@ -217,7 +217,7 @@ def nano(fail_env: bool = False) -> P.Preset:
                   sampling=Rn.Sampling(num_samples=4, batch_size=4), timing=Rn.Timing(batch_size=2, trials=1, warmup=0),
                   long_context=Rn.LongContext(lengths=[], trials=1, warmup=0),
                   mauve=Rn.Mauve(featurizer="minilm", max_text_length=32), slurm={"default": dict(time_min=10)}),
-        models=[P.ModelEntry("ar", "ar", "AR", {}, []), P.ModelEntry("mdlm", "mdlm", "MDLM", {}, [])],
+        models=[P.ModelEntry("ar", "ar", {}, []), P.ModelEntry("mdlm", "mdlm", {}, [])],
         evaluator="source")
 
 

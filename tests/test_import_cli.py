@@ -97,3 +97,32 @@ def test_the_error_exit_status_is_2_from_a_real_process(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "import", "hf:org/name",
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 2 and proc.stderr.count("error:") == 1
+
+
+def test_an_eso_lm_hub_release_imports_through_hf_and_evaluates(tmp_path, capsys, monkeypatch):
+    """hf:sahoo-diffusion/Eso-LM-B-alpha-0_25 (the download answered by the esolm-b-hf fixture):
+    alpha_0 from the repository name, recorded in import.json; then eval on the import."""
+    asked = []
+    monkeypatch.setattr("esolm.data.hub.hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr("huggingface_hub.snapshot_download",
+                        lambda repo, **kw: asked.append(repo) or str(FIXTURES / "esolm-b-hf"))
+    out = tmp_path / "eso-hf"
+    rc, stdout, err = cli(capsys, "import", "hf:sahoo-diffusion/Eso-LM-B-alpha-0_25", "--out", out)
+    assert rc == 0, err
+    assert asked == ["sahoo-diffusion/Eso-LM-B-alpha-0_25"] and "alpha_0=0.25" in err
+    info = json.loads((out / "import.json").read_text())
+    assert info["family"] == "esolm-b" and info["weights"].startswith("published")
+    assert info["alpha_0"] == {"value": 0.25, "source": "the repository name sahoo-diffusion/Eso-LM-B-alpha-0_25"}
+    rc, _, err = cli(capsys, "eval", "--checkpoint", out, "--no-progress", "max_batches=1", "batch_size=4")
+    assert rc == 0, err
+
+
+def test_an_eso_lm_hf_folder_takes_alpha_0_from_the_option_or_is_one_clear_error(tmp_path, capsys):
+    _one_error(*cli(capsys, "import", FIXTURES / "esolm-b-hf", "--out", tmp_path / "o")[::2],
+               "no alpha_0", "alpha_0=A")
+    assert not (tmp_path / "o").exists()
+    rc, _, err = cli(capsys, "import", FIXTURES / "esolm-b-hf", "--out", tmp_path / "o", "alpha_0=1",
+                     "--check-batches", 0)
+    assert rc == 0, err
+    info = json.loads((tmp_path / "o" / "import.json").read_text())
+    assert info["alpha_0"] == {"value": 1.0, "source": "option alpha_0=1"}

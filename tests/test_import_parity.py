@@ -21,8 +21,11 @@ from esolm.importers.parity import LOGIT_ATOL, SUM_ATOL, compare, passes
 from esolm.importers.safe_pickle import load_lightning, plain
 
 FIXTURES = Path(os.environ.get("ESOLM_FIXTURES", Path(__file__).parent / "fixtures" / "official"))
-SOURCES = {"esolm-b": "esolm-b.ckpt", "esolm-a": "esolm-a.ckpt", "mdlm": "mdlm.ckpt", "bd3lm-hf": "bd3lm-hf"}
-FAMILY = {"esolm-b": "esolm-b", "esolm-a": "esolm-a", "mdlm": "mdlm", "bd3lm-hf": "bd3lm"}
+SOURCES = {"esolm-b": "esolm-b.ckpt", "esolm-a": "esolm-a.ckpt", "mdlm": "mdlm.ckpt", "bd3lm-hf": "bd3lm-hf",
+           "esolm-b-hf": "esolm-b-hf"}
+FAMILY = {"esolm-b": "esolm-b", "esolm-a": "esolm-a", "mdlm": "mdlm", "bd3lm-hf": "bd3lm", "esolm-b-hf": "esolm-b"}
+OPTIONS = {"esolm-b-hf": dict(overrides={"alpha_0": "0.25"})}  # its folder name does not say alpha_0
+ESO_HF = "sahoo-diffusion/Eso-LM-B-alpha-0_25"  # the release the fixture's config names
 
 
 def expected(name):
@@ -42,14 +45,15 @@ def imported(source, **kw):
 
 @pytest.mark.parametrize("name", list(SOURCES))
 def test_imported_model_matches_every_recorded_output_of_the_authors(name):
-    model, info = imported(FIXTURES / SOURCES[name])
+    model, info = imported(FIXTURES / SOURCES[name], **OPTIONS.get(name, {}))
     fx = expected(name)
     diffs = compare(model, fx)
     assert set(diffs) == set(fx["outputs"])  # every output is compared, nonzero-sigma ones included
     for key, d in diffs.items():
         assert d <= (SUM_ATOL if key.endswith("per_seq") else LOGIT_ATOL), (key, d)
     assert info["family"] == FAMILY[name]
-    assert info["weights"].startswith("published" if name == "bd3lm-hf" else "ema")
+    assert info["weights"].startswith("published" if name.endswith("-hf") else "ema")
+    assert info["parity"].startswith(f"proven for this format on fixture {name} ")
 
 
 def test_the_fixtures_cover_each_attention_mode_of_the_issue():
@@ -57,6 +61,8 @@ def test_the_fixtures_cover_each_attention_mode_of_the_issue():
         <= set(expected("esolm-b")["outputs"])
     assert {"raw", "raw_sigma", "logprobs"} <= set(expected("mdlm")["outputs"])
     assert {"train_raw", "sample_nocache_raw", "sample_kv_block3_raw"} <= set(expected("bd3lm-hf")["outputs"])
+    assert {"diffusion_raw", "diffusion_raw_sigma", "sequential_raw", "sample_nocache_raw", "kv_step4_raw"} \
+        <= set(expected("esolm-b-hf")["outputs"])
 
 
 @pytest.mark.parametrize("name", ["esolm-b", "esolm-a", "mdlm"])
@@ -87,17 +93,96 @@ def test_a_perturbed_ema_weight_fails_parity(tmp_path, name):
     assert passes(compare(unchanged, expected(name)))  # the round trip itself is exact
 
 
-def test_a_perturbed_hf_weight_fails_parity(tmp_path):
+def _hf_copy(folder: Path, name: str, edit=None, config=None) -> Path:
+    """The HF fixture ``name`` re-saved into ``folder`` after ``edit(weights)`` / ``config(cfg)``."""
     from safetensors.torch import load_file, save_file
 
-    folder = tmp_path / "bd3"
-    folder.mkdir()
-    (folder / "config.json").write_text((FIXTURES / "bd3lm-hf" / "config.json").read_text())
-    w = load_file(str(FIXTURES / "bd3lm-hf" / "model.safetensors"))
-    w["backbone.blocks.1.attn_out.weight"] = w["backbone.blocks.1.attn_out.weight"] * 1.001
-    save_file(w, str(folder / "model.safetensors"))
-    model, _ = imported(folder)
-    assert not passes(compare(model, expected("bd3lm-hf")))
+    folder.mkdir(parents=True)
+    cfg = json.loads((FIXTURES / name / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config(cfg) if config else cfg))
+    w = load_file(str(FIXTURES / name / "model.safetensors"))
+    save_file(edit(w) if edit else w, str(folder / "model.safetensors"))
+    return folder
+
+
+@pytest.mark.parametrize("name,key", [("bd3lm-hf", "backbone.blocks.1.attn_out.weight"),
+                                      ("esolm-b-hf", "backbone.blocks.0.mlp.2.bias")])
+def test_a_perturbed_hf_weight_fails_parity(tmp_path, name, key):
+    def perturb(w):
+        w[key] = w[key] * 1.001
+        return w
+    folder = ESO_HF.replace("/", "_") if name == "esolm-b-hf" else name  # the folder name gives alpha_0
+    model, _ = imported(_hf_copy(tmp_path / "bad" / folder, name, perturb))
+    assert not passes(compare(model, expected(name)))
+    unchanged, _ = imported(_hf_copy(tmp_path / "good" / folder, name))
+    assert passes(compare(unchanged, expected(name)))  # the round trip itself is exact
+
+
+def _hub_standin(monkeypatch) -> list:
+    """``hf:`` downloads answered by the esolm-b-hf fixture folder; the repositories asked for."""
+    asked = []
+
+    def snapshot_download(repo, **kw):
+        asked.append(repo)
+        return str(FIXTURES / "esolm-b-hf")
+    monkeypatch.setattr("esolm.data.hub.hub_reachable", lambda *a, **k: True)
+    monkeypatch.setattr("huggingface_hub.snapshot_download", snapshot_download)
+    return asked
+
+
+@pytest.mark.parametrize("release,alpha_0", [("sahoo-diffusion/Eso-LM-B-alpha-1", 1.0), (ESO_HF, 0.25)])
+def test_the_eso_lm_hub_releases_import_through_hf_with_alpha_0_from_the_repository_name(monkeypatch, release,
+                                                                                          alpha_0):
+    asked = _hub_standin(monkeypatch)
+    state, info = import_checkpoint(f"hf:{release}", model="esolm-b")
+    assert asked == [release] and info["source"] == f"hf:{release}" and info["format"] == "hf"
+    assert info["alpha_0"] == dict(value=alpha_0, source=f"the repository name {release}")
+    assert state["model_config"]["alpha_0"] == alpha_0
+    assert state["model_config"]["batch_split"] == (1.0 if alpha_0 == 1 else 0.5)  # the spec's kappa (7.2)
+    assert passes(compare(build(state), expected("esolm-b-hf")))  # the network does not depend on alpha_0
+
+
+def test_an_explicit_alpha_0_wins_over_the_name_and_the_record_says_so(monkeypatch):
+    _hub_standin(monkeypatch)
+    state, info = import_checkpoint("hf:sahoo-diffusion/Eso-LM-B-alpha-1", overrides={"alpha_0": "0.25"})
+    assert state["model_config"]["alpha_0"] == 0.25 and info["alpha_0"]["value"] == 0.25
+    assert info["alpha_0"]["source"] == ("option alpha_0=0.25 (instead of 1 from the repository name "
+                                         "sahoo-diffusion/Eso-LM-B-alpha-1)")
+    _, info = import_checkpoint(str(FIXTURES / "esolm-b.ckpt"))
+    assert info["alpha_0"] == dict(value=0.25, source="the checkpoint's config (algo.alpha_0)")
+    _, info = import_checkpoint(str(FIXTURES / "mdlm.ckpt"))
+    assert "alpha_0" not in info
+
+
+def test_an_eso_lm_hf_folder_without_alpha_0_is_one_error_naming_the_fix():
+    with pytest.raises(ConfigError, match=r"holds no alpha_0.*pass alpha_0=A"):
+        import_checkpoint(str(FIXTURES / "esolm-b-hf"))
+
+
+def test_alpha_0_is_read_from_release_names_with_underscore_as_decimal_point(tmp_path):
+    from esolm.importers.sources import alpha_0_from_name
+
+    assert alpha_0_from_name("hf:sahoo-diffusion/Eso-LM-B-alpha-0_25") == (
+        0.25, "repository name sahoo-diffusion/Eso-LM-B-alpha-0_25")
+    assert alpha_0_from_name("checkpoints/sahoo-diffusion_Eso-LM-B-alpha-1")[0] == 1.0
+    snapshot = tmp_path / "hub" / "models--sahoo-diffusion--Eso-LM-B-alpha-0_25" / "snapshots" / "0123abcd"
+    assert alpha_0_from_name(str(snapshot)) == (0.25, "hub cache name sahoo-diffusion/Eso-LM-B-alpha-0_25")
+    assert alpha_0_from_name("runs/esolm-b-hf") is None and alpha_0_from_name("hf:org/mdlm-owt") is None
+    assert alpha_0_from_name("runs/gamma-0_5") is None  # "alpha" must stand alone
+    with pytest.raises(ConfigError, match="outside"):
+        alpha_0_from_name("hf:org/Eso-LM-B-alpha-25")
+
+
+def test_the_eso_lm_hf_width_is_hidden_size_and_the_mask_is_the_last_id(tmp_path):
+    def cfg_with(**kw):
+        return lambda cfg: dict(cfg, **kw)
+    name = ESO_HF.replace("/", "_")
+    _, info = imported(_hf_copy(tmp_path / "a" / name, "esolm-b-hf", config=cfg_with(hidden_dim=768)))
+    assert info["architecture"]["d_model"] == 32  # hidden_dim is an unused extra key of EsoLMConfig
+    with pytest.raises(ConfigError, match="hidden_size=64"):
+        import_checkpoint(str(_hf_copy(tmp_path / "b" / name, "esolm-b-hf", config=cfg_with(hidden_size=64))))
+    with pytest.raises(ConfigError, match="mask_index=0"):
+        import_checkpoint(str(_hf_copy(tmp_path / "c" / name, "esolm-b-hf", config=cfg_with(mask_index=0))))
 
 
 def test_a_missing_weight_is_an_error_naming_the_key(tmp_path):

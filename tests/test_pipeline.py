@@ -17,14 +17,15 @@ from esolm import runs as R
 from esolm.config import ConfigError
 from esolm.runs import RunConfig
 from esolm.train import train_config
+from experiments import graph as G
 from experiments import pipeline
 from experiments import presets as P
 
 
 def micro(fail: bool = False) -> P.Preset:
     models = [
-        P.ModelEntry("ar", "ar", "AR", {}, [dict(steps=15)], nfe_equals_l=True),
-        P.ModelEntry("esolm-b a0=0.5", "esolm-b", "Eso-LM (B)", {"alpha_0": 0.5}, [dict(steps=4, alpha_0_eval=0.5)],
+        P.ModelEntry("ar", "ar", {}, [dict(steps=15)], nfe_equals_l=True),
+        P.ModelEntry("esolm-b a0=0.5", "esolm-b", {"alpha_0": 0.5}, [dict(steps=4, alpha_0_eval=0.5)],
                      nfe_equals_l=True),
     ]
     if fail:  # a sweep point the model refuses: its job raises, the others must be kept
@@ -72,13 +73,13 @@ def rows(results: Path) -> dict:
 def test_graph_keys_depend_on_config_and_on_the_code_each_job_runs(tmp_path, monkeypatch):
     from experiments import versions
 
-    a = pipeline.build_graph(micro(), tmp_path)
-    b = pipeline.build_graph(micro(), tmp_path)
+    a = G.build_graph(micro(), tmp_path)
+    b = G.build_graph(micro(), tmp_path)
     assert [j.key for j in a] == [j.key for j in b]
     # a change to AR's file: every job that builds or loads an AR is stale, Eso-LM's training is not
     real = versions.file_hash
     monkeypatch.setattr(versions, "file_hash", lambda f: real(f) + "x" if f == "baselines/ar.py" else real(f))
-    c = {j.name: j for j in pipeline.build_graph(micro(), tmp_path)}
+    c = {j.name: j for j in G.build_graph(micro(), tmp_path)}
     changed = {j.name for j in a if c[j.name].key != j.key}
     assert {"train/ar", "eval/ar/nelbo", "sample/ar/steps=15", "time/ar/steps=15", "longctx/L=16"} <= changed
     assert not any(n.startswith(("train/esolm", "eval/esolm", "time/esolm")) for n in changed)
@@ -86,7 +87,7 @@ def test_graph_keys_depend_on_config_and_on_the_code_each_job_runs(tmp_path, mon
     # a different configuration: a different key
     d = micro()
     d.models[0].sweep[0]["steps"] = 14
-    assert "time/ar/steps=14" in {j.name for j in pipeline.build_graph(d, tmp_path)}
+    assert "time/ar/steps=14" in {j.name for j in G.build_graph(d, tmp_path)}
     assert len({j.key for j in a}) == len(a)
     stages = {j.stage for j in a}
     assert stages == {"train", "eval", "sample", "time", "longctx"}
@@ -221,7 +222,8 @@ def test_code_version_ignores_docstrings_and_comments_but_not_code(tmp_path, mon
 
 
 def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_cost():
-    from experiments.pipeline import Job, job_cost, lanes
+    from experiments.graph import Job
+    from experiments.lanes import job_cost, lanes
 
     def job(name, model=None, steps=None, **over):
         if not steps:
@@ -249,8 +251,28 @@ def test_local_lanes_keep_at_most_n_jobs_on_the_cpu_and_balance_training_cost():
     assert [[j.name for j in lane] for lane in timing] == [["a", "b", "c"]]  # one lane: one job at a time
 
 
+def test_a_stage_submits_one_group_per_model_where_it_shares_a_process_packed_into_lanes_locally():
+    from experiments.graph import Job
+    from experiments.lanes import GROUP_BY_MODEL, submitted_groups
+
+    jobs = [Job(stage, f"{stage}/{label}/{i}", {}, {}, label=label, key=f"{stage}-{label}-{i}")
+            for stage in ("train", "sample") for label in ("ar", "mdlm", "eso") for i in range(2)]
+    trains, samples = jobs[:6], jobs[6:]
+    assert "sample" in GROUP_BY_MODEL and "train" not in GROUP_BY_MODEL
+    # a training job runs alone; a model's sample jobs share one process, in the graph's order
+    assert submitted_groups("train", trains) == [[j] for j in trains]
+    assert submitted_groups("sample", samples) == [samples[0:2], samples[2:4], samples[4:6]]
+    # the local cluster: at most n submitted jobs, each a lane of whole groups; n above the count packs nothing
+    packed = submitted_groups("sample", samples, 2)
+    assert len(packed) == 2 and sorted(j.key for lane in packed for j in lane) == sorted(j.key for j in samples)
+    assert all(lane.index(j) + 1 == lane.index(k) for lane in packed for j, k in zip(samples[::2], samples[1::2])
+               if j in lane)
+    assert submitted_groups("sample", samples, 3) == submitted_groups("sample", samples)
+    assert len(submitted_groups("train", trains, 1)) == 1
+
+
 def test_a_job_another_preset_already_ran_is_reused_with_its_checkpoint_never_overwriting(tmp_path):
-    from experiments.pipeline import Job, record_path, reuse_records
+    from experiments.graph import Job, record_path, reuse_records
 
     train = Job("train", "train/ar", dict(model="ar"), {}, key="k1")
     other_results, results = tmp_path / "results" / "tiny", tmp_path / "results" / "cpu"
@@ -282,7 +304,7 @@ def test_longctx_times_every_method_of_a_length_side_by_side_interleaved(tmp_pat
 
     preset = micro()
     preset.run.long_context = R.LongContext(lengths=[16], trials=3, warmup=1)
-    graph = pipeline.build_graph(preset, tmp_path / "work", "code1")
+    graph = G.build_graph(preset, tmp_path / "work", "code1")
     (lc,) = [j for j in graph if j.stage == "longctx"]
     names = [e["name"] for e in lc.config["entries"]]
     assert names == ["longctx/AR/L=16/cache", "longctx/AR/L=16/no-cache",
@@ -328,7 +350,7 @@ def test_a_preset_can_time_one_clock_only_halving_the_timing_stages(tmp_path, mo
     preset = micro()
     preset.run.long_context = R.LongContext(lengths=[16], trials=2, warmup=1, profile=False)
     preset.run.timing = R.Timing(batch_size=2, trials=2, warmup=1, wall=False)
-    graph = pipeline.build_graph(preset, tmp_path / "work", "code1")
+    graph = G.build_graph(preset, tmp_path / "work", "code1")
     (lc,) = [j for j in graph if j.stage == "longctx"]
     assert lc.identity["profile"] is False
     assert all(j.identity["wall"] is False for j in graph if j.stage == "time")
@@ -368,10 +390,10 @@ def test_a_model_entry_can_give_a_multi_pass_likelihood_every_k_on_all_exact_seq
     the exact sequences; its entry's own eval settings lift that (the cpu preset's Eso-LM (A))."""
     preset = micro()
     preset.run.eval = R.Eval(batch_size=4, max_batches=1, exact_orders=[1, 2], exact_max_sequences=16)
-    preset.models.append(P.ModelEntry("esolm-a", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.5}, []))
-    preset.models.append(P.ModelEntry("esolm-a own", "esolm-a", "Eso-LM (A)", {"alpha_0": 0.5}, [],
+    preset.models.append(P.ModelEntry("esolm-a", "esolm-a", {"alpha_0": 0.5}, []))
+    preset.models.append(P.ModelEntry("esolm-a own", "esolm-a", {"alpha_0": 0.5}, [],
                                       eval=dict(exact_orders=[1, 2], exact_max_sequences=16)))
-    evals = {j.name: j.identity for j in pipeline.build_graph(preset, tmp_path, "c") if j.stage == "eval"}
+    evals = {j.name: j.identity for j in G.build_graph(preset, tmp_path, "c") if j.stage == "eval"}
     assert [n for n in evals if n.startswith("eval/esolm-a/exact")] == ["eval/esolm-a/exact K=1"]
     assert evals["eval/esolm-a/exact K=1"]["max_batches"] == 1  # 16 // 8 = 2 sequences: one batch
     assert [n for n in evals if n.startswith("eval/esolm-a own/exact")] == ["eval/esolm-a own/exact K=1",
@@ -384,17 +406,17 @@ def test_pareto_says_why_a_record_is_stale(tmp_path, monkeypatch):
     from experiments import versions
 
     results = tmp_path / "results"
-    graph = pipeline.build_graph(micro(), tmp_path)
+    graph = G.build_graph(micro(), tmp_path)
     job = next(j for j in graph if j.name == "train/ar")
-    path = pipeline.record_path(results, job)
+    path = G.record_path(results, job)
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(dict(name=job.name, key=job.key, stage="train", finished="2026-01-01", code_version="c",
                                     row={}, code_files=job.code_files)))
-    assert pipeline.stale_reasons([job], results) == {}
+    assert G.stale_reasons([job], results) == {}
     real = versions.file_hash
     monkeypatch.setattr(versions, "file_hash", lambda f: real(f) + "x" if f == "baselines/ar.py" else real(f))
-    new = next(j for j in pipeline.build_graph(micro(), tmp_path) if j.name == "train/ar")
-    assert pipeline.stale_reasons([new], results) == {"code changed in baselines/ar.py": 1}
+    new = next(j for j in G.build_graph(micro(), tmp_path) if j.name == "train/ar")
+    assert G.stale_reasons([new], results) == {"code changed in baselines/ar.py": 1}
 
 
 def test_a_new_model_is_one_file_and_one_registration(tmp_path, monkeypatch):
@@ -408,13 +430,13 @@ def test_a_new_model_is_one_file_and_one_registration(tmp_path, monkeypatch):
     from analysis.tables import write_tables
     from esolm import registry
 
-    monkeypatch.setattr(registry, "_BUILTIN", dict(registry._BUILTIN))
-    registry.register("toy", "toy_model:ToyLM")  # the one registration
+    monkeypatch.setattr(registry, "_REGISTERED", dict(registry._REGISTERED))
+    registry.register("toy", "toy_model:ToyLM")  # the one registration (this process: the debug cluster)
 
     def preset():
         p = P.get("smoke")
         p.run = dataclasses.replace(p.run, name="smoke-toy", long_context=R.LongContext(lengths=[]))
-        p.models = [P.ModelEntry("toy", "toy", "Toy", {}, [dict(steps=1), dict(steps=1, temperature=0.8)])]
+        p.models = [P.ModelEntry("toy", "toy", {}, [dict(steps=1), dict(steps=1, temperature=0.8)])]
         return p
 
     monkeypatch.setitem(P.PRESETS, "smoke-toy", preset)
@@ -444,7 +466,7 @@ def test_one_clock_times_every_configuration_in_one_job_per_timing_run(tmp_path,
         return dataclasses.replace(micro(), clock=dict(runs=2, min_rounds=2, max_rounds=3, target=0.10))
 
     monkeypatch.setitem(P.PRESETS, "micro", clocked)
-    graph = pipeline.build_graph(clocked(), tmp_path / "work" / "micro")
+    graph = G.build_graph(clocked(), tmp_path / "work" / "micro")
     timed = [j for j in graph if j.stage in ("time", "longctx")]
     assert [j.name for j in timed] == ["time/clock/run=1", "longctx/L=16/run=1", "time/clock/run=2",
                                        "longctx/L=16/run=2"]
@@ -485,12 +507,13 @@ def test_cpu_finetunes_bd3lm_from_its_trained_mdlm_and_tiny_is_unchanged(tmp_pat
     later round of the train stage), names its key in its identity (retrained when MDLM is) and reads
     its checkpoint; NELBO only. `tiny` has no finetune, and its model jobs are all jobs of `cpu`."""
     from experiments.aggregate import init_sources, mark_init_from
+    from experiments.lanes import stage_rounds
 
     cpu = P.get("cpu")
-    jobs = pipeline.build_graph(cpu, tmp_path)
+    jobs = G.build_graph(cpu, tmp_path)
     by = {j.name: j for j in jobs}
     mdlm = by["train/mdlm"]
-    rounds = pipeline.stage_rounds([j for j in jobs if j.stage == "train"])
+    rounds = stage_rounds([j for j in jobs if j.stage == "train"])
     assert len(rounds) == 2 and mdlm in rounds[0]
     for b in (4, 16):
         label = f"bd3lm L'={b} from mdlm"
@@ -502,7 +525,7 @@ def test_cpu_finetunes_bd3lm_from_its_trained_mdlm_and_tiny_is_unchanged(tmp_pat
         assert sorted(j.name for j in jobs if j.label == label) == [f"eval/{label}/nelbo", f"train/{label}"]
     changed = P.get("cpu")
     next(m for m in changed.models if m.label == "mdlm").train = dict(steps=7)
-    again = {j.name: j for j in pipeline.build_graph(changed, tmp_path)}
+    again = {j.name: j for j in G.build_graph(changed, tmp_path)}
     assert again["train/bd3lm L'=4 from mdlm"].key != by["train/bd3lm L'=4 from mdlm"].key
     assert again["train/bd3lm L'=4"].key == by["train/bd3lm L'=4"].key
     # results.csv: config.init_from on the finetune's rows, its display label saying so, others untouched
@@ -517,11 +540,11 @@ def test_cpu_finetunes_bd3lm_from_its_trained_mdlm_and_tiny_is_unchanged(tmp_pat
     tiny = P.get("tiny")
     assert not any(m.init_from for m in tiny.models) and not init_sources(tiny)
     models = ("train", "eval", "sample")  # the timing jobs time each preset's own set side by side
-    assert {j.key for j in pipeline.build_graph(tiny, tmp_path) if j.stage in models} <= set(by[n].key for n in by)
+    assert {j.key for j in G.build_graph(tiny, tmp_path) if j.stage in models} <= set(by[n].key for n in by)
     bad = P.get("cpu")
     bad.models[-1].init_from = "no such entry"
     with pytest.raises(ConfigError, match="not an entry trained before it"):
-        pipeline.build_graph(bad, tmp_path)
+        G.build_graph(bad, tmp_path)
 
 
 @pytest.mark.parametrize("name", ["smoke", "tiny", "cpu"])
@@ -530,7 +553,7 @@ def test_the_judges_share_no_training_run_seed_or_data_order_with_a_scored_model
     the second is trained from a seed no scored model uses (seed = weights, batch order and noise)."""
     preset = P.get(name)
     assert preset.evaluator == "ngram" and isinstance(preset.second_evaluator, dict)
-    graph = pipeline.build_graph(preset, tmp_path)
+    graph = G.build_graph(preset, tmp_path)
     trains = [j for j in graph if j.stage == "train"]
     judges = [j for j in trains if j.group == "evaluator"]
     scored = [j for j in trains if j.group != "evaluator"]

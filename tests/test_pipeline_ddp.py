@@ -51,7 +51,7 @@ def preset(tasks: int) -> P.Preset:
                            checkpoint_every=CHECKPOINT_EVERY, ema=0.0, lr=3e-3, warmup=2),
         long_context=runs.LongContext(lengths=[], trials=1, warmup=0),
         slurm={"default": dict(time_min=10, cpus_per_task=1), "train": dict(tasks_per_node=tasks)})
-    return P.Preset(run, models=[P.ModelEntry("ar", "ar", "AR", {}, [])], evaluator="source")
+    return P.Preset(run, models=[P.ModelEntry("ar", "ar", {}, [])], evaluator="source")
 
 
 @pytest.fixture

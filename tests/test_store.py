@@ -21,7 +21,7 @@ from esolm.data import load_corpus
 from esolm.train import fit, seed_everything, train_config
 from experiments import jobs as J
 from experiments import presets as P
-from experiments.pipeline import build_graph, record_path
+from experiments.graph import build_graph, record_path
 from experiments.store import DriverLock, submitted_path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,3 +237,29 @@ def test_clean_removes_only_what_is_named(store):
 
 def test_pareto_unknown_stage_is_one_message(tmp_path):
     one_error(pareto(tmp_path, "--stages", "train,nope"), "unknown stage(s) ['nope']", "train")
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module name ``path`` imports, function-level imports included."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.update([node.module, *(f"{node.module}.{a.name}" for a in node.names)])
+    return out
+
+
+def test_the_store_and_the_graph_import_nothing_of_the_driver():
+    """The graph (experiments/graph.py) and the lanes are read by the store and by the driver
+    (experiments/pipeline.py); the store does not import the driver, so the two no longer import
+    each other: only the command layer (run.py) imports the driver."""
+    importers = {f.name for f in (ROOT / "experiments").glob("*.py") if "experiments.pipeline" in _imports(f)}
+    assert importers == {"run.py"}
+    assert not {"experiments.store", "experiments.pipeline"} & _imports(ROOT / "experiments" / "graph.py")
+    code = ("import sys, experiments.store, experiments.graph, experiments.lanes; "
+            "print('experiments.pipeline' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0 and proc.stdout.strip() == "False", proc.stderr

@@ -18,13 +18,14 @@ from pathlib import Path
 
 from esolm.config import ConfigError
 from esolm.importers.dit import infer_architecture, load_into, rename
-from esolm.importers.sources import Raw, read_source
+from esolm.importers.sources import Raw, alpha_0_from_name, read_source
 
 GPT2_V, BERT_V = 50258, 30522  # OWT (GPT-2 + appended mask) and LM1B (bert-base-uncased) vocabularies
 # which harness models the fixtures prove parity for (tests/test_import_parity.py)
 PARITY = {key: f"proven for this format on fixture {fixture} (tests/test_import_parity.py)"
           for key, fixture in {("lightning", "esolm-b"): "esolm-b", ("lightning", "esolm-a"): "esolm-a",
-                               ("lightning", "mdlm"): "mdlm", ("hf", "bd3lm"): "bd3lm-hf"}.items()}
+                               ("lightning", "mdlm"): "mdlm", ("hf", "bd3lm"): "bd3lm-hf",
+                               ("hf", "esolm-b"): "esolm-b-hf"}.items()}
 CONVENTIONS = [
     "parameter names: the authors' DiT names mapped onto esolm.backbone.Backbone (esolm/importers/dit.py)",
     "EMA: ema.shadow_params (backbone.parameters() order) matched to names; chosen unless --no-ema",
@@ -33,6 +34,8 @@ CONVENTIONS = [
     "sigma: the authors feed sigma = 0 (time_conditioning=False); so do the harness models",
     "vocabulary: [MASK] = V - 1 and BOS = EOS = V - 2 (GPT-2 layout); LM1B: [MASK] = 103, BOS = EOS = [CLS] = 101",
     "_orig_mod. prefixes (torch.compile) are stripped",
+    "Eso-LM HF (sahoo-diffusion/Eso-LM-B-*): model_type EsoLM is Eso-LM (B); hidden_size is the width (hidden_dim "
+    "an unused extra key); alpha_0 (not in its config) from alpha_0= or the repository / folder name",
 ]
 
 
@@ -74,10 +77,11 @@ def _choose(raw: Raw, ema: bool | None) -> tuple[dict, str]:
 
 def _cross_check(raw: Raw, arch: dict) -> None:
     m = raw.meta.get("config_model") or {}
-    pairs = [("hidden_size", "d_model"), ("n_blocks", "n_layers"), ("cond_dim", "cond_dim")]
-    if raw.fmt == "hf":
-        m = {"hidden_size": raw.meta.get("hidden_dim"), "n_blocks": raw.meta.get("n_blocks"),
-             "cond_dim": raw.meta.get("cond_dim")}
+    width = "hidden_size"
+    if raw.fmt == "hf":  # BD3-LM / MDLM: hidden_dim; EsoLMConfig reads hidden_size (hidden_dim an unused extra)
+        width = "hidden_size" if raw.family == "esolm-b" else "hidden_dim"
+        m = {k: raw.meta.get(k) for k in (width, "n_blocks", "cond_dim")}
+    pairs = [(width, "d_model"), ("n_blocks", "n_layers"), ("cond_dim", "cond_dim")]
     for theirs, ours in pairs:
         if isinstance(m.get(theirs), int) and m[theirs] != arch[ours]:
             raise ConfigError(f"{raw.source}: the config says {theirs}={m[theirs]} but the weights have "
@@ -88,6 +92,28 @@ def _cross_check(raw: Raw, arch: dict) -> None:
                           f"{arch['vocab_size']} rows")
 
 
+def _alpha_0_source(raw: Raw, overrides: dict, fields: dict) -> str | None:
+    """Where an Eso-LM's alpha_0 comes from (None for other families): the ``alpha_0=`` option,
+    the Lightning config, or (the HF releases' config has none) the release's name, which then
+    sets ``fields["alpha_0"]``; with none of them, one error naming the fix."""
+    if not raw.family.startswith("esolm"):
+        return None
+    named = alpha_0_from_name(raw.source) if raw.fmt == "hf" else None
+    if "alpha_0" in overrides:
+        said = [f"the config's {fields['alpha_0']:g}"] if "alpha_0" in fields else []
+        said += [f"{named[0]:g} from the {named[1]}"] if named else []
+        return f"option alpha_0={overrides['alpha_0']}" + (f" (instead of {'; '.join(said)})" if said else "")
+    if "alpha_0" in fields:
+        return "the checkpoint's config (algo.alpha_0)"
+    if named is None:
+        raise ConfigError(f"{raw.source}: an Eso-LM Hugging Face release's config holds no alpha_0, and the name "
+                          f"does not say it (sahoo-diffusion/Eso-LM-B-alpha-1 = 1, ...-alpha-0_25 = 0.25); pass "
+                          f"alpha_0=A (run.py import SOURCE alpha_0=A --out DIR), or keep the release's name in the "
+                          f"source (hf:ORG/NAME, or a folder named like checkpoints/sahoo-diffusion_Eso-LM-B-alpha-0_25)")
+    fields["alpha_0"] = named[0]
+    return f"the {named[1]}"
+
+
 def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None = None,
                       corpus: dict | None = None, overrides: dict | None = None) -> tuple[dict, dict]:
     """(harness checkpoint dict, import record) of ``source``.
@@ -95,7 +121,9 @@ def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None
     model: the expected registry name (an error when the file holds another family);
     ema: None = EMA when present (the authors' choice), True = EMA or error, False = live;
     corpus: load_corpus kwargs the model is evaluated on (default ``default_corpus``);
-    overrides: model config fields to set (e.g. length=, n_heads= where the file lacks them)."""
+    overrides: model config fields to set (e.g. length=, n_heads= where the file lacks them; alpha_0=
+        for an Eso-LM HF release, else taken from its name). The record's ``alpha_0`` says which
+        source gave an Eso-LM's alpha_0."""
     from esolm import registry
 
     raw = read_source(str(source))
@@ -110,6 +138,7 @@ def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None
     fields = {**arch, **vocabulary(arch["vocab_size"]), **raw.fields}
     if raw.family == "bd3lm" and {"sampling_eps_min", "sampling_eps_max"} <= set(raw.extras):
         fields.update(clip_beta=raw.extras["sampling_eps_min"], clip_omega=raw.extras["sampling_eps_max"])
+    alpha_from = _alpha_0_source(raw, overrides, fields)
     fields.update(overrides)  # key=value from the command line wins (typed by the model's config)
     if "length" not in fields:
         raise ConfigError(f"{raw.source}: the file does not record the sequence length; pass length=L")
@@ -119,6 +148,7 @@ def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None
     spec = dict(corpus) if corpus else default_corpus(cfg.vocab_size, cfg.length)
     info = dict(source=str(source), format=raw.fmt, family=raw.family, weights=chosen,
                 ema_in_file=raw.ema is not None, architecture=arch, extras=raw.extras,
+                **({"alpha_0": dict(value=cfg.alpha_0, source=alpha_from)} if alpha_from else {}),
                 parity=PARITY.get((raw.fmt, raw.family), "unproven: no fixture of this format"),
                 conventions=CONVENTIONS, meta={k: v for k, v in raw.meta.items() if k != "config_json"})
     state = dict(model_name=raw.family, model_config=cfg.to_dict(), model=net.state_dict(), ema=None,

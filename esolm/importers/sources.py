@@ -4,7 +4,9 @@
         ``ema.shadow_params`` = EMA weights in ``backbone.parameters()`` order, the Hydra config
         under ``hyper_parameters.config`` (read through the restricted unpickler).
     Hugging Face folder (``config.json`` + ``model.safetensors`` or ``pytorch_model.bin``):
-        ``model_type`` "bd3lm" (kuleshov-group/bd3lm-*) or "mdlm" (kuleshov-group/mdlm-owt);
+        ``model_type`` "bd3lm" (kuleshov-group/bd3lm-*), "mdlm" (kuleshov-group/mdlm-owt) or
+        "EsoLM" (sahoo-diffusion/Eso-LM-B-alpha-{1,0_25}: Eso-LM (B), ``hidden_size`` the width,
+        no alpha_0 in the config: ``alpha_0_from_name`` reads it from the repository / folder name);
         the weights are the EMA weights the authors copied in before pushing; there is no EMA entry.
     ``hf:ORG/NAME``: such a folder fetched through huggingface_hub (online only).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +26,10 @@ from esolm.importers.safe_pickle import load_lightning, plain
 from esolm.io import file_hash
 
 HF_EXTRAS = ("sampling_eps_min", "sampling_eps_max")  # BD3-LM's clipped noise interval (0-dim buffers)
+# config.json model_type -> registry name; the EsoLM class of sahoo-diffusion/Eso-LM-B-* holds no
+# variant field, and both releases are Eso-LM (B) (fixture README, section 7)
+HF_FAMILIES = {"bd3lm": "bd3lm", "mdlm": "mdlm", "EsoLM": "esolm-b"}
+_ALPHA_NAME = re.compile(r"(?:^|[^a-z0-9])alpha-(\d+(?:[._]\d+)?)(?![\d.])", re.IGNORECASE)
 
 
 @dataclass
@@ -194,16 +201,28 @@ def read_hf_folder(folder: Path) -> Raw:
         cfg = json.loads(cfg_path.read_text())
     except ValueError as e:
         raise ConfigError(f"{cfg_path} is not valid JSON ({e}); re-download it") from None
+    family, fields = _hf_family(cfg, src)
+    weights = _hf_weights(folder)
+    live, extras = strip_prefixes(weights, src, HF_EXTRAS)
+    extras = {k: float(f"{float(v):.7g}") for k, v in extras.items()}  # float32 buffers: 0.001, not 0.0010000000475
+    meta = dict(config_json={k: v for k, v in cfg.items() if k != "auto_map"},
+                name_or_path=cfg.get("_name_or_path"), hp_vocab_size=cfg.get("vocab_size"))
+    for key in ("hidden_dim", "hidden_size", "n_blocks", "cond_dim"):
+        meta[key] = cfg.get(key)
+    return Raw(src, "hf", family, fields, cfg.get("n_heads"), live, None, extras, meta)
+
+
+def _hf_family(cfg: dict, src: str) -> tuple[str, dict]:
+    """(registry name, model fields) of a Hugging Face config.json; one error for what the harness lacks."""
     kind = cfg.get("model_type")
-    if kind not in ("bd3lm", "mdlm"):
+    if kind not in HF_FAMILIES:
         raise ConfigError(f"{src}: model_type {kind!r}; the importer reads the authors' Hugging Face formats "
-                          f"'bd3lm' (kuleshov-group/bd3lm-*) and 'mdlm' (kuleshov-group/mdlm-owt)")
+                          f"'bd3lm' (kuleshov-group/bd3lm-*), 'mdlm' (kuleshov-group/mdlm-owt) and 'EsoLM' "
+                          f"(sahoo-diffusion/Eso-LM-B-*)")
     if cfg.get("time_conditioning"):
         raise ConfigError(f"{src}: time_conditioning=true; the harness models feed sigma = 0")
     if cfg.get("adaln") is False:
         raise ConfigError(f"{src}: adaln=false; the released DiT models are AdaLN models")
-    weights = _hf_weights(folder)
-    live, extras = strip_prefixes(weights, src, HF_EXTRAS)
     fields = {"length": int(cfg["model_length"])} if "model_length" in cfg else {}
     if "dropout" in cfg:
         fields["dropout"] = float(cfg["dropout"])
@@ -214,12 +233,36 @@ def read_hf_folder(folder: Path) -> Raw:
             raise ConfigError(f"{src}: cross_attn=false; the harness's BD3-LM is the vectorised 2L model "
                               f"(cross_attn=true)")
         fields["block_size"] = int(cfg["block_size"])
-    extras = {k: float(f"{float(v):.7g}") for k, v in extras.items()}  # float32 buffers: 0.001, not 0.0010000000475
-    meta = dict(config_json={k: v for k, v in cfg.items() if k != "auto_map"},
-                name_or_path=cfg.get("_name_or_path"), hp_vocab_size=cfg.get("vocab_size"))
-    for key in ("hidden_dim", "n_blocks", "cond_dim"):
-        meta[key] = cfg.get(key)
-    return Raw(src, "hf", kind, fields, cfg.get("n_heads"), live, None, extras, meta)
+    V, mask = cfg.get("vocab_size"), cfg.get("mask_index")
+    if kind == "EsoLM" and isinstance(V, int) and isinstance(mask, int) and mask != V - 1:
+        raise ConfigError(f"{src}: mask_index={mask} with vocab_size={V}; the Eso-LM releases (and the harness) "
+                          f"put [MASK] at vocab_size - 1 = {V - 1}")
+    return HF_FAMILIES[kind], fields
+
+
+def alpha_0_from_name(source: str) -> tuple[float, str] | None:
+    """(alpha_0, what said it) from a release's name, or None when the name does not say it.
+
+    The Eso-LM HF configs hold no alpha_0; the repository name does, with ``_`` as the decimal
+    point: ``Eso-LM-B-alpha-1`` -> 1.0, ``Eso-LM-B-alpha-0_25`` -> 0.25. Read from ``hf:ORG/NAME``,
+    else from the folder's own name (``checkpoints/sahoo-diffusion_Eso-LM-B-alpha-0_25``) or, for a
+    huggingface_hub cache snapshot (``models--ORG--NAME/snapshots/REV``), from NAME."""
+    if source.startswith("hf:"):
+        names = [("repository name", source[3:].strip("/"))]
+    else:
+        path = Path(os.path.expanduser(source))
+        names = [("folder name", path.name)]
+        if path.parent.name == "snapshots" and path.parent.parent.name.startswith("models--"):
+            names.append(("hub cache name", path.parent.parent.name[len("models--"):].replace("--", "/")))
+    for what, name in names:
+        m = _ALPHA_NAME.search(name)
+        if m:
+            value = float(m.group(1).replace("_", "."))
+            if not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{source}: the {what} {name!r} says alpha_0 = {value:g}, outside [0, 1]; pass "
+                                  f"alpha_0=A")
+            return value, f"{what} {name}"
+    return None
 
 
 def _hf_weights(folder: Path) -> dict:
