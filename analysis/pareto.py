@@ -630,16 +630,19 @@ def pareto_metrics(points: pd.DataFrame) -> list[str]:
 
 def draw_pareto(results_dir) -> list[Path]:
     """figures/pareto_<metric>.* for every declared quality metric the store scored (gen PPL;
-    MAUVE where it was scored)."""
+    MAUVE where it was scored), and the conditional task's pareto_conditional.* where the store
+    has its rows (analysis/conditional.py)."""
+    from analysis.conditional import draw_conditional
+
     results = Path(results_dir)
     df = S.load_results(results)
     summary = S.load_summary(results)
+    out = draw_conditional(results, df, summary, save)
     points = S.speed_quality(df)
     if points.empty or points["time_median_s"].isna().all():
         print(f"[analysis] no sample rows with timings in {results / 'results.csv'}: no Pareto figure", file=sys.stderr)
-        return []
+        return out
     paper = A.paper_points()
-    out = []
     for metric in pareto_metrics(points):
         fig = pareto_figure(points, paper, metric=metric, summary=summary)
         out += save(fig, S.output_dir(results, "figures") / f"pareto_{metric}")

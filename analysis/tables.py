@@ -19,6 +19,7 @@ from analysis import anchors as A
 from analysis import schema as X
 from analysis import store as S
 from analysis.claims import FAMILY_AR, FAMILY_ESO_B
+from analysis.conditional import conditional_table
 from analysis.pareto import collapsed, group_styles, ordered_groups, split_calibration
 from analysis.render import BLANK, Col, Table
 from analysis.table5 import table5
@@ -507,6 +508,7 @@ def build_tables(results_dir) -> list[Table]:
     out += ([iw] if iw is not None else []) + table11(df, anchors, summary)
     out += sweep_tables(df, A.paper_points(anchors), summary)
     out += table5(df, summary)  # the zero-shot stage of the released presets
+    out += [t for t in (conditional_table(df, summary),) if t is not None]  # the conditional task (issue 27)
     for t in out:
         t.notes += _missing_note(summary)
     return out

@@ -63,7 +63,10 @@ class AR(LanguageModel):
         """Exact NLL (the AR likelihood is exact whatever ``exact`` says)."""
         self.check_tokens(tokens)
         valid = ones_like_valid(tokens, valid)[:, 1:]
-        nll = (self._tok    @in_inference_mode
+        nll = (self._token_nll(tokens) * valid).double().sum(1)
+        return NLL(per_sequence=nll, num_tokens=valid.sum(1))
+
+    @in_inference_mode
     def generate(self, num_samples, options, *, generator=None, profile=False, given=None) -> SampleOutput:
         """Left to right from BOS: L - 1 network calls (``steps`` is ignored: NFE = L - 1).
 

@@ -87,7 +87,8 @@ class BD3LM(LanguageModel):
     sample_options_class = BD3SampleOptions
     # one token per step: T' = 5000 per block, T = 1 so that steps_per_block decides
     capabilities = Capabilities(kv_cache=True, exact_likelihood=False, single_pass_likelihood=False,
-                                nfe_equals_l=dict(steps=1, steps_per_block=5000))
+                                nfe_equals_l=dict(steps=1, steps_per_block=5000),
+                                conditioning=("prefix", "infill"))  # infill in block order (15.4.3)
 
     @classmethod
     def display(cls, config: BD3Config) -> Display:
@@ -131,13 +132,20 @@ class BD3LM(LanguageModel):
         return self.backbone(block, self.positions[start:start + block.shape[1]], None, cache=cache, at=at)
 
     def store_block(self, block: torch.Tensor, start: int, cache: KVCache) -> None:
-        """The store pass (6.4 step 3): compute a clean block's K/V and commit them to the cache."""
+        """The store pass (6.4 step 3): compute a clean block's K/V and commit them to the cache.
+        ``block`` may hold several whole blocks (a prompt's, spec 15.4.3): they attend
+        block-causally (M_BC), as the clean half of training does."""
         if cache.length != start:
             raise ConfigError(f"the cache holds {cache.length} clean tokens but the block starts at {start}; "
                               f"store the blocks in order, each right after the one before it")
+        n, L = block.shape[1], self.config.length
+        if n % self.block_size or start % self.block_size:
+            raise ConfigError(f"store_block stores whole blocks: got {n} tokens at {start} with "
+                              f"block_size={self.block_size}")
+        mask = None if n == self.block_size else self.train_mask[None, L + start:L + start + n, L:L + start + n]
         none = torch.empty(block.shape[0], 0, dtype=torch.long, device=block.device)
-        self.backbone(block, self.positions[start:start + block.shape[1]], None, cache=cache, at=none)
-        cache.commit(block.shape[1])
+        self.backbone(block, self.positions[start:start + n], mask, cache=cache, at=none)
+        cache.commit(n)
 
     def prefix_logits(self, prefix: torch.Tensor, at: torch.Tensor | None = None) -> torch.Tensor:
         """Logits [B, L', V] of the last block of ``prefix`` [B, e] (clean blocks, then the
@@ -291,7 +299,8 @@ class BD3LM(LanguageModel):
 
     # -- sampling (6.4) ---------------------------------------------------------------------------
     @in_inference_mode
-    def generate(self, num_samples, options, *, generator=None, profile=False, on_step=None) -> SampleOutput:
+    def generate(self, num_samples, options, *, generator=None, profile=False, on_step=None,
+                 given=None) -> SampleOutput:
         """Block by block (6.4), BOS first; ``steps`` is the total T and each block gets
         T' = T / (L / L') steps unless ``steps_per_block`` is given. ``on_step(block, z, logits)``
         (a test hook: ``sample(..., hooks=dict(on_step=f))``) sees every denoising pass.
@@ -306,11 +315,18 @@ class BD3LM(LanguageModel):
         (ancestral only; off by default): its last step sits at t = 0 and fills every mask still
         there as the authors' division by t = 0 does (bd3lm_sampler.reference_fill: the lowest
         id outside the nucleus, else id 0; docs/reference_switches.md).
+
+        ``given`` (spec 15.4.3): the leading blocks given in every row are stored by one store
+        pass (no denoising); every later block starts with its given tokens clean (carry-over)
+        and its free ones masked. A given token in block b is seen by blocks >= b only (the block
+        order), so an infill is conditioned on to the left of each block, never to its right.
         """
         length = self.sample_length(options)
         steps_per_block = self._steps_per_block(length, options)
         z = torch.full((num_samples, length), self.config.mask_id, dtype=torch.long, device=self.device)
         z[:, 0] = self.config.bos_id
+        if given is not None:
+            z = given.place(z)
         clock = Clock(self.device)
         with clock.region(not profile):
             counts = sample_blocks(self, z, steps_per_block, options, generator=generator, profile=profile,

@@ -58,7 +58,9 @@ def reference_fill(logits: torch.Tensor, top_p: float, nucleus: str, mask_id: in
 
 def sample_blocks(model, z: torch.Tensor, steps_per_block: int, options, *, generator, profile: bool,
                   clock, on_step=None) -> dict:
-    """Fill ``z`` [B, length] (masks, BOS at 0) in place, block by block; returns pass counts.
+    """Fill ``z`` [B, length] (masks, BOS at 0, given tokens) in place, block by block; returns
+    pass counts. The leading blocks with no mask in any row (a prompt's whole blocks, spec
+    15.4.3) are stored by one store pass; later blocks keep their clean tokens (carry-over).
 
     With ``profile`` only the network passes run (inside ``clock``); tokens stay masks.
     """
@@ -67,8 +69,13 @@ def sample_blocks(model, z: torch.Tensor, steps_per_block: int, options, *, gene
     top_p, nucleus = options.top_p, options.nucleus
     cache = model.new_cache(B, length) if options.kv_cache else None
     counts = {"denoise_passes": 0, "store_passes": 0}
+    first = given_blocks(z, bs, m)
+    if cache is not None and 0 < first < length // bs:  # the prompt's store pass
+        with clock.region(profile):
+            model.store_block(z[:, :first * bs], 0, cache)
+        counts["store_passes"] += 1
 
-    for b in range(length // bs):
+    for b in range(first, length // bs):
         start, end = b * bs, (b + 1) * bs
         block = z[:, start:end]  # a view: writes land in z
         denoise = partial(_denoise, model, z, b, bs, cache, clock, profile, counts, on_step)
@@ -81,6 +88,12 @@ def sample_blocks(model, z: torch.Tensor, steps_per_block: int, options, *, gene
                 model.store_block(block, start, cache)
             counts["store_passes"] += 1
     return counts
+
+
+def given_blocks(z: torch.Tensor, bs: int, m: int) -> int:
+    """How many leading blocks of ``z`` [B, length] hold no mask in any row."""
+    full = (z != m).view(z.shape[0], -1, bs).all(-1).all(0)
+    return int(full.long().cumprod(0).sum())
 
 
 def _denoise(model, z, b, bs, cache, clock, profile, counts, on_step, at=None) -> torch.Tensor:
@@ -147,11 +160,12 @@ def _ancestral(block, m, steps, denoise, top_p, nucleus, generator, profile, gri
 def _first_hitting(block, m, steps, denoise, top_p, nucleus, generator, profile) -> None:
     """First-hitting (6.4): each step unmasks exactly one uniformly chosen masked position.
 
-    For a batch, every row picks its own position (rows start with the same number of masks,
-    so they finish together): the batch is B independent batch-1 runs. The official t <- t u^(1/n)
+    For a batch, every row picks its own position: the batch is B independent batch-1 runs
+    (unconditionally rows start with the same number of masks and finish together; a row with
+    given tokens in the block finishes early and is left alone after). The official t <- t u^(1/n)
     update only times the event; with sigma = 0 the network never sees t, so it is not drawn.
     """
-    n_masks = int((block[0] == m).sum())
+    n_masks = int((block == m).sum(1).max())
     rows = torch.arange(block.shape[0], device=block.device)
     for _ in range(n_masks):
         keys = torch.rand(block.shape, generator=generator, dtype=torch.float64, device=block.device)
@@ -159,4 +173,5 @@ def _first_hitting(block, m, steps, denoise, top_p, nucleus, generator, profile)
         logits = denoise(cols[:, None])  # the network never sees the choice: only where to read
         if profile:
             continue
-        block[rows, cols] = draw_tokens(logits[:, 0], top_p, nucleus, generator)
+        live = block[rows, cols] == m  # rows with a mask left
+        block[rows, cols] = torch.where(live, draw_tokens(logits[:, 0], top_p, nucleus, generator), block[rows, cols])

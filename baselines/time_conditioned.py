@@ -11,7 +11,6 @@ per-token bound at one t), ``update`` (one reverse step from t to s; s = 0 is th
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass, replace
 
 import torch
@@ -160,12 +159,3 @@ class TimeConditioned(LanguageModel):
             z = place(z)
         return SampleOutput(tokens=z, nfe=len(times) - 1, seconds=clock.seconds)
 
-
-def log_ratio(alpha: torch.Tensor) -> torch.Tensor:
-    """log(alpha / (1 - alpha)) = -log(e^sigma - 1) for sigma = -log alpha (15.2.2)."""
-    return torch.log(alpha) - torch.log1p(-alpha)
-
-
-def log_classes(model: TimeConditioned) -> float:
-    """log K, K = the number of token classes."""
-    return math.log(model.classes)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from esolm.config import ConfigError
+from esolm.interface import SampleOutput
 
 PREFIX, INFILL = "prefix", "infill"
 FORMS = (PREFIX, INFILL)
@@ -208,3 +209,23 @@ def stack(givens: list[Given]) -> Given:
     if not givens:
         raise ConfigError("stack needs at least one Given")
     return Given(torch.cat([g.tokens for g in givens]), torch.cat([g.mask for g in givens]))
+
+
+def by_groups(given: Given, run) -> SampleOutput:
+    """``run(rows)`` (rows: a ``Given``, returning a SampleOutput) once per group of rows with the
+    same number of given tokens, for a sampler whose slot arithmetic the batch shares (Eso-LM,
+    spec 15.4.4). One group: ``run(given)`` itself. Else the rows come back in place, NFE and
+    seconds are summed (the network calls made) and each group's extra is listed in
+    ``extra["groups"]`` with its ``given`` count."""
+    counts = given.counts
+    values = torch.unique(counts).tolist()
+    if len(values) <= 1:
+        return run(given)
+    tokens, nfe, seconds, groups = given.tokens.clone(), 0, 0.0, []
+    for value in values:
+        index = (counts == value).nonzero(as_tuple=True)[0]
+        out = run(given.rows(index))
+        tokens[index] = out.tokens.to(tokens.device)
+        nfe, seconds = nfe + out.nfe, seconds + out.seconds
+        groups.append(dict(out.extra, given=value, rows=len(index), nfe=out.nfe))
+    return SampleOutput(tokens=tokens, nfe=nfe, seconds=seconds, extra={"groups": groups})

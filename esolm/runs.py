@@ -195,7 +195,9 @@ def _cpu(name: str, description: str) -> RunConfig:
         slurm={"default": dict(time_min=120, cpus_per_task=1, array_parallelism=2),
                "eval": dict(array_parallelism=2), "sample": dict(array_parallelism=1),
                "time": dict(cpus_per_task=2, array_parallelism=1),
-               "longctx": dict(cpus_per_task=2, array_parallelism=1)},
+               "longctx": dict(cpus_per_task=2, array_parallelism=1),
+               # the conditional task times each sampling call: one job at a time (experiments/lanes.py)
+               "conditional": dict(cpus_per_task=2, array_parallelism=1)},
     )
 
 

@@ -135,6 +135,8 @@ def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[J
         _zeroshot_jobs(g, m, trains[m.label])
     for m in preset.models:
         _sweep_jobs(g, m, trains[m.label], judges)
+    for m in preset.models:
+        _conditional_jobs(g, m, trains[m.label], judges)
     for name in preset.calibration:
         _calibration_job(g, name, judges)
     runs = range(1, preset.clock["runs"] + 1) if preset.clock else [None]
@@ -227,6 +229,55 @@ def _sweep_jobs(g: Graph, m: P.ModelEntry, tr: Job, judges: Judges) -> None:
         g.add(Job("time", f"time/{m.label}/{tag}", identity,
                   dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides),
                   m.label, m.group, m.model, [tr]))
+
+
+CONDITIONAL_KEYS = dict(forms=["prefix", "infill"], num_examples=32, batch_size=16, warmup=1, rounds=1)
+
+
+def conditional_settings(preset: P.Preset) -> dict:
+    """Preset.conditional over the defaults of CONDITIONAL_KEYS; one ConfigError naming an unknown
+    key or form."""
+    from esolm.conditioning import FORMS
+
+    task = dict(preset.conditional or {})
+    unknown = sorted(set(task) - set(CONDITIONAL_KEYS))
+    if unknown:
+        raise ConfigError(f"preset {preset.name}: unknown conditional setting(s) {unknown}; settings: "
+                          f"{', '.join(CONDITIONAL_KEYS)}")
+    task = {**CONDITIONAL_KEYS, **task}
+    bad = [f for f in task["forms"] if f not in FORMS]
+    if bad:
+        raise ConfigError(f"preset {preset.name}: unknown conditional form(s) {bad}; forms: {', '.join(FORMS)}")
+    return task
+
+
+def _conditional_jobs(g: Graph, m: P.ModelEntry, tr: Job, judges: Judges) -> None:
+    """The conditional task (Preset.conditional, esolm/metrics/conditional.py): a job per form of
+    the task for an entry that joins it (ModelEntry.conditional), scored by the preset's judges;
+    its sample options are the entry's, else its model's NFE = L options, else its first sweep
+    point. A form the model does not sample under (capabilities_for(config).conditioning) gets a
+    job that runs no model and records why, so that the table says so rather than lacking the row."""
+    from esolm.metrics.conditional import skip_note
+
+    if not g.preset.conditional or m.conditional is None:
+        return
+    task = conditional_settings(g.preset)
+    config = registry.build_config(m.model, **{**g.run.backbone_fields(), **m.overrides},
+                                   length=g.run.data.length, **_ids_for(g.preset))
+    caps = registry.model_class(m.model).capabilities_for(config)
+    opts = dict(m.conditional) or dict(caps.nfe_equals_l or (m.sweep[0] if m.sweep else {}))
+    for form in task["forms"]:
+        name, note = f"conditional/{m.label}/{form}", skip_note(m.group, caps.conditioning, form)
+        if note is not None:
+            identity = dict(label=m.label, model=m.model, form=form, skipped=note)
+            g.add(Job("conditional", name, identity, dict(identity, model_overrides=m.overrides), m.label, m.group,
+                      m.model))
+            continue
+        identity = dict(train=tr.key, form=form, options=opts, top_p=g.run.sampling.top_p, seed=0,
+                        **{k: task[k] for k in ("num_examples", "batch_size", "warmup", "rounds")}, **judges.identity)
+        g.add(Job("conditional", name, identity,
+                  dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides, **judges.config),
+                  m.label, m.group, m.model, [tr] + judges.deps, uses=judges.models))
 
 
 CALIBRATION_GROUP = "calibration"  # config.group of the null samplers' rows (not a method)

@@ -579,3 +579,61 @@ def job_longctx(job: dict) -> tuple:
 
 JOB_FUNCTIONS = {"train": job_train, "eval": job_eval, "zeroshot": job_zeroshot, "sample": job_sample,
                  "time": job_time, "longctx": job_longctx}
+
+
+# ------------------------------------------------------------------------ conditional
+def _joins(stage: str):
+    """Adds a stage's job function to JOB_FUNCTIONS as the function is defined (below the table):
+    a stage added this way leaves the module's top-level statements, which every stage's code
+    version hashes (experiments/versions.py part_hash), as they were."""
+    def add(fn):
+        JOB_FUNCTIONS[stage] = fn
+        return fn
+
+    return add
+
+
+@_joins("conditional")
+@recorded
+def job_conditional(job: dict) -> tuple:
+    """The conditional task on one form (issue 27 item 3, esolm/metrics/conditional.py): held-out
+    test passages completed by the model's own conditional sampler (its entry's options), each
+    sampling call timed, scored against the truth under the preset's judges (cond_nll, ref_nll,
+    chrF, token match, distributional similarity), each number with its 95 % interval. A form
+    the model does not sample under (``skipped`` in the config, experiments/graph.py) runs no
+    model: its row carries the note that says why."""
+    c = job["config"]
+    if c.get("skipped"):
+        return _conditional_skipped(job)
+    from esolm.checkpoint import load_model
+    from esolm.metrics.conditional import run_form
+    from esolm.metrics.evaluators import load_evaluator
+
+    model, state = load_model(c["checkpoint"])
+    corpus = _corpus(state["corpus"])
+    judges = {suffix: load_evaluator(c[key], corpus=corpus)
+              for suffix, key in (("", "evaluator"), ("_judge2", "evaluator2")) if c.get(key) is not None}
+    out = run_form(model, corpus, judges, form=c["form"], num_examples=c["num_examples"], batch_size=c["batch_size"],
+                   options=dict(c["options"], top_p=c["top_p"]), seed=c["seed"], warmup=c["warmup"],
+                   rounds=c["rounds"])
+    m = out["metrics"]
+    print(f"[conditional] {job['name']}: cond NLL {m['cond_nll']:.4f} (truth {m['ref_nll']:.4f}), chrF "
+          f"{m['chrf']:.2f}, {m['sec_per_example']:.4g} s per example", flush=True)
+    names = {f"evaluator{k.replace('_judge', '')}": j.name for k, j in judges.items()}
+    row = dict(config=dict(form=c["form"], top_p=c["top_p"], batch_size=c["batch_size"], rounds=c["rounds"], **names),
+               options=c["options"], display=_display(model), metrics=m)
+    metrics = dict(per_example=out["per_example"], judges={k or "_judge1": j.describe() for k, j in judges.items()})
+    return row, metrics, dict(examples=out["examples"])
+
+
+def _conditional_skipped(job: dict) -> tuple:
+    """The row of a form the model does not sample under: no metrics, the note, the model's display."""
+    import dataclasses
+
+    from esolm import registry
+
+    c = job["config"]
+    display = registry.model_class(job["model"]).display(registry.build_config(job["model"], **c["model_overrides"]))
+    print(f"[conditional] {job['name']}: {c['skipped']}", flush=True)
+    row = dict(config=dict(form=c["form"], skipped=c["skipped"]), display=dataclasses.asdict(display), metrics={})
+    return row, dict(skipped=c["skipped"]), {}

@@ -8,9 +8,10 @@ from __future__ import annotations
 from esolm import registry
 from experiments.graph import Job
 
-WAVES = [["train"], ["eval", "zeroshot", "sample"], ["time"], ["longctx"]]
+# the conditional task times its sampling calls: a wave of its own, like time and longctx
+WAVES = [["train"], ["eval", "zeroshot", "sample"], ["time"], ["longctx"], ["conditional"]]
 # jobs of one model share a process in these stages (one model load, sequential timings)
-GROUP_BY_MODEL = {"sample", "time", "eval", "zeroshot"}
+GROUP_BY_MODEL = {"sample", "time", "eval", "zeroshot", "conditional"}
 
 
 def stage_rounds(jobs: list[Job]) -> list[list[Job]]:

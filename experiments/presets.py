@@ -36,6 +36,9 @@ class ModelEntry:
     # trains its own budget (the preset's steps plus m.train), from step 0 with a fresh optimizer.
     # results.csv marks each of its rows with config.init_from = that label (experiments/aggregate.py)
     init_from: str | None = None
+    # the conditional task (Preset.conditional): None = not in it; a dict = in it, with these sample
+    # options ({} = its model's NFE = L options where it defines them, else the entry's first sweep point)
+    conditional: dict | None = None
 
 
 @dataclass
@@ -63,6 +66,11 @@ class Preset:
     # tables, figures and claims, the others checking that the timing verdicts repeat. None: a
     # time job per configuration (the paper presets, timed on a GPU node each)
     clock: dict | None = None
+    # the conditional task (issue 27 item 3, esolm/metrics/conditional.py): held-out passages completed
+    # by every entry with ``conditional`` set, one job per form (a form its model does not sample
+    # under gives a row saying so); None: no task.
+    # Keys: forms, num_examples (per form), batch_size, warmup (untimed calls), rounds (timed passes)
+    conditional: dict | None = None
 
     @property
     def name(self) -> str:
@@ -134,14 +142,31 @@ CALIBRATION = ("real text", "unigram", "repeater", "all-EOS")
 # weights, batch order or noise with any of them
 JUDGE_SEED = 1001
 
+# the conditional task of the CPU presets (issue 27 item 3; docs/conditional.md): per form, 32 held-out
+# passages in sampling calls of 16, one untimed warm-up call, then the scored pass and two more timed
+# passes (6 timed calls per form; the intervals of seconds per example are over them)
+CONDITIONAL_CPU = dict(forms=["prefix", "infill"], num_examples=32, batch_size=16, warmup=1, rounds=3)
+
+
+def _with_conditional(preset: Preset, settings: dict, options: dict | None = None) -> Preset:
+    """The preset with the conditional task: every entry with a sampling sweep joins it, with the
+    sample options ``options[label]`` where given (else its model's NFE = L options or its first
+    sweep point, ModelEntry.conditional)."""
+    preset.conditional = dict(settings)
+    for m in preset.models:
+        if m.sweep:
+            m.conditional = dict((options or {}).get(m.label, {}))
+    return preset
+
 
 def smoke() -> Preset:
     """The whole pipeline in a few minutes on 2 CPU cores (CI): tiny models, few steps."""
     eso = _eso_sweep([4, 16], [], [1.0, 0.25])
-    return Preset(runs.get("smoke"),
-                  models=[_ar(31), _mdlm([4, 16]), _bd3(4, [8, 32]), *_eso_models([1.0, 0.25], eso)],
-                  evaluator="ngram", second_evaluator=dict(model="ar", overrides={}, train=dict(steps=60, seed=JUDGE_SEED)),
-                  calibration=CALIBRATION, clock=dict(CLOCK, min_rounds=2, max_rounds=3))
+    preset = Preset(runs.get("smoke"),
+                    models=[_ar(31), _mdlm([4, 16]), _bd3(4, [8, 32]), *_eso_models([1.0, 0.25], eso)],
+                    evaluator="ngram", second_evaluator=dict(model="ar", overrides={}, train=dict(steps=60, seed=JUDGE_SEED)),
+                    calibration=CALIBRATION, clock=dict(CLOCK, min_rounds=2, max_rounds=3))
+    return _with_conditional(preset, dict(CONDITIONAL_CPU, num_examples=4, batch_size=2, rounds=1))
 
 
 def _cpu_evaluator(steps: int) -> dict:
@@ -196,9 +221,11 @@ def cpu() -> Preset:
     run.description += ": every method, Eso-LM (B) at three alpha_0, BD3-LM also finetuned from MDLM"
     main = [_ar(127), _mdlm(MDLM_STEPS_CPU), *bd3, *_eso_models([1.0, 0.25, 0.125], ESO_SWEEP_CPU)]
     # training seeds 2 and 3 of the models the perplexity claims (C1, C3, C4) compare: train + test NELBO
-    return Preset(run, models=[*main, eso_a, *[_bd3_from_mdlm(b) for b in (4, 16)], *_seed_replicates(main)],
-                  evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION,
-                  clock=dict(CLOCK, runs=2))
+    preset = Preset(run, models=[*main, eso_a, *[_bd3_from_mdlm(b) for b in (4, 16)], *_seed_replicates(main)],
+                    evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION,
+                    clock=dict(CLOCK, runs=2))
+    # Eso-LM (A) has no NFE = L options: its sweep point nearest one token per step (T = L)
+    return _with_conditional(preset, CONDITIONAL_CPU, {eso_a.label: dict(steps=128)})
 
 
 def _paper(corpus: str) -> Preset:

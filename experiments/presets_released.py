@@ -6,9 +6,10 @@ Same job graph as the training presets: each model's "train" job imports its rel
 (esolm.importers) into the work folder, then eval (Table 1, Tables 6-8), zero-shot eval
 (Table 5), sample + score (Tables 13-15) and timing (Table 11) run on it as on a trained model.
 Sources come from $ESOLM_CHECKPOINTS (default checkpoints/): an ``hf:ORG/NAME`` resolves to a
-downloaded folder checkpoints/ORG_NAME when it is there; Eso-LM files are
-checkpoints/esolm-b-<corpus>-a0=<alpha_0>.ckpt. Zero-shot data: $ESOLM_ZEROSHOT (folders written
-by datasets' save_to_disk, or <name>.jsonl) or the hub.
+downloaded folder checkpoints/ORG_NAME when it is there. OWT Eso-LM (B) at alpha_0 = 1 and 0.25 are
+the authors' hub releases sahoo-diffusion/Eso-LM-B-alpha-{1,0_25} (alpha_0 from the repository
+name); other Eso-LM files are checkpoints/esolm-b-<corpus>-a0=<alpha_0>.ckpt. Zero-shot data:
+$ESOLM_ZEROSHOT (folders written by datasets' save_to_disk, or <name>.jsonl) or the hub.
 
 ``preflight()`` runs before anything is submitted and fails at once with one message naming
 every missing weight file, data set, evaluator and the GPU.
@@ -24,6 +25,9 @@ from esolm.config import ConfigError
 from experiments.presets import ModelEntry, Preset, _eso_sweep
 
 ZERO_SHOT = ("ptb", "wikitext", "lm1b", "lambada", "ag_news", "pubmed", "arxiv")
+# the authors' Eso-LM (B) OWT releases (HF layout of fixture esolm-b-hf; alpha_0 is in the name only)
+ESO_RELEASES = {1.0: "hf:sahoo-diffusion/Eso-LM-B-alpha-1", 0.25: "hf:sahoo-diffusion/Eso-LM-B-alpha-0_25"}
+ESO_UNRELEASED = (0.5, 0.125)  # the paper's other OWT alpha_0^train: no release; local Lightning files if any
 
 
 @dataclass
@@ -159,8 +163,20 @@ def _zero_shot() -> dict:
     return {n: dict(name=f"zeroshot:{n}", **({"data_dir": data} if data else {})) for n in ZERO_SHOT}
 
 
+def _eso_owt_sources() -> dict[float, str]:
+    """alpha_0 -> source of the OWT Eso-LM (B) rows, largest alpha_0 first: the two hub releases,
+    plus the unreleased alpha_0 of the paper where checkpoints/esolm-b-owt-a0=A.ckpt is there."""
+    out = {a: resolve(s) for a, s in ESO_RELEASES.items()}
+    for a in ESO_UNRELEASED:
+        local = _checkpoints() / f"esolm-b-owt-a0={a:g}.ckpt"
+        if local.is_file():
+            out[a] = str(local)
+    return dict(sorted(out.items(), reverse=True))
+
+
 def paper_owt_released() -> ReleasedPreset:
-    """The OWT releases: MDLM and BD3-LM L' = 4/8/16 from the hub, Eso-LM (B) from local .ckpt files."""
+    """The OWT releases from the hub: MDLM, BD3-LM L' = 4/8/16 and Eso-LM (B) at alpha_0 = 1 and 0.25
+    (with 0.5 / 0.125 from local .ckpt files when they are there)."""
     eso = _eso_sweep([16, 128, 1024], [32, 64, 256, 4096], [1.0, 0.5, 0.25, 0.0625])
     bd3 = [ReleasedEntry(f"bd3lm L'={b}", "bd3lm", {"block_size": b},
                          [dict(steps=t) for t in (256, 512, 1024, 2048, 4096)], nfe_equals_l=True,
@@ -169,10 +185,9 @@ def paper_owt_released() -> ReleasedPreset:
     models = [ReleasedEntry("mdlm", "mdlm", {}, [dict(steps=t) for t in mdlm_steps],
                             nfe_equals_l=True, source=resolve("hf:kuleshov-group/mdlm-owt")),
               *bd3,
-              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", {"alpha_0": a}, eso,
-                              nfe_equals_l=i == 0,
-                              source=str(_checkpoints() / f"esolm-b-owt-a0={a:g}.ckpt"))
-                for i, a in enumerate([1.0, 0.5, 0.25, 0.125])]]
+              *[ReleasedEntry(f"esolm-b a0={a:g}", "esolm-b", {"alpha_0": a}, eso, nfe_equals_l=i == 0,
+                              source=source)
+                for i, (a, source) in enumerate(_eso_owt_sources().items())]]
     return released("paper-owt-released", "the authors' OWT releases through the paper's evaluation protocols (GPU)",
                     corpus="owt", length=1024, models=models, zero_shot=_zero_shot())
 

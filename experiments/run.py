@@ -137,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None, help="the data it is evaluated on (default: owt for the GPT-2 vocabulary, "
                                                   "lm1b for bert-base-uncased, else a synthetic stand-in)")
     p.add_argument("--check-batches", type=int, default=2, help="test batches of the load check (0: skip it)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="model fields the file lacks (length=, n_heads=)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="model fields the file lacks or that override it (length=, n_heads=, alpha_0= for an Eso-LM release)")
 
     p = sub.add_parser("eval", help="test perplexity: NELBO, or --exact likelihood",
                        epilog=_keys_epilog("eval"), formatter_class=argparse.RawDescriptionHelpFormatter)

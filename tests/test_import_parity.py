@@ -148,8 +148,12 @@ def test_an_explicit_alpha_0_wins_over_the_name_and_the_record_says_so(monkeypat
     assert state["model_config"]["alpha_0"] == 0.25 and info["alpha_0"]["value"] == 0.25
     assert info["alpha_0"]["source"] == ("option alpha_0=0.25 (instead of 1 from the repository name "
                                          "sahoo-diffusion/Eso-LM-B-alpha-1)")
+    _, info = import_checkpoint("hf:sahoo-diffusion/Eso-LM-B-alpha-1", overrides={"alpha_0": "1.0"})
+    assert info["alpha_0"] == dict(value=1.0, source="option alpha_0=1.0")  # the name agrees
     _, info = import_checkpoint(str(FIXTURES / "esolm-b.ckpt"))
     assert info["alpha_0"] == dict(value=0.25, source="the checkpoint's config (algo.alpha_0)")
+    _, info = import_checkpoint(str(FIXTURES / "esolm-b.ckpt"), overrides={"alpha_0": "0.5"})
+    assert info["alpha_0"] == dict(value=0.5, source="option alpha_0=0.5 (instead of the config's 0.25)")
     _, info = import_checkpoint(str(FIXTURES / "mdlm.ckpt"))
     assert "alpha_0" not in info
 

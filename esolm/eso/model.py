@@ -258,9 +258,9 @@ class EsoLM(LanguageModel, abc.ABC):
         < num_clean are clean; ``causal`` is the additive causal [L, L] mask for cached steps."""
 
     @in_inference_mode
-    def generate(self, num_samples, options, *, generator=None, profile=False) -> SampleOutput:
-        """See esolm.eso.sampler.sample (spec 7.8)."""
-        return eso_sample(self, num_samples, options, generator=generator, profile=profile)
+    def generate(self, num_samples, options, *, generator=None, profile=False, given=None) -> SampleOutput:
+        """See esolm.eso.sampler.sample (spec 7.8; under given tokens 15.4.4, 15.4.5)."""
+        return eso_sample(self, num_samples, options, generator=generator, profile=profile, given=given)
 
 
 class EsoLMB(EsoLM):
@@ -268,7 +268,8 @@ class EsoLMB(EsoLM):
     phases, so one exact KV cache serves every sampling step (7.5.1, 7.5.3, 7.9)."""
 
     capabilities = Capabilities(kv_cache=True, exact_likelihood=True, single_pass_likelihood=True,
-                                nfe_equals_l=dict(steps=10**6))  # T = 10^6: about one token per step
+                                nfe_equals_l=dict(steps=10**6),  # T = 10^6: about one token per step
+                                conditioning=("prefix", "infill"))  # given tokens first in sigma (15.4.4)
 
     @classmethod
     def display(cls, config: EsoConfig) -> Display:
@@ -309,7 +310,8 @@ class EsoLMA(EsoLM):
     Hence ``single_pass_likelihood`` is False for (A).
     """
 
-    capabilities = Capabilities(kv_cache=True, exact_likelihood=True, single_pass_likelihood=False)
+    capabilities = Capabilities(kv_cache=True, exact_likelihood=True, single_pass_likelihood=False,
+                                conditioning=("prefix", "infill"))  # given tokens join the clean set (15.4.5)
 
     @classmethod
     def display(cls, config: EsoConfig) -> Display:

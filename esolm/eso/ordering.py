@@ -68,6 +68,20 @@ def sampling_orders(num_samples: int, length: int, n_mdm: int, generator=None, d
     return sigma
 
 
+def conditional_orders(given: torch.Tensor, n_mdm: int, generator=None) -> torch.Tensor:
+    """sigma [B, L] under given tokens (spec 15.4.4): ``given`` [B, L] bool with the same count g
+    in every row. The given positions come first, in natural order (causal attention in sigma
+    lets every free token see them, and their K/V depend on given tokens only: the cache stays
+    exact), then a uniform permutation of the free positions whose last n - ``n_mdm`` entries
+    are re-sorted ascending (7.8 over the free set). With g = 0 it is ``sampling_orders``, draw
+    for draw."""
+    B, L = given.shape
+    g = int(given[0].sum()) if B else 0
+    by_kind = torch.argsort((~given).to(torch.uint8), dim=1, stable=True)  # given ascending, then free ascending
+    free_order = sampling_orders(B, L - g, n_mdm, generator, given.device)
+    return torch.cat([by_kind[:, :g], by_kind[:, g:].gather(1, free_order)], 1)
+
+
 def block_schedule(length: int, block_steps: int, alpha_0_eval: float = 1.0, shuffle: bool = True,
                    generator=None) -> tuple[list[int], torch.Tensor, int]:
     """The block ("subcontext") sampler's sizes, shared order sigma [L] and n_MDM (7.8).

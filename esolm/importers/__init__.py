@@ -100,8 +100,9 @@ def _alpha_0_source(raw: Raw, overrides: dict, fields: dict) -> str | None:
         return None
     named = alpha_0_from_name(raw.source) if raw.fmt == "hf" else None
     if "alpha_0" in overrides:
-        said = [f"the config's {fields['alpha_0']:g}"] if "alpha_0" in fields else []
-        said += [f"{named[0]:g} from the {named[1]}"] if named else []
+        given = _number(overrides["alpha_0"])
+        said = [f"the config's {fields['alpha_0']:g}"] if fields.get("alpha_0", given) != given else []
+        said += [f"{named[0]:g} from the {named[1]}"] if named and named[0] != given else []
         return f"option alpha_0={overrides['alpha_0']}" + (f" (instead of {'; '.join(said)})" if said else "")
     if "alpha_0" in fields:
         return "the checkpoint's config (algo.alpha_0)"
@@ -112,6 +113,31 @@ def _alpha_0_source(raw: Raw, overrides: dict, fields: dict) -> str | None:
                           f"source (hf:ORG/NAME, or a folder named like checkpoints/sahoo-diffusion_Eso-LM-B-alpha-0_25)")
     fields["alpha_0"] = named[0]
     return f"the {named[1]}"
+
+
+def _number(value) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None  # the model's config rejects it, naming the field
+
+
+def _alpha_0_record(cfg, source: str | None) -> dict:
+    """The import record's ``alpha_0`` entry: the value the model got and where it came from."""
+    return {"alpha_0": dict(value=cfg.alpha_0, source=source)} if source else {}
+
+
+def _model_fields(raw: Raw, arch: dict, overrides: dict) -> tuple[dict, str | None]:
+    """(the model config fields, where an Eso-LM's alpha_0 came from): the architecture, the
+    vocabulary, the file's fields, then ``overrides``."""
+    fields = {**arch, **vocabulary(arch["vocab_size"]), **raw.fields}
+    if raw.family == "bd3lm" and {"sampling_eps_min", "sampling_eps_max"} <= set(raw.extras):
+        fields.update(clip_beta=raw.extras["sampling_eps_min"], clip_omega=raw.extras["sampling_eps_max"])
+    alpha_from = _alpha_0_source(raw, overrides, fields)
+    fields.update(overrides)  # key=value from the command line wins (typed by the model's config)
+    if "length" not in fields:
+        raise ConfigError(f"{raw.source}: the file does not record the sequence length; pass length=L")
+    return fields, alpha_from
 
 
 def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None = None,
@@ -135,20 +161,14 @@ def import_checkpoint(source: str, *, model: str | None = None, ema: bool | None
     arch = infer_architecture(weights, raw.source, int(overrides.pop("n_heads")) if "n_heads" in overrides
                               else raw.n_heads)
     _cross_check(raw, arch)
-    fields = {**arch, **vocabulary(arch["vocab_size"]), **raw.fields}
-    if raw.family == "bd3lm" and {"sampling_eps_min", "sampling_eps_max"} <= set(raw.extras):
-        fields.update(clip_beta=raw.extras["sampling_eps_min"], clip_omega=raw.extras["sampling_eps_max"])
-    alpha_from = _alpha_0_source(raw, overrides, fields)
-    fields.update(overrides)  # key=value from the command line wins (typed by the model's config)
-    if "length" not in fields:
-        raise ConfigError(f"{raw.source}: the file does not record the sequence length; pass length=L")
+    fields, alpha_from = _model_fields(raw, arch, overrides)
     net = registry.build(raw.family, **fields)
     load_into(net.backbone, rename(weights, raw.source), raw.source)
     cfg = net.config
     spec = dict(corpus) if corpus else default_corpus(cfg.vocab_size, cfg.length)
     info = dict(source=str(source), format=raw.fmt, family=raw.family, weights=chosen,
                 ema_in_file=raw.ema is not None, architecture=arch, extras=raw.extras,
-                **({"alpha_0": dict(value=cfg.alpha_0, source=alpha_from)} if alpha_from else {}),
+                **_alpha_0_record(cfg, alpha_from),
                 parity=PARITY.get((raw.fmt, raw.family), "unproven: no fixture of this format"),
                 conventions=CONVENTIONS, meta={k: v for k, v in raw.meta.items() if k != "config_json"})
     state = dict(model_name=raw.family, model_config=cfg.to_dict(), model=net.state_dict(), ema=None,

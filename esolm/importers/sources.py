@@ -227,17 +227,28 @@ def _hf_family(cfg: dict, src: str) -> tuple[str, dict]:
     if "dropout" in cfg:
         fields["dropout"] = float(cfg["dropout"])
     if kind == "bd3lm":
-        if "block_size" not in cfg:
-            raise ConfigError(f"{src}: a bd3lm config.json without block_size")
-        if cfg.get("cross_attn") is False:
-            raise ConfigError(f"{src}: cross_attn=false; the harness's BD3-LM is the vectorised 2L model "
-                              f"(cross_attn=true)")
-        fields["block_size"] = int(cfg["block_size"])
+        fields["block_size"] = _hf_block_size(cfg, src)
+    if kind == "EsoLM":
+        _check_mask_index(cfg, src)
+    return HF_FAMILIES[kind], fields
+
+
+def _check_mask_index(cfg: dict, src: str) -> None:
+    """EsoLMConfig stores ``mask_index``; the releases (and the harness) put [MASK] at V - 1."""
     V, mask = cfg.get("vocab_size"), cfg.get("mask_index")
-    if kind == "EsoLM" and isinstance(V, int) and isinstance(mask, int) and mask != V - 1:
+    if isinstance(V, int) and isinstance(mask, int) and mask != V - 1:
         raise ConfigError(f"{src}: mask_index={mask} with vocab_size={V}; the Eso-LM releases (and the harness) "
                           f"put [MASK] at vocab_size - 1 = {V - 1}")
-    return HF_FAMILIES[kind], fields
+
+
+def _hf_block_size(cfg: dict, src: str) -> int:
+    """BD3-LM's block size L' from its config.json (the vectorised cross-attention model only)."""
+    if "block_size" not in cfg:
+        raise ConfigError(f"{src}: a bd3lm config.json without block_size")
+    if cfg.get("cross_attn") is False:
+        raise ConfigError(f"{src}: cross_attn=false; the harness's BD3-LM is the vectorised 2L model "
+                          f"(cross_attn=true)")
+    return int(cfg["block_size"])
 
 
 def alpha_0_from_name(source: str) -> tuple[float, str] | None:

@@ -1,0 +1,1 @@
+"""A plugin for esolm: one model and one preset, registered through entry points."""
