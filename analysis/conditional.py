@@ -52,7 +52,10 @@ def conditional_rows(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _plain(v) -> str:
-    return f"{v:g}" if isinstance(v, (float, np.floating)) else str(v)
+    """An option's value as written in a preset (a whole float as an int: steps=1000000)."""
+    if isinstance(v, (float, np.floating)):
+        return str(int(v)) if float(v).is_integer() else f"{v:g}"
+    return str(v)
 
 
 def skipped(rows: pd.DataFrame) -> pd.Series:
@@ -71,7 +74,8 @@ def conditional_table(df: pd.DataFrame, summary: dict) -> Table | None:
     if rows.empty:
         return None
     ran = rows.loc[~skipped(rows)].rename(columns={"group": "method"})
-    cols = [Col("method", "method", "s"), Col("form", "form", "s"), Col("sampler", "sample options", "s"),
+    cols = [Col("method", "method", "s"), Col("alpha_0", X.shown("alpha_0"), "g"), Col("form", "form", "s"),
+            Col("sampler", "sample options", "s"),
             Col("nfe", "NFE", ".1f"), _col(ran, "sec_per_example", "s / example", ".3g"),
             *[_col(ran, key, header, fmt) for key, header, fmt in QUALITY]]
     cols = [c for c in cols if c.key in ran.columns and ran[c.key].notna().any()]
@@ -98,7 +102,7 @@ def _notes(rows: pd.DataFrame, summary: dict) -> list[str]:
             "truth; dist. sim. = 1 - JSD of pooled byte k-grams of the free spans against the truths' (docs/metrics.md)."),
            (f"s / example = seconds of a whole sampling call (device synchronized, an untimed warm-up call first) "
             f"over its examples, mean over {_count(first, 'timed_calls')} timed calls of {_count(first, 'batch_size')} "
-            f"examples ({_count(first, 'rounds')} pass(es) over the passages), one job at a time on "
+            f"examples ({_count(first, 'rounds')} pass(es) over the passages) on "
             f"{env.get('device') or env.get('cpu', 'CPU')} ({env.get('torch_threads', '?')} thread(s)); NFE = network "
             "calls per sampling call (mean). [lo, hi] = 95 % bootstrap interval over passages (over timed calls for "
             "time).")]
@@ -167,12 +171,18 @@ def _styles(frame: pd.DataFrame) -> dict:
 def legend(ran: pd.DataFrame) -> list:
     """A marker per look (the method, and alpha_0 of training where it shades), then the frontier,
     the truth's level and the interval bars."""
-    from analysis.pareto import looks
+    from analysis.pareto import point_style, shade
 
-    names, palette, markers = looks(ran)
-    order = list(dict.fromkeys(names))
-    h = [Line2D([], [], color=palette[n], marker=markers[n], lw=0, ms=7, label=n.replace(" | ", ", ")) for n in order]
-    return h + [Line2D([], [], color="#777777", lw=1.2, label="frontier over the methods"),
+    h, seen = [], set()
+    for _, row in ran.iterrows():
+        field, value = shade(row)
+        name = f"{row['group']}, {X.shown(field, long=True)} = {value:g}" if field else str(row["group"])
+        if name not in seen:
+            seen.add(name)
+            style = point_style(row)
+            h.append(Line2D([], [], color=style["color"], marker=style["marker"], lw=0, ms=7, label=name))
+    return h + [Line2D([], [], color="#999999", marker="o", lw=0, ms=7, alpha=0.35, label="off the frontier (faded)"),
+                Line2D([], [], color="#777777", lw=1.2, label="frontier over the methods"),
                 Line2D([], [], color="#4d4d4d", ls="--", lw=1.0, label="held-out truth under the same judge (band: 95 %)"),
                 Line2D([], [], color="#777777", marker="+", ms=13, mew=0.75, lw=0, label="thin bars: 95% bootstrap intervals")]
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import torch
 
@@ -59,7 +59,7 @@ class RemaskPlan:
     remask: str  # "none" | "cap" | "rescale" | "loop"
     eta: float
     steps: int
-    alpha: object  # t -> alpha_t of the chain (cap, rescale: the model's schedule)
+    alpha: Callable[[float], float]  # t -> alpha_t of the chain (cap, rescale: the model's schedule)
     loop: tuple = (0.55, 0.05, 0.9)  # (t_on, t_off, alpha_on)
 
     def step(self, i: int) -> tuple[float, float, float]:
@@ -136,11 +136,11 @@ def step_probs(p_x0: torch.Tensor | None, z: torch.Tensor, mask_id: int, vocab_s
 
 
 def chain(model, z: torch.Tensor, remask: RemaskPlan, *, top_p: float = 1.0, generator=None,
-          reuse_px0: bool = True, free: torch.Tensor | None = None, clock: Clock | None = None,
+          reuse_px0: bool = True, free: torch.Tensor | float = 1.0, clock: Clock | None = None,
           profile: bool = False, on_step=None) -> tuple[int, int]:
     """Run the ReMDM chain on ``z`` in place; returns (NFE, tokens remasked). ``free`` [B, L] float:
-    1 where a position may be remasked (0 at given tokens; None: everywhere). ``clock`` with
-    ``profile`` times the network calls only. ``on_step(i, z)`` (tests) sees z after step i."""
+    1 where a position may be remasked, 0 at given tokens (a float: the same everywhere). ``clock``
+    with ``profile`` times the network calls only. ``on_step(i, z)`` (tests) sees z after step i."""
     m, vocab = model.config.mask_id, model.config.vocab_size
     clock = clock or Clock(z.device)
     nfe, remasked, p_cache, last = 0, 0, None, remask.last_remasking_step()
@@ -149,14 +149,10 @@ def chain(model, z: torch.Tensor, remask: RemaskPlan, *, top_p: float = 1.0, gen
         if i > last and not masked.any():
             break  # nothing left to unmask, and no later step remasks
         alpha_t, alpha_s, sigma = remask.step(i)
-        p_x0 = p_cache
-        if p_x0 is None and masked.any():
-            nfe += 1
-            with clock.region(profile):
-                p_x0 = nucleus_filter(model.denoise(z), top_p).softmax(-1)
+        p_x0, calls = _p_x0(model, z, masked, p_cache, top_p, clock, profile)
+        nfe += calls
         r = (1 - alpha_s - sigma * alpha_t) / (1 - alpha_t)
-        q = step_probs(p_x0, z, m, vocab, r, sigma if free is None else sigma * free)
-        z_new = sample_from_probs(q, generator)
+        z_new = sample_from_probs(step_probs(p_x0, z, m, vocab, r, sigma * free), generator)
         remasked += int(((z_new == m) & ~masked).sum())
         p_cache = p_x0 if (reuse_px0 and torch.equal(z_new, z)) else None
         z.copy_(z_new)
@@ -165,13 +161,22 @@ def chain(model, z: torch.Tensor, remask: RemaskPlan, *, top_p: float = 1.0, gen
     return nfe, remasked
 
 
+def _p_x0(model, z, masked, p_cache, top_p, clock, profile) -> tuple[torch.Tensor | None, int]:
+    """(p(x0), network calls made): the cached one while the input is unchanged (no time input),
+    none when no position is masked, else one network call (5.5 step 2)."""
+    if p_cache is not None or not masked.any():
+        return p_cache, 0
+    with clock.region(profile):
+        return nucleus_filter(model.denoise(z), top_p).softmax(-1), 1
+
+
 def generate(model, num_samples: int, options, *, generator=None, profile=False, given=None) -> SampleOutput:
     """MDLM's generate with ``options.remask`` != "none": the ReMDM chain step by step (``sampler`` is
     MDLM's choice for remask="none" only). Given tokens start in place and are never remasked.
     ``profile``: the chain runs as always, and ``seconds`` covers only its network calls."""
     length, steps = model.sample_length(options), options.required_steps(model.name)
     z = torch.full((num_samples, length), model.config.mask_id, dtype=torch.long, device=model.device)
-    free = None
+    free = 1.0
     if given is not None:
         z = given.place(z)
         free = (~given.mask.to(z.device)).to(torch.float64)

@@ -5,6 +5,10 @@ the corpus that rebuilds it.
 Two ways to draw them, with the same samples for the same seed (one generator seeded once,
 carried from batch to batch):
 
+Conditioned samples (spec 15.4: prompts or infill templates, :class:`Conditions`) carry their
+prompt or template text in the record's ``condition`` field; the set of conditions is part of
+the shared fields (``conditioning``), so a file of other conditions is another configuration.
+
 * :func:`draw_samples` returns the records (the pipeline's sample jobs write them at once);
 * :func:`stream_samples` (``run.py sample``) appends each finished batch to the output, flushed
   and fsynced, and commits it in a small progress file beside it (the samples' count, their
@@ -21,24 +25,80 @@ import json
 import os
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from esolm.conditioning import Given, from_text, stack, template_ids
 from esolm.config import ConfigError
 from esolm.io import atomic_write_bytes, atomic_write_json, content_hash, json_default, named
 
 PROGRESS_VERSION = 1
 
 
+# ---------------------------------------------------------------------------- conditions
+CONDITION_KINDS = ("prompt", "infill")
+
+
+@dataclass
+class Conditions:
+    """The given tokens of a conditioned sampling call: ``texts`` (prompts, or infill templates
+    where ``[MASK]`` / ``[MASK:n]`` mark free tokens), their one-row ``givens``, and ``per``
+    samples of each, condition after condition (sample i keeps condition i // per)."""
+
+    kind: str
+    texts: list[str]
+    givens: list[Given]
+    per: int
+
+    @property
+    def total(self) -> int:
+        return len(self.texts) * self.per
+
+    @property
+    def digest(self) -> str:
+        """A short digest of the kind and the texts (it names the default output file)."""
+        return content_hash([self.kind, *(t + "\n" for t in self.texts)])[:10]
+
+    def meta(self) -> dict:
+        return {"kind": self.kind, "count": len(self.texts), "per_condition": self.per, "digest": self.digest}
+
+    def rows(self, start: int, n: int) -> tuple[Given, list[str]]:
+        """The Given of samples [start, start + n) and their condition texts."""
+        index = [i // self.per for i in range(start, start + n)]
+        return stack([self.givens[i] for i in index]), [self.texts[i] for i in index]
+
+
+def make_conditions(kind: str, texts: list[str], tokenizer, length: int, per: int) -> Conditions:
+    """``texts`` as given tokens of samples of ``length``: prompts (BOS first, as every sample
+    starts) or infill templates; a ConfigError naming the text that does not fit."""
+    if kind not in CONDITION_KINDS:
+        raise ConfigError(f"unknown condition kind {kind!r}; choose one of {CONDITION_KINDS}")
+    if not texts:
+        raise ConfigError(f"no {kind} given: pass at least one (a file holds one per line)")
+    build = from_text if kind == "prompt" else template_ids
+    givens = []
+    for i, text in enumerate(texts):
+        try:
+            givens.append(build(text, tokenizer, length))
+        except ConfigError as e:
+            raise ConfigError(f"{kind} {i + 1} ({text[:40]!r}): {e}") from None
+    return Conditions(kind, list(texts), givens, int(per))
+
+
 # ---------------------------------------------------------------------------- records
 def sample_meta(corpus, *, seed: int, options: dict, model_name: str, model_config: dict, corpus_spec: dict,
-                checkpoint: str | None) -> dict:
-    """The fields every record of one sampling call shares (after text, tokens, nfe, seconds, batch_size)."""
-    return {"model": model_name, "config": model_config, "checkpoint": checkpoint,
+                checkpoint: str | None, conditions: Conditions | None = None) -> dict:
+    """The fields every record of one sampling call shares (after text, tokens, nfe, seconds,
+    batch_size, and ``condition`` when conditioned)."""
+    meta = {"model": model_name, "config": model_config, "checkpoint": checkpoint,
             "tokenizer": corpus.tokenizer.name, "tokenizer_fingerprint": corpus.tokenizer.fingerprint,
             "corpus": corpus_spec, "steps": options.get("steps"), "top_p": options.get("top_p", 1.0),
             "seed": seed, "options": dict(options)}
+    if conditions is not None:
+        meta["conditioning"] = conditions.meta()
+    return meta
 
 
 def _batch_records(res, texts: list[str], n: int, meta: dict) -> list[dict]:
@@ -56,12 +116,23 @@ def batch_size_of(i: int, num_samples: int, batch_size: int) -> int:
     return min(batch_size, num_samples - i // batch_size * batch_size)
 
 
-def sample_batches(model, corpus, sizes, generator, options: dict, meta: dict):
-    """Yield ``(records, result)`` for each batch size in ``sizes``, drawn with ``generator``."""
+def sample_batches(model, corpus, sizes, generator, options: dict, meta: dict, conditions: Conditions | None = None,
+                   start: int = 0):
+    """Yield ``(records, result)`` for each batch size in ``sizes``, drawn with ``generator``;
+    with ``conditions`` the batches hold samples ``start``, ``start + 1``, ... of them."""
     for n in sizes:
-        res = model.sample(n, generator=generator, **options)
+        if conditions is None:
+            res = model.sample(n, generator=generator, **options)
+        else:
+            given, condition = conditions.rows(start, n)
+            res = model.sample(n, generator=generator, given=given, **options)
         texts = corpus.tokenizer.decode_batch(res.tokens.tolist())
-        yield _batch_records(res, texts, n, meta), res
+        records = _batch_records(res, texts, n, meta)
+        if conditions is not None:
+            for record, text in zip(records, condition):
+                record["condition"] = text
+        start += n
+        yield records, res
 
 
 def _generator(model, seed: int) -> torch.Generator:
@@ -70,17 +141,25 @@ def _generator(model, seed: int) -> torch.Generator:
 
 def draw_samples(model, corpus, *, num_samples: int, batch_size: int, seed: int, options: dict,
                  model_name: str, model_config: dict, corpus_spec: dict, checkpoint: str | None = None,
-                 log=None) -> list[dict]:
-    """``num_samples`` samples in batches, with one generator seeded by ``seed``."""
+                 log=None, conditions: Conditions | None = None) -> list[dict]:
+    """``num_samples`` samples in batches, with one generator seeded by ``seed`` (with
+    ``conditions``: ``num_samples`` must be ``conditions.total``)."""
+    _check_total(num_samples, conditions)
     meta = sample_meta(corpus, seed=seed, options=options, model_name=model_name, model_config=model_config,
-                       corpus_spec=corpus_spec, checkpoint=checkpoint)
+                       corpus_spec=corpus_spec, checkpoint=checkpoint, conditions=conditions)
     records: list[dict] = []
     for batch, res in sample_batches(model, corpus, batch_sizes(num_samples, batch_size), _generator(model, seed),
-                                     options, meta):
+                                     options, meta, conditions):
         records += batch
         if log is not None:
             log(f"  {len(records)}/{num_samples} samples, NFE {res.nfe}, {res.seconds:.2f} s for this batch")
     return records
+
+
+def _check_total(num_samples: int, conditions: Conditions | None) -> None:
+    if conditions is not None and num_samples != conditions.total:
+        raise ConfigError(f"{num_samples} samples asked for, but {len(conditions.texts)} conditions x "
+                          f"{conditions.per} samples each make {conditions.total}")
 
 
 def jsonl_bytes(records: list[dict]) -> bytes:
@@ -265,13 +344,15 @@ def _open_at(out: Path, size: int):
 
 def stream_samples(out: str | Path, model, corpus, *, num_samples: int, batch_size: int, seed: int, options: dict,
                    model_name: str, model_config: dict, corpus_spec: dict, checkpoint: str | None = None,
-                   log=None, on_batch=None) -> dict:
+                   log=None, on_batch=None, conditions: Conditions | None = None) -> dict:
     """Draw ``num_samples`` samples into ``out`` batch by batch (module docstring), continuing a
     committed partial run of the same configuration. ``on_batch(done)`` is called after each
-    committed batch (a test hook). Returns ``dict(path, done, drawn, seconds)``."""
+    committed batch (a test hook). ``conditions``: the given tokens of each sample (then
+    ``num_samples`` = ``conditions.total``). Returns ``dict(path, done, drawn, seconds)``."""
     out, say = Path(out), log or (lambda *a: None)
+    _check_total(num_samples, conditions)
     meta = sample_meta(corpus, seed=seed, options=options, model_name=model_name, model_config=model_config,
-                       corpus_spec=corpus_spec, checkpoint=checkpoint)
+                       corpus_spec=corpus_spec, checkpoint=checkpoint, conditions=conditions)
     identity = _normal(dict(meta=meta, num_samples=num_samples, batch_size=batch_size,
                             weights=weights_digest(model), device=torch.device(model.device).type))
     state = _resume_point(out, identity)
@@ -287,14 +368,14 @@ def stream_samples(out: str | Path, model, corpus, *, num_samples: int, batch_si
     need = check_size(out, per_sample, num_samples - done)
     say(f"about {human_bytes(need)} for {num_samples - done} samples ({human_bytes(per_sample)} each) -> {out}")
     try:
-        return _stream(out, (model, corpus, gen, options, meta), identity, done, size, say, on_batch)
+        return _stream(out, (model, corpus, gen, options, meta, conditions), identity, done, size, say, on_batch)
     except OSError as e:  # a full disk names the file it could not write
         raise named(e, out)
 
 
 def _stream(out: Path, sampler: tuple, identity: dict, done: int, size: int, say, on_batch) -> dict:
     """Append the batches after sample ``done`` (``size`` committed bytes) to ``out``, committing each."""
-    model, corpus, gen, options, meta = sampler
+    model, corpus, gen, options, meta, conditions = sampler
     num_samples, batch_size = identity["num_samples"], identity["batch_size"]
     left = -(-(num_samples - done) // batch_size)  # batches to draw
     if done == 0:
@@ -302,7 +383,8 @@ def _stream(out: Path, sampler: tuple, identity: dict, done: int, size: int, say
     t0, drawn = time.perf_counter(), 0
     try:
         with _open_at(out, size) as f:
-            batches = sample_batches(model, corpus, batch_sizes(num_samples, batch_size, done), gen, options, meta)
+            batches = sample_batches(model, corpus, batch_sizes(num_samples, batch_size, done), gen, options, meta,
+                                     conditions, start=done)
             for i, (batch, res) in enumerate(batches):
                 f.write(jsonl_bytes(batch))
                 f.flush()

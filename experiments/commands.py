@@ -14,7 +14,7 @@ from esolm import registry
 from esolm.log import printer
 from esolm.checkpoint import load_model
 from esolm.io import atomic_write_json
-from esolm.samples import head_texts, stream_samples
+from esolm.samples import head_texts, make_conditions, stream_samples
 from esolm.config import ConfigError, coerce, field_names, parse_keys
 from esolm.interface import sample_options
 from experiments.runspec import RunSpec
@@ -242,7 +242,6 @@ def cmd_sample(args) -> int:
     routed = command_keys(args, {"options": options, "call": SampleKeys})
     call = routed["call"]
     num_samples = positive(call.get("num_samples", args.num_samples), "--num-samples")
-    batch_size = positive(call.get("batch_size", min(num_samples, 64)), "batch_size")
     ckpt = resolve_checkpoint(args)
     model, state = load_model(ckpt, device=args.device)
     check_model_matches(args, state, ckpt)
@@ -250,19 +249,73 @@ def cmd_sample(args) -> int:
     seed = coerce(call.get("seed", 0), int, "seed")
     sample_opts = sample_options(model, routed["options"])
     sample_opts.setdefault("steps", model.config.length)
-    # the default name holds the count too: another count is another file, not a refusal
-    out = Path(args.out) if args.out else ckpt.parent / "samples" / (
-        "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}-n{num_samples}.jsonl")
-    say(f"sampling {num_samples} sequences from {state['model_name']} ({ckpt}) with {sample_opts}")
-    result = stream_samples(out, model, corpus, num_samples=num_samples, batch_size=batch_size, seed=seed,
+    conditions = sample_conditions(args, model, corpus.tokenizer, sample_opts, num_samples)
+    total = num_samples if conditions is None else conditions.total
+    batch_size = positive(call.get("batch_size", min(total, 64)), "batch_size")
+    out = Path(args.out) if args.out else ckpt.parent / "samples" / sample_file_name(sample_opts, seed, num_samples,
+                                                                                     conditions)
+    say(f"sampling {total} sequences from {state['model_name']} ({ckpt}) with {sample_opts}"
+        + ("" if conditions is None else f", {num_samples} for each of {len(conditions.texts)} {conditions.kind}s"))
+    result = stream_samples(out, model, corpus, num_samples=total, batch_size=batch_size, seed=seed,
                             options=sample_opts, model_name=state["model_name"], model_config=state["model_config"],
-                            corpus_spec=state["corpus"], checkpoint=str(ckpt), log=say)
+                            corpus_spec=state["corpus"], checkpoint=str(ckpt), log=say, conditions=conditions)
     say(f"wrote {result['drawn']} samples to {out} ({result['seconds']:.1f} s); it holds {result['done']}")
     for text in head_texts(out):
         say("---\n" + text[:400])
     if args.score:
         return _score(out, args, corpus)
     return 0
+
+
+def add_condition_args(p) -> None:
+    """The conditioning flags of ``run.py sample`` (spec 15.4; docs/conditional.md)."""
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--prompt", help="condition every sample on this prompt (a prefix, BOS first)")
+    g.add_argument("--prompt-file", help="a file of prompts, one per line: --num-samples samples of each")
+    g.add_argument("--infill", help="an infill template: its text is kept, [MASK] marks one free token and "
+                                    "[MASK:n] n of them; positions after its end are free too")
+    g.add_argument("--infill-file", help="a file of infill templates, one per line: --num-samples samples of each")
+
+
+def condition_texts(args) -> tuple[str | None, list[str]]:
+    """(kind, texts) of the conditioning flags: ("prompt" | "infill", their texts), or (None, [])."""
+    for kind in ("prompt", "infill"):
+        text, path = getattr(args, kind, None), getattr(args, f"{kind}_file", None)
+        if text is not None:
+            return kind, [text]
+        if path is not None:
+            try:
+                lines = Path(path).read_text(encoding="utf-8").splitlines()
+            except (OSError, UnicodeDecodeError) as e:
+                raise ConfigError(f"cannot read --{kind}-file {path}: {e}") from None
+            texts = [line for line in lines if line.strip()]
+            if not texts:
+                raise ConfigError(f"--{kind}-file {path} holds no {kind} (one per line, blank lines skipped)")
+            return kind, texts
+    return None, []
+
+
+def sample_conditions(args, model, tokenizer, sample_opts: dict, per: int):
+    """The Conditions of the flags (None without them), each checked against the model now: an
+    unsupported form (an infill for AR) fails before any file is written."""
+    kind, texts = condition_texts(args)
+    if kind is None:
+        return None
+    length = int(sample_opts.get("length") or model.config.length)
+    conditions = make_conditions(kind, texts, tokenizer, length, per)
+    for given in conditions.givens:
+        given.checked(model, 1, length)
+    return conditions
+
+
+def sample_file_name(sample_opts: dict, seed: int, num_samples: int, conditions=None) -> str:
+    """The default samples file: the options, seed and count, and a digest of the conditions (so
+    conditioned samples never overwrite unconditional ones, nor those of other conditions)."""
+    # the default name holds the count too: another count is another file, not a refusal
+    name = "samples-" + "-".join(f"{k}{v}" for k, v in sorted(sample_opts.items())) + f"-seed{seed}-n{num_samples}"
+    if conditions is not None:
+        name += f"-{conditions.kind}{conditions.digest}"
+    return name + ".jsonl"
 
 
 def _sample_option_names() -> set[str]:

@@ -135,8 +135,6 @@ def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[J
         _zeroshot_jobs(g, m, trains[m.label])
     for m in preset.models:
         _sweep_jobs(g, m, trains[m.label], judges)
-    for m in preset.models:
-        _conditional_jobs(g, m, trains[m.label], judges)
     for name in preset.calibration:
         _calibration_job(g, name, judges)
     runs = range(1, preset.clock["runs"] + 1) if preset.clock else [None]
@@ -145,6 +143,8 @@ def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[J
             _clock_job(g, trains, run)
         for length in preset.run.long_context.lengths:
             _longctx_job(g, length, run)
+    for m in preset.models:  # the last wave (experiments/lanes.py)
+        _conditional_jobs(g, m, trains[m.label], judges)
     return g.jobs
 
 

@@ -148,9 +148,13 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="draw samples to JSONL (text, token ids, nfe, seconds, model, config)",
                        epilog=_keys_epilog("sample"), formatter_class=argparse.RawDescriptionHelpFormatter)
     _common_model_args(p, checkpoint=True)
-    p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--out", help="JSONL path (default: <run>/samples/samples-<options>-seed<S>-n<N>.jsonl); each "
-                                 "batch is appended as it finishes, and the same command continues an interrupted file")
+    p.add_argument("--num-samples", type=int, default=16, help="samples in all, or of each prompt / template")
+    p.add_argument("--out", help="JSONL path (default: <run>/samples/samples-<options>-seed<S>-n<N>[-<condition "
+                                 "digest>].jsonl); each batch is appended as it finishes, and the same command "
+                                 "continues an interrupted file")
+    from experiments.commands import add_condition_args
+
+    add_condition_args(p)
     p.add_argument("--score", action="store_true", help="score the samples right away (see `score`)")
     p.add_argument("--evaluator", default=None, help="for --score: source | checkpoint | HF folder or hub name")
     _score_args(p)

@@ -21,21 +21,23 @@ from esolm.sampling import nucleus_filter
 from baselines.bd3lm_sampler import filtered_logits
 
 V, M = 5, 4  # four real tokens (0..3, BOS = 0) and the mask
-N = 20000  # draws per law
+N = 40000  # draws per law
 FAR = 0.3  # every law tested lies at least this far (TV) from uniform, so a wrong sampler fails
 
 
 # --------------------------------------------------------------------------------- helpers
 @functools.lru_cache(maxsize=None)
 def tiny(name: str, length: int = 5, **kw):
-    """A float64 2-layer model with perturbed weights: fresh ones are uniform (adaLN-zero, zero
-    head); at 0.1 the laws below lie 0.45-0.8 (TV) from uniform with no cell above 0.55."""
+    """A float64 2-layer model of width 16 with perturbed weights: fresh ones are uniform
+    (adaLN-zero, zero head); at 0.2 the laws below lie 0.5-0.75 (TV) from uniform with no cell
+    above 0.4."""
     torch.manual_seed(0)
-    model = registry.build(name, preset="smoke", vocab_size=V, length=length, dropout=0.0, **kw).double().eval()
+    model = registry.build(name, preset="smoke", vocab_size=V, length=length, dropout=0.0, d_model=16, n_heads=2,
+                           cond_dim=16, **kw).double().eval()
     g = torch.Generator().manual_seed(11)
     with torch.no_grad():
         for p in model.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g, dtype=p.dtype))
+            p.add_(0.2 * torch.randn(p.shape, generator=g, dtype=p.dtype))
     return model
 
 
@@ -68,15 +70,18 @@ def tv(p: torch.Tensor, q: torch.Tensor) -> float:
     return 0.5 * float((p - q).abs().sum())
 
 
-def assert_law(samples: torch.Tensor, free: list[int], law: torch.Tensor) -> None:
+def assert_law(samples: torch.Tensor, free: list[int], law: torch.Tensor, *wrong: torch.Tensor) -> None:
     """The empirical law of ``samples`` at ``free`` matches ``law``: TV below the sum of the
-    cells' standard errors (about 2.5 times the expected TV of an exact sampler), and ``law``
-    itself far from uniform so that the check has power."""
+    cells' standard errors (about 2.5 times the expected TV of an exact sampler). The check has
+    power: ``law`` lies far from uniform, and each ``wrong`` law (what a plausible bug would
+    draw from) 1.5 tolerances away or more (a sampler of it lands about that far minus its noise)."""
     assert float(law.sum()) == pytest.approx(1.0, abs=1e-9)
     assert tv(law, torch.full_like(law, 1 / len(law))) > FAR, "the test law is too flat to catch a wrong sampler"
-    emp = empirical(samples, free)
     tol = float((law * (1 - law) / len(samples)).sqrt().sum())
-    assert tv(emp, law) < tol, (tv(emp, law), tol)
+    for other in wrong:
+        assert tv(law, other) > 1.5 * tol, "a wrong law lies too close to tell apart"
+    emp = empirical(samples, free)
+    assert tv(emp, law) <= tol, (tv(emp, law), tol)
 
 
 def draws(model, given_: Given, n: int = N, seed: int = 0, **options) -> torch.Tensor:
@@ -89,7 +94,7 @@ def masked_chain(dist: dict, region: list[int], kernels, probs_fn) -> dict:
     positions, ``probs_fn(states [S, L]) -> [S, L, V]`` the network's filtered p(x0)."""
     for kernel in kernels:
         states = list(dist)
-        probs = probs_fn(torch.tensor(states))
+        probs = probs_fn(torch.tensor(states)).tolist()
         out = defaultdict(float)
         for si, state in enumerate(states):
             masked = [pos for pos in region if state[pos] == M]
@@ -107,7 +112,7 @@ def masked_chain(dist: dict, region: list[int], kernels, probs_fn) -> dict:
 def ancestral_kernel(r: float):
     """15.4.2: each mask stays w.p. r, else takes v w.p. (1 - r) p(x0)[v]."""
     def kernel(masked, probs):
-        options = [[(M, r)] + [(v, (1 - r) * float(probs[pos, v])) for v in range(V - 1)] for pos in masked]
+        options = [[(M, r)] + [(v, (1 - r) * probs[pos][v]) for v in range(V - 1)] for pos in masked]
         for combo in itertools.product(*options):
             yield tuple(v for v, _ in combo), math.prod(w for _, w in combo)
     return kernel
@@ -117,7 +122,7 @@ def first_hitting_kernel(masked, probs):
     """One uniformly chosen mask takes v w.p. p(x0)[v] (6.4 first hitting)."""
     for j, pos in enumerate(masked):
         for v in range(V - 1):
-            yield tuple(v if i == j else M for i in range(len(masked))), float(probs[pos, v]) / len(masked)
+            yield tuple(v if i == j else M for i in range(len(masked))), probs[pos][v] / len(masked)
     if not masked:
         yield (), 1.0
 
@@ -176,8 +181,8 @@ def test_ar_prefix_law_is_the_product_of_next_token_conditionals_with_mixed_prom
     short, long = given([0, 2], [0, 1], 5), given([0, 2, 1], [0, 1, 2], 5)
     batch = stack([short] * (N // 2) + [long] * (N // 2))
     out = draws(model, batch, top_p=top_p)
-    assert_law(out[:N // 2], [2, 3, 4], ar_law(model, short, 2, top_p))
-    assert_law(out[N // 2:], [3, 4], ar_law(model, long, 3, top_p))
+    assert_law(out[:N // 2], [2, 3, 4], ar_law(model, short, 2, top_p), ar_law(model, given([0, 1], [0, 1], 5), 2, top_p))
+    assert_law(out[N // 2:], [3, 4], ar_law(model, long, 3, top_p), ar_law(model, given([0, 2, 3], [0, 1, 2], 5), 3, top_p))
 
 
 # ---------------------------------------------------------------------------- MDLM (15.4.2)
@@ -195,6 +200,7 @@ def mdlm_law(model, base: Given, free: list[int], steps: int, top_p: float = 1.0
 
 
 MDLM_GIVEN = {"prefix": ([0, 3], [0, 1]), "infill": ([0, 1], [0, 4])}
+OTHER = {"prefix": [0, 1], "infill": [0, 3]}  # other given values at the same positions
 
 
 @pytest.mark.parametrize("steps", [1, 2, 4])
@@ -206,9 +212,10 @@ def test_mdlm_law_is_the_carry_over_chain_over_the_free_positions(steps, form, s
     base = given(tokens, at, 5)
     free = [p for p in range(5) if p not in at]
     law = mdlm_law(model, base, free, steps)
-    assert_law(draws(model, base, steps=steps, sampler=sampler), free, law)
-    if steps > 1:  # the law depends on T: a sampler on the wrong grid would fail
-        assert tv(law, mdlm_law(model, base, free, 1)) > 0.05
+    wrong = [mdlm_law(model, given(OTHER[form], at, 5), free, steps)]  # blind to the given values
+    if steps == 4:
+        wrong.append(mdlm_law(model, base, free, 1))  # the law depends on T: a wrong grid fails
+    assert_law(draws(model, base, steps=steps, sampler=sampler), free, law, *wrong)
 
 
 def test_mdlm_nucleus_law_filters_only_the_free_positions():
@@ -259,8 +266,9 @@ def test_bd3lm_law_is_the_block_order_chain(form, tokens, at, steps_per_block, s
     base = given(tokens, at, 6)
     free = [p for p in range(6) if p not in at]
     law = bd3_law(model, base, free, steps_per_block, sampler)
+    blind = bd3_law(model, given([0] + [3 - t for t in tokens[1:]], at, 6), free, steps_per_block, sampler)
     out = draws(model, base, steps=3 * steps_per_block, steps_per_block=steps_per_block, sampler=sampler)
-    assert_law(out, free, law)
+    assert_law(out, free, law, blind)
 
 
 # -------------------------------------------------------------------------- Eso-LM (15.4.4-5)
@@ -289,8 +297,11 @@ def test_eso_sequential_law_with_given_tokens_first_is_the_order_likelihood(name
     out = model.sample(N, generator=torch.Generator().manual_seed(0), steps=4, alpha_0_eval=0.0,
                        given=stack([short] * (N // 2) + [long] * (N // 2)))
     assert [grp["given"] for grp in out.extra["groups"]] == [2, 3]
-    assert_law(out.tokens[:N // 2], [2, 3, 4], order_law(model, short, [2, 3, 4], natural_sigma([0, 1], [2, 3, 4]), 2))
-    assert_law(out.tokens[N // 2:], [3, 4], order_law(model, long, [3, 4], natural_sigma([0, 1, 2], [3, 4]), 3))
+    for rows, base, blind, at, free in [(slice(0, N // 2), short, given([0, 1], [0, 1], 5), [0, 1], [2, 3, 4]),
+                                        (slice(N // 2, N), long, given([0, 2, 3], [0, 1, 2], 5), [0, 1, 2], [3, 4])]:
+        sigma = natural_sigma(at, free)
+        assert_law(out.tokens[rows], free, order_law(model, base, free, sigma, len(at)),
+                   order_law(model, blind, free, sigma, len(at)))
 
 
 @pytest.mark.parametrize("name", ESO)
@@ -302,8 +313,10 @@ def test_eso_diffusion_law_is_the_uniform_mixture_of_order_likelihoods_over_the_
     base = given([0, 1], at, 5)
     laws = [order_law(model, base, free, torch.tensor(at + list(p)), 5) for p in itertools.permutations(free)]
     law = torch.stack(laws).mean(0)
-    assert max(tv(law, one) for one in laws) > 0.05  # the orders matter: a fixed order would fail
-    assert_law(draws(model, base, steps=10**6, alpha_0_eval=1.0), free, law)
+    other = given([0, 3], at, 5)  # a sampler blind to the given values would draw near this
+    blind = torch.stack([order_law(model, other, free, torch.tensor(at + list(p)), 5)
+                         for p in itertools.permutations(free)]).mean(0)
+    assert_law(draws(model, base, steps=10**6, alpha_0_eval=1.0), free, law, blind)
 
 
 @torch.no_grad()
@@ -333,13 +346,15 @@ def test_eso_law_for_a_fixed_order_and_parallel_steps_is_the_product_formula(nam
     model = tiny(name, alpha_0=0.5)
     at, free = [0, 3], [1, 2, 4]
     base = given([0, 2], at, 5)
-    sigma = torch.tensor([0, 3, 4, 1, 2])
+    sigma = torch.tensor([0, 3, 1, 4, 2])
     law = eso_product_law(model, base, free, sigma, [2, 1])
+    blind = eso_product_law(model, given([0, 1], at, 5), free, sigma, [2, 1])
+    singleton = eso_product_law(model, base, free, sigma, [1, 1, 1])  # masks seeing their step's draws
     g = torch.Generator().manual_seed(3)
     sig = sigma.expand(N, 5)
     for step in decode(model, sig, [2, 1], 5, generator=g, prefix=base.tokens[:, at].expand(N, 2)):
         pass
-    assert_law(order.ungather(step.tokens, sig), free, law)
+    assert_law(order.ungather(step.tokens, sig), free, law, blind, singleton)
 
 
 @pytest.mark.parametrize("name", ESO)
@@ -360,13 +375,16 @@ def test_eso_plan_puts_the_given_positions_first_in_every_order(name):
 
 # ------------------------------------------------------------------- invariants, every model
 def models_and_givens():
-    """(name, build kwargs, sample options, given) covering every family and form."""
-    pre16 = by_count(torch.randint(0, V - 1, (4, 16), generator=torch.Generator().manual_seed(5)),
-                     torch.tensor([1, 3, 6, 9]))
+    """(name, build kwargs, sample options, givens) covering every family and form. Eso-LM runs one
+    call per prompt length, so its givens share their count (the mixed case is tested below)."""
+    tokens = torch.randint(0, V - 1, (4, 16), generator=torch.Generator().manual_seed(5))
+    pre16 = by_count(tokens, torch.tensor([1, 3, 6, 9]))
     inf_mask = torch.zeros(4, 16, dtype=torch.bool)
     inf_mask[:, [0, 5, 6, 15]] = True
-    inf_mask[2, 11] = True
-    inf16 = Given(pre16.tokens, inf_mask)
+    inf16 = Given(tokens, inf_mask.index_put((torch.tensor([2]), torch.tensor([11])), torch.tensor(True)))
+    eso = [by_count(tokens, 6), Given(tokens, torch.stack([inf_mask[0].roll(b) for b in range(4)]))]
+    eso_options = [dict(steps=4), dict(steps=4, kv_cache=False, top_p=0.7), dict(steps=10**6, alpha_0_eval=1.0),
+                   dict(steps=3, alpha_0_eval=0.0)]
     return [
         ("ar", {}, [dict(), dict(top_p=0.7), dict(kv_cache=False)], [pre16]),
         ("mdlm", {}, [dict(steps=6), dict(steps=10**6), dict(steps=5, sampler="ancestral", top_p=0.7),
@@ -376,12 +394,8 @@ def models_and_givens():
                                        dict(steps=4, steps_per_block=4, sampler="first_hitting"),
                                        dict(steps=4, steps_per_block=5, reference_grid=True, top_p=0.7)],
          [pre16, inf16]),
-        ("esolm-b", dict(alpha_0=0.5), [dict(steps=4), dict(steps=4, kv_cache=False, top_p=0.7),
-                                        dict(steps=10**6, alpha_0_eval=1.0), dict(steps=3, alpha_0_eval=0.0)],
-         [pre16, inf16]),
-        ("esolm-a", dict(alpha_0=0.5), [dict(steps=4), dict(steps=4, kv_cache=False, top_p=0.7),
-                                        dict(steps=10**6, alpha_0_eval=1.0), dict(steps=3, alpha_0_eval=0.0)],
-         [pre16, inf16]),
+        ("esolm-b", dict(alpha_0=0.5), eso_options, eso),
+        ("esolm-a", dict(alpha_0=0.5), eso_options, eso),
     ]
 
 
@@ -400,6 +414,18 @@ def test_given_tokens_survive_every_network_call_and_nfe_counts_the_calls(monkey
     assert calls.fed_given > 0  # the check above saw given tokens
 
 
+@pytest.mark.parametrize("name", ESO)
+def test_eso_mixed_prompt_lengths_run_one_call_each_and_count_every_pass(monkeypatch, name):
+    model = tiny(name, length=16, alpha_0=0.5)
+    base = by_count(torch.randint(0, V - 1, (5, 16), generator=torch.Generator().manual_seed(5)),
+                    torch.tensor([4, 1, 4, 9, 1]))
+    calls = counted(monkeypatch, model)
+    out = model.sample(5, generator=torch.Generator().manual_seed(1), given=base, steps=4)
+    assert base.preserved(out.tokens) and int((out.tokens == M).sum()) == 0
+    assert [(grp["given"], grp["rows"]) for grp in out.extra["groups"]] == [(1, 2), (4, 2), (9, 1)]
+    assert out.nfe == sum(grp["nfe"] for grp in out.extra["groups"]) == calls.count
+
+
 def test_bd3lm_stores_the_whole_prompt_blocks_in_one_pass(monkeypatch):
     model = tiny("bd3lm", length=16, block_size=4)
     base = from_ids([0, 1, 2, 3, 0, 1, 2, 3, 1, 2], 16)  # blocks 0 and 1 given, block 2 half given
@@ -414,7 +440,8 @@ def test_bd3lm_stores_the_whole_prompt_blocks_in_one_pass(monkeypatch):
 def test_eso_prefill_is_fused_into_the_first_step():
     model = tiny("esolm-b", length=16, alpha_0=0.5)
     base = from_ids([0, 1, 2, 3, 2], 16)
-    sigma, sizes, n_mdm = plan(model, 2, 16, 4, 0.5, "binomial", None, True, torch.Generator().manual_seed(0), base)
+    sigma, sizes, n_mdm = plan(model, 2, 16, 4, 0.5, "binomial", None, True, torch.Generator().manual_seed(0),
+                               base.checked(model, 2, 16))
     steps = decode(model, sigma, sizes, n_mdm, prefix=base.tokens[:, :5].expand(2, 5))
     first = next(steps)
     assert first.fed == (0, 5 + sizes[0])  # the given tokens ride with the first masks
@@ -563,3 +590,102 @@ def test_templates_and_prompts_encode_given_and_free_positions():
         template_ids("abc[MASK:8]", tok, 10)
     with pytest.raises(ConfigError, match="is an infill|these are an infill"):
         g.prefixes()
+
+
+# ------------------------------------------------------------------------------ the CLI
+BOS, MASK = 64, 65  # of the synthetic corpus's 64 symbols
+CLI_MODELS = {"ar": {}, "mdlm": {}, "bd3lm": dict(block_size=4), "esolm-a": dict(alpha_0=0.5),
+              "esolm-b": dict(alpha_0=0.5)}
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    """A 2-step checkpoint of every family on the synthetic corpus (L = 16), built on demand."""
+    from esolm.data import load_corpus
+    from esolm.train import fit, seed_everything, train_config
+
+    corpus, made = load_corpus("synthetic", length=16), {}
+
+    def get(name):
+        if name not in made:
+            cfg = train_config("smoke", steps=2)
+            seed_everything(cfg.seed)
+            model = registry.build(name, preset="smoke", **corpus.model_fields(), **CLI_MODELS[name])
+            folder = tmp_path_factory.mktemp(name)
+            fit(name, model, corpus, cfg, folder, progress=False)
+            made[name] = folder / "checkpoint.safetensors"
+        return made[name]
+    return get
+
+
+def cli(capsys, *args):
+    from experiments.run import main
+
+    capsys.readouterr()
+    code = main([str(a) for a in args])
+    return code, capsys.readouterr().err
+
+
+def read(path):
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def only_file(folder, pattern):
+    files = sorted(folder.glob(pattern))
+    assert len(files) == 1, files
+    return files[0]
+
+
+@pytest.mark.parametrize("name", list(CLI_MODELS))
+def test_cli_samples_under_a_prompt_and_an_infill_template_beside_the_unconditional_samples(capsys, checkpoints, name):
+    ckpt = checkpoints(name)
+    steps = "steps=8"
+    folder = ckpt.parent / "samples"
+    assert cli(capsys, "sample", "--checkpoint", ckpt, "--num-samples", 3, steps)[0] == 0
+    assert cli(capsys, "sample", "--checkpoint", ckpt, "--num-samples", 3, "--prompt", "s1 s2 s3", steps)[0] == 0
+    plain, prompted = only_file(folder, "*-n3.jsonl"), only_file(folder, "*-n3-prompt*.jsonl")
+    assert "condition" not in read(plain)[0]
+    for r in read(prompted):
+        assert r["condition"] == "s1 s2 s3" and r["tokens"][:4] == [BOS, 1, 2, 3]
+        assert r["conditioning"]["kind"] == "prompt" and r["text"].startswith("<bos> s1 s2 s3")
+    code, err = cli(capsys, "sample", "--checkpoint", ckpt, "--num-samples", 3, "--infill", "s4 [MASK:2] s5 [MASK] s6",
+                    steps)
+    if name == "ar":  # refused at once, before any file is written
+        assert code == 2 and "prompt (prefix) only, not an infill" in err
+        assert not list(folder.glob("*-infill*"))
+    else:
+        assert code == 0, err
+        recs = read(only_file(folder, "*-n3-infill*.jsonl"))
+        assert {r["condition"] for r in recs} == {"s4 [MASK:2] s5 [MASK] s6"}
+        assert {tuple(r["tokens"][i] for i in (0, 1, 4, 6)) for r in recs} == {(BOS, 4, 5, 6)}  # given kept
+        assert all(MASK not in r["tokens"] for r in recs)
+
+
+def test_cli_prompt_file_mixes_prompt_lengths_in_a_batch_and_names_its_file_by_digest(capsys, checkpoints, tmp_path):
+    ckpt = checkpoints("esolm-b")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("s1\n\ns2 s3 s4 s5\n")  # the blank line is skipped
+    args = ["sample", "--checkpoint", ckpt, "--num-samples", 2, "--prompt-file", prompts, "steps=4", "batch_size=3"]
+    assert cli(capsys, *args)[0] == 0
+    first = only_file(ckpt.parent / "samples", "*-n2-prompt*.jsonl")
+    recs = read(first)
+    assert [r["condition"] for r in recs] == ["s1", "s1", "s2 s3 s4 s5", "s2 s3 s4 s5"]
+    assert [r["batch_size"] for r in recs] == [3, 3, 3, 1]  # batch 1 holds both prompt lengths
+    assert all(r["tokens"][:2] == [BOS, 1] for r in recs[:2])
+    assert all(r["tokens"][:5] == [BOS, 2, 3, 4, 5] for r in recs[2:])
+    prompts.write_text("s1\ns2 s3 s4 s6\n")  # other prompts: another file, not a refusal
+    assert cli(capsys, *args)[0] == 0
+    assert len(list((ckpt.parent / "samples").glob("*-n2-prompt*.jsonl"))) == 2
+    assert read(first) == recs
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--prompt", "s1 s99"], "prompt 1 ('s1 s99'): 's99' is not a symbol"),
+    (["--infill", "s1 [MASK:20]"], "template spans 22 tokens"),
+    (["--prompt-file", "/nonexistent/prompts.txt"], "cannot read --prompt-file"),
+])
+def test_cli_bad_conditions_are_one_clear_error(capsys, checkpoints, flags, message):
+    code, err = cli(capsys, "sample", "--checkpoint", checkpoints("mdlm"), *flags)
+    assert code == 2 and message in err, err

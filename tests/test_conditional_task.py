@@ -209,3 +209,115 @@ def test_real_samplers_keep_the_given_tokens(corpus, judges):
             m = out["metrics"]
             assert math.isfinite(m["cond_nll"]) and m["nfe"] >= 1 and m["sec_per_example"] > 0
             assert out["examples"][0]["given"].count("[MASK]") == int(C.free_positions(form, L).sum())
+
+
+# ---------------------------------------------------------------------------- the stage
+def test_the_stage_has_a_job_per_entry_and_form_and_leaves_the_other_jobs_keys(tmp_path):
+    from experiments import graph as G
+    from experiments import presets as P
+    from experiments.lanes import WAVES
+
+    assert WAVES[-1] == ["conditional"]
+    smoke = P.get("smoke")
+    jobs = {j.name: j for j in G.build_graph(smoke, tmp_path)}
+    cond = {n: j for n, j in jobs.items() if j.stage == "conditional"}
+    swept = [m.label for m in smoke.models if m.sweep]
+    assert set(cond) == {f"conditional/{label}/{form}" for label in swept for form in ("prefix", "infill")}
+    skip = cond["conditional/ar/infill"]
+    assert "skipped for the infill form" in skip.config["skipped"] and not skip.deps
+    run = cond["conditional/mdlm/infill"]
+    assert run.identity["num_examples"] == 4 and run.identity["options"] == {"steps": 1_000_000}  # its NFE = L options
+    assert {d.name for d in run.deps} == {"train/mdlm", "train/evaluator-2"} and "evaluator2" in run.config
+    tiny = P.get("tiny")  # its quickstart stays short: no task
+    assert tiny.conditional is None and all(m.conditional is None for m in tiny.models)
+    cpu = P.get("cpu")  # every entry with a sweep joins (AR too: its infill row says why it is skipped)
+    assert cpu.conditional["num_examples"] == 32 and cpu.conditional["batch_size"] == 16
+    assert {m.label: m.conditional for m in cpu.models if m.conditional is not None} == {
+        **{m.label: {} for m in cpu.models if m.sweep and m.model != "esolm-a"}, "esolm-a a0=0.25": {"steps": 128}}
+    # the task adds jobs and changes no other job's key
+    plain = P.get("smoke")
+    plain.conditional = None
+    assert {j.name: j.key for j in G.build_graph(plain, tmp_path)} == {n: j.key for n, j in jobs.items()
+                                                                        if j.stage != "conditional"}
+
+
+def test_unknown_task_settings_are_refused(tmp_path):
+    from experiments import graph as G
+    from experiments import presets as P
+
+    preset = P.get("smoke")
+    preset.conditional = dict(preset.conditional, examples=3)
+    with pytest.raises(ConfigError, match="unknown conditional setting"):
+        G.build_graph(preset, tmp_path)
+    preset.conditional = dict(forms=["suffix"])
+    with pytest.raises(ConfigError, match="unknown conditional form"):
+        G.build_graph(preset, tmp_path)
+
+
+def test_a_skipped_form_writes_a_record_with_its_note(tmp_path):
+    import json
+
+    from experiments import graph as G
+    from experiments import jobs as J
+    from experiments import presets as P
+
+    job = next(j for j in G.build_graph(P.get("smoke"), tmp_path / "work") if j.name == "conditional/ar/infill")
+    record = J.JOB_FUNCTIONS["conditional"](job.payload("smoke", tmp_path / "res", tmp_path / "work", 1))
+    row = json.loads(G.record_path(tmp_path / "res", job).read_text())["row"]
+    assert record["row"] == row and row["metrics"] == {} and "infill" in row["config"]["skipped"]
+    assert row["display"]["label"] == "AR"
+
+
+def _store(tmp_path):
+    """A hand-made store of conditional rows: two methods, two forms, AR's infill skipped."""
+    import dataclasses
+    import json
+
+    from analysis import schema as X
+    from esolm import registry
+
+    def display(model):
+        return dataclasses.asdict(registry.model_class(model).display(registry.build_config(model)))
+
+    rows = []
+    for i, (label, group, model) in enumerate((("ar", "AR", "ar"), ("mdlm", "MDLM", "mdlm"))):
+        for form in ("prefix", "infill"):
+            config = dict(stage="conditional", label=label, group=group, model=model, form=form)
+            if model == "ar" and form == "infill":
+                rows.append(dict(config=dict(config, skipped="AR is skipped for the infill form: ..."), metrics={},
+                                 display=display(model), name=f"conditional/{label}/{form}", stale=False))
+                continue
+            v = 2.0 + i + (form == "infill")
+            metrics = dict(cond_nll=v, cond_nll_lo=v - 0.1, cond_nll_hi=v + 0.1, ref_nll=1.5, ref_nll_lo=1.4,
+                           ref_nll_hi=1.6, chrf=30.0 + i, chrf_lo=28.0, chrf_hi=33.0, token_match=0.1, nfe=8.0,
+                           sec_per_example=0.01 * (i + 1), sec_per_example_lo=0.009, sec_per_example_hi=0.03,
+                           num_examples=4, timed_calls=2)
+            rows.append(dict(config=dict(config, evaluator="KN 8-gram on shakespeare", top_p=0.9, batch_size=2,
+                                         rounds=1),
+                             options=dict(steps=8), metrics=metrics, display=display(model),
+                             name=f"conditional/{label}/{form}", stale=False))
+    store = tmp_path / "store"
+    store.mkdir()
+    X.frame(rows).to_csv(store / "results.csv", index=False)
+    (store / "summary.json").write_text(json.dumps(dict(preset="smoke", corpus="shakespeare", data=dict(length=32))))
+    return store
+
+
+def test_the_table_and_figure_name_every_method_and_the_skipped_form(tmp_path):
+    from analysis.conditional import write_conditional
+    from analysis.pareto import draw_pareto
+    from analysis.tables import write_tables
+
+    store = _store(tmp_path)
+    paths = write_conditional(store)
+    assert {p.name for p in paths} == {"conditional.md", "conditional.tex", "conditional.csv",
+                                       "pareto_conditional.png", "pareto_conditional.pdf"}
+    md = (store / "tables" / "conditional.md").read_text()
+    lines = [line for line in md.splitlines() if line.startswith("| ") and ("AR" in line or "MDLM" in line)]
+    assert [(line.split("|")[1].strip(), line.split("|")[2].strip()) for line in lines] == [
+        ("AR", "prefix"), ("MDLM", "prefix"), ("MDLM", "infill")]
+    assert "2.000 [1.900, 2.100]" in md and "Not run: AR (infill): AR is skipped for the infill form" in md
+    assert all(p.stat().st_size > 0 for p in paths)
+    # the commands' own entries write them too
+    assert "conditional.md" in {p.name for p in write_tables(store)}
+    assert "pareto_conditional.png" in {p.name for p in draw_pareto(store)}

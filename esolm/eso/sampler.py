@@ -62,18 +62,13 @@ def decode(model, sigma: torch.Tensor, sizes: list[int], n_mdm: int, *, top_p: f
     ``profile``: skip the sampling math; ``clock`` then brackets only the network calls.
     """
     B, L = sigma.shape
-    m = model.config.mask_id
-    z = torch.full((B, L), m, dtype=torch.long, device=sigma.device)
-    g = 0 if prefix is None else prefix.shape[1]
-    if g:
-        z[:, :g] = prefix
+    z, start = _sorted_buffer(model, sigma, prefix)
     usable = kv_cache and bool(sizes) and model.cacheable(L - sizes[-1], n_mdm)  # the last step: the most cacheable
     cache = model.backbone.new_cache(B, L) if usable else None
     clock = clock or Clock(sigma.device)
     # rows [a, end) x keys [0, end) of this additive causal mask = a cached step's mask (L^2 entries)
     causal = None if cache is None else torch.zeros(L, L, dtype=cache.dtype, device=sigma.device).masked_fill_(
         ~masks.causal(L, sigma.device), float("-inf"))
-    start = g
     for i, k in enumerate(sizes):
         end = start + k
         use = cache is not None and model.cacheable(start, n_mdm)
@@ -89,6 +84,15 @@ def decode(model, sigma: torch.Tensor, sizes: list[int], n_mdm: int, *, top_p: f
             z[:, start:end] = sample_categorical(logits, top_p, generator)
         yield Step(i, start, k, (a, end), logits, z, cache)
         start = end
+
+
+def _sorted_buffer(model, sigma: torch.Tensor, prefix: torch.Tensor | None) -> tuple[torch.Tensor, int]:
+    """The sorted tokens before the first step (masks, the given ``prefix`` at slots [0, g)) and g."""
+    z = torch.full(sigma.shape, model.config.mask_id, dtype=torch.long, device=sigma.device)
+    if prefix is None:
+        return z, 0
+    z[:, :prefix.shape[1]] = prefix
+    return z, prefix.shape[1]
 
 
 def plan(model, num_samples: int, length: int, steps: int, alpha_0_eval: float, sampler: str,
