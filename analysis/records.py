@@ -16,7 +16,7 @@ Records written before the checksum (format 1: no ``record_format``, no ``sha256
 committed results/tiny and results/cpu) are checked for their shape only.
 
 A record that verifies is *done* only with its outputs: the files a later stage reads (a
-training job's checkpoint, experiments/pipeline.py ``Job.outputs``); :func:`check` says which
+training job's checkpoint, experiments/graph.py ``Job.outputs``); :func:`check` says which
 of the three a record is. Nothing here imports experiments/ or the models.
 """
 from __future__ import annotations

@@ -72,7 +72,7 @@ class SEDD(TimeConditioned):
 
     @classmethod
     def display(cls, config: TimeConditionedConfig) -> Display:
-        return Display("SEDD", "SEDD Absorb", "#8c564b", marker="h", order=5)
+        return Display("SEDD", "SEDD Absorb", "#8c564b", marker="d", order=5)
 
     def token_loss(self, tokens, t, noisy, generator=None) -> torch.Tensor:
         alpha = self.schedule.alpha(t)[:, None]

@@ -91,7 +91,7 @@ class UDLM(TimeConditioned):
 
     @classmethod
     def display(cls, config: TimeConditionedConfig) -> Display:
-        return Display("UDLM", "UDLM", "#9467bd", marker="p", order=20)
+        return Display("UDLM", "UDLM", "#9467bd", marker="p", order=30)
 
     def __init__(self, config: TimeConditionedConfig):
         super().__init__(config)

@@ -28,11 +28,13 @@ def cmd_models(args) -> int:
     """The registry: each model's capabilities (yes / no), its NFE = L options and its sample options."""
     names = registry.available()
     classes = [registry.model_class(n) for n in names]
-    flags = [k for k, v in classes[0].capabilities.as_dict().items() if isinstance(v, bool)]
-    print("model".ljust(10) + "".join(c.ljust(24) for c in flags) + "NFE = L options")
-    for n, cls in zip(names, classes):
-        caps = cls.capabilities.as_dict()
-        print(n.ljust(10) + "".join(("yes" if caps[k] else "no").ljust(24) for k in flags) + str(caps["nfe_equals_l"]))
+    # each model with its default config (length included: the NFE = L options depend on it)
+    caps = [cls.capabilities_for(registry.build_config(n)).as_dict() for n, cls in zip(names, classes)]
+    flags = [k for k, v in caps[0].items() if isinstance(v, bool)]
+    print("model".ljust(10) + "".join(c.ljust(24) for c in flags) + "conditioning".ljust(18) + "NFE = L options")
+    for n, c in zip(names, caps):
+        print(n.ljust(10) + "".join(("yes" if c[k] else "no").ljust(24) for k in flags)
+              + (", ".join(c.get("conditioning") or ()) or "-").ljust(18) + str(c["nfe_equals_l"]))
     print("\nsample options (key=value):")
     for n, cls in zip(names, classes):
         print(f"  {n.ljust(8)} " + ", ".join(field_names(cls.sample_options_class)))

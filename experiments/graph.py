@@ -182,10 +182,23 @@ class Judges:
         return tuple(j.model for j in self.deps)
 
 
+def capabilities(g: Graph, m: P.ModelEntry, length: int | None = None):
+    """What ``m``'s model can do with the run's backbone, its overrides and ``length`` (default:
+    the run's): capabilities_for(config), since some depend on the config (the NFE = L options)."""
+    fields = {**g.run.backbone_fields(), **m.overrides, "length": length or g.run.data.length}
+    cls = registry.model_class(m.model)
+    return cls.capabilities_for(registry.build_config(m.model, **{k: v for k, v in fields.items()
+                                                                  if k in _config_fields(cls)}))
+
+
+def _config_fields(cls) -> set[str]:
+    return {f.name for f in dataclasses.fields(cls.config_class)}
+
+
 def _eval_jobs(g: Graph, m: P.ModelEntry, tr: Job) -> None:
     """Test NELBO, and the exact likelihood at each K where the model has one (one pass per
     order: every K of the run; K·L passes: K = 1 unless the model's entry says)."""
-    caps = registry.model_class(m.model).capabilities
+    caps = capabilities(g, m)
     own = m.eval
     e = {**dataclasses.asdict(g.run.eval), **own}
     runs = [(False, 1)]
@@ -317,7 +330,7 @@ def _longctx_job(g: Graph, length: int, run: int | None = None) -> None:
     lc = g.run.long_context
     entries = []
     for m in g.preset.models + g.preset.timing_only:
-        caps = registry.model_class(m.model).capabilities
+        caps = capabilities(g, m, length)
         if not m.nfe_equals_l or caps.nfe_equals_l is None:
             continue
         for cached in ([True] if lc.cached_only else [True, False]) if caps.kv_cache else [False]:

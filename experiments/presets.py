@@ -120,6 +120,16 @@ def _bd3_from_mdlm(block: int) -> ModelEntry:
                       [], eval=dict(exact_orders=[]), init_from="mdlm")
 
 
+def _families(steps: list[int], remdm_steps: list[int]) -> list[ModelEntry]:
+    """The field's families beyond the paper's five (docs/families.md): UDLM and SEDD (absorbing)
+    swept over ``steps``, and MDLM sampled with ReMDM's remasking (its cap schedule, eta = 0.008)
+    over ``remdm_steps``. ReMDM is a sampler: its entry trains the MDLM recipe under its own name
+    (the same seed, so the same weights as the "mdlm" entry), which keeps its rows a method of their own."""
+    return [ModelEntry("udlm", "udlm", {}, [dict(steps=t) for t in steps]),
+            ModelEntry("sedd", "sedd", {}, [dict(steps=t) for t in steps]),
+            ModelEntry("remdm", "remdm", {}, [dict(steps=t) for t in remdm_steps])]
+
+
 def _seed_replicates(models: list[ModelEntry], seeds=(2, 3)) -> list[ModelEntry]:
     """The same models trained again from other training seeds (TrainConfig.seed; the main entries
     use 1, the second judge JUDGE_SEED): train and the test NELBO only (no exact likelihood, no
@@ -163,7 +173,8 @@ def smoke() -> Preset:
     """The whole pipeline in a few minutes on 2 CPU cores (CI): tiny models, few steps."""
     eso = _eso_sweep([4, 16], [], [1.0, 0.25])
     preset = Preset(runs.get("smoke"),
-                    models=[_ar(31), _mdlm([4, 16]), _bd3(4, [8, 32]), *_eso_models([1.0, 0.25], eso)],
+                    models=[_ar(31), _mdlm([4, 16]), _bd3(4, [8, 32]), *_eso_models([1.0, 0.25], eso),
+                            *_families([4, 16], [4, 16])],
                     evaluator="ngram", second_evaluator=dict(model="ar", overrides={}, train=dict(steps=60, seed=JUDGE_SEED)),
                     calibration=CALIBRATION, clock=dict(CLOCK, min_rounds=2, max_rounds=3))
     return _with_conditional(preset, dict(CONDITIONAL_CPU, num_examples=4, batch_size=2, rounds=1))
@@ -207,7 +218,8 @@ def cpu() -> Preset:
     from the trained MDLM under the paper's LM1B protocol (each its own CPU_STEPS after MDLM's
     CPU_STEPS: twice a scratch run's budget in all), test NELBO only; and AR, MDLM, both BD3-LMs
     and the three Eso-LM (B) trained again from seeds 2 and 3, test NELBO only (the training-seed
-    spread of C1, C3 and C4)."""
+    spread of C1, C3 and C4); and the field's other families (UDLM, SEDD, ReMDM) with their
+    sweeps over steps."""
     bd3 = [_bd3(b, [128 // b, 2 * 128 // b, 128, 512]) for b in (4, 16)]
     for m in bd3:  # one step per block, again on the authors' grid (linspace(1, 0, T'), spec 6)
         m.sweep += [dict(steps=128 // int(m.overrides["block_size"]), reference_grid=True),
@@ -218,10 +230,12 @@ def cpu() -> Preset:
     eso_a = ModelEntry("esolm-a a0=0.25", "esolm-a", {"alpha_0": 0.25},
                        [dict(steps=t) for t in (16, 128)], eval=dict(exact_orders=[1, 10, 100], exact_max_sequences=64))
     run = runs.get("cpu")
-    run.description += ": every method, Eso-LM (B) at three alpha_0, BD3-LM also finetuned from MDLM"
+    run.description += (": every method, Eso-LM (B) at three alpha_0, BD3-LM also finetuned from MDLM; UDLM, SEDD "
+                        "and ReMDM")
     main = [_ar(127), _mdlm(MDLM_STEPS_CPU), *bd3, *_eso_models([1.0, 0.25, 0.125], ESO_SWEEP_CPU)]
     # training seeds 2 and 3 of the models the perplexity claims (C1, C3, C4) compare: train + test NELBO
-    preset = Preset(run, models=[*main, eso_a, *[_bd3_from_mdlm(b) for b in (4, 16)], *_seed_replicates(main)],
+    preset = Preset(run, models=[*main, eso_a, *_families([8, 16, 32, 64], [32, 128]),
+                                 *[_bd3_from_mdlm(b) for b in (4, 16)], *_seed_replicates(main)],
                     evaluator="ngram", second_evaluator=_cpu_evaluator(CPU_STEPS), calibration=CALIBRATION,
                     clock=dict(CLOCK, runs=2))
     # Eso-LM (A) has no NFE = L options: its sweep point nearest one token per step (T = L)

@@ -14,8 +14,8 @@ from esolm import registry
 from esolm.conditioning import Given
 from esolm.config import ConfigError
 from esolm.sampling import nucleus_filter
-from test_udlm import (all_states, assert_law, assert_the_backbone_sees_sigma_minus_log_alpha, count_calls,
-                       gauss_nodes, kernel, law, logits_at, paper_rows, randomized, training_lowers_the_loss)
+from test_udlm import (all_states, assert_law, assert_the_family_contract, count_calls, gauss_nodes, kernel, law,
+                       logits_at, randomized, training_lowers_the_loss)
 
 EPS = 1e-3  # LogLinear's epsilon: sigma(t) = -log(1 - (1 - eps) t)
 
@@ -250,24 +250,11 @@ def test_given_tokens_are_in_every_network_input_and_in_the_output(mask):
 
 
 # ------------------------------------------------------------------------ contract and training
-def test_the_backbone_sees_sigma_minus_log_alpha():
-    assert_the_backbone_sees_sigma_minus_log_alpha("sedd")
+def test_sedd_is_the_papers_sedd_absorb_row_and_refuses_an_unknown_predictor():
+    assert_the_family_contract("sedd", "SEDD", "SEDD Absorb", "#8c564b")
+    with pytest.raises(ConfigError, match="predictor"):
+        registry.build("sedd", preset="smoke").sample(1, steps=2, predictor="leap")
 
 
 def test_sedd_trains_and_its_loss_falls():
     training_lowers_the_loss("sedd")
-
-
-def test_sedd_display_is_the_papers_table_1_row_and_it_refuses_what_it_cannot_do():
-    cls = registry.model_class("sedd")
-    config = registry.build_config("sedd", preset="smoke")
-    display = cls.display(config)
-    assert (display.family, display.label, display.colour) == ("SEDD", "SEDD Absorb", "#8c564b")
-    assert display.label in paper_rows()
-    assert display.marker != registry.model_class("udlm").display(config).marker
-    caps = cls.capabilities_for(config)
-    assert caps.nfe_equals_l == dict(steps=config.length - 1) and not caps.exact_likelihood
-    with pytest.raises(ConfigError, match="adaln=True"):
-        registry.build("sedd", preset="smoke", adaln=False)
-    with pytest.raises(ConfigError, match="predictor"):
-        registry.build("sedd", preset="smoke").sample(1, steps=2, predictor="leap")

@@ -137,6 +137,26 @@ def paper_rows() -> set:
     return {a["method"] for a in json.loads(ANCHORS.read_text())["anchors"] if a["table"] == "1"}
 
 
+def assert_the_family_contract(name: str, family: str, label: str, colour: str) -> None:
+    """Display: the paper's Table 1 row, a marker and a colour no other model of the registry uses;
+    capabilities: a NELBO bound, no KV cache, prefix and infill, NFE = L at steps = L - 1; AdaLN
+    required; the backbone sees sigma = -log alpha_t."""
+    cls = registry.model_class(name)
+    config = registry.build_config(name, preset="smoke")
+    display = cls.display(config)
+    assert (display.family, display.label, display.colour) == (family, label, colour)
+    assert display.label in paper_rows()
+    others = [registry.model_class(n).display(registry.build_config(n, preset="smoke"))
+              for n in registry.available() if n != name]
+    assert display.marker not in {d.marker for d in others} and display.colour not in {d.colour for d in others}
+    caps = cls.capabilities_for(config)
+    assert not caps.kv_cache and not caps.exact_likelihood and set(caps.conditioning) == {"prefix", "infill"}
+    assert caps.nfe_equals_l == dict(steps=config.length - 1)
+    with pytest.raises(ConfigError, match="adaln=True"):
+        registry.build(name, preset="smoke", adaln=False)
+    assert_the_backbone_sees_sigma_minus_log_alpha(name)
+
+
 # ---------------------------------------------------------------------- UDLM's own helpers
 K = 3  # token classes of the enumeration tests (vocab 4: the mask id 3 is no class)
 
@@ -279,7 +299,8 @@ def test_the_conditional_loglik_noises_and_scores_only_the_continuation_and_sums
     model.token_loss = lambda tokens, t, noisy, generator=None: (
         seen.update(tokens=tokens, t=t, noisy=noisy) or token_loss(tokens, t, noisy, generator))
     got, greedy = model.conditional_loglik([1, 0], [2, 2], Scorer(mc_draws=64, seed=1))
-    assert seen["tokens"].tolist() == [[1, 0, 2, 2]] * 64 and seen["noisy"].tolist() == [[False, False, True, True]] * 64
+    assert seen["tokens"].tolist() == [[1, 0, 2, 2]] * 64
+    assert seen["noisy"].tolist() == [[False, False, True, True]] * 64
     assert sorted((seen["t"] - 1e-3) / (1 - 1e-3) * 64 // 1) == list(range(64)) and not greedy and got < 0
     model.denoise = lambda z, t: torch.nn.functional.one_hot(seen["tokens"][:1], K + 1).double() * 1e6 - 1e6
     assert model.conditional_loglik([1, 0], [2, 2], Scorer(mc_draws=8))[0] == pytest.approx(-2 * model.prior_nats,
@@ -427,27 +448,15 @@ def test_without_given_tokens_the_sampler_is_the_unconditional_one_draw_for_draw
 
 
 # ------------------------------------------------------------------------ contract and training
-def test_the_backbone_sees_sigma_minus_log_alpha():
-    assert_the_backbone_sees_sigma_minus_log_alpha("udlm")
+def test_udlm_is_the_papers_udlm_row_with_the_capabilities_of_a_time_conditioned_nelbo_model():
+    assert_the_family_contract("udlm", "UDLM", "UDLM", "#9467bd")
 
 
 def test_udlm_trains_and_its_loss_falls():
     training_lowers_the_loss("udlm")
 
 
-def test_udlm_display_is_the_papers_table_1_row_and_its_capabilities_say_nelbo_without_cache():
-    cls = registry.model_class("udlm")
-    config = registry.build_config("udlm", preset="smoke")
-    display = cls.display(config)
-    assert (display.family, display.label, display.colour) == ("UDLM", "UDLM", "#9467bd")
-    assert display.label in paper_rows()
-    caps = cls.capabilities_for(config)
-    assert not caps.kv_cache and not caps.exact_likelihood and set(caps.conditioning) == {"prefix", "infill"}
-
-
 def test_udlm_refuses_what_it_cannot_do_with_one_message_each():
-    with pytest.raises(ConfigError, match="adaln=True"):
-        registry.build("udlm", preset="smoke", adaln=False)
     with pytest.raises(ConfigError, match="schedule_eps"):
         registry.build("udlm", preset="smoke", schedule_eps=0.0)
     model = registry.build("udlm", preset="smoke", vocab_size=20, length=8)

@@ -71,19 +71,28 @@ def decode(model, sigma: torch.Tensor, sizes: list[int], n_mdm: int, *, top_p: f
         ~masks.causal(L, sigma.device), float("-inf"))
     for i, k in enumerate(sizes):
         end = start + k
-        use = cache is not None and model.cacheable(start, n_mdm)
-        a = cache.length if use else 0
-        mask = model.step_mask(a, end, min(start, n_mdm), causal)
-        with clock.region(profile):
-            logits = model.backbone(z[:, a:end], sigma[:, a:end], mask, cache=cache if use else None, last=k)
-        if use:
-            cache.commit(start - a)  # the tokens sampled before this step are final
+        a, logits = _step_logits(model, z, sigma, (start, end), n_mdm, (cache, causal), clock.region(profile))
         if teacher is not None:
             z[:, start:end] = teacher[:, start:end]
         elif not profile:
             z[:, start:end] = sample_categorical(logits, top_p, generator)
         yield Step(i, start, k, (a, end), logits, z, cache)
         start = end
+
+
+def _step_logits(model, z, sigma, slots: tuple[int, int], n_mdm: int, cached, timed) -> tuple[int, torch.Tensor]:
+    """(a, logits [B, k, V]) of the step filling sorted ``slots`` [start, end): it feeds [a, end),
+    against the cache where the step may use it (``cached`` = (cache, causal mask)), inside the
+    clock region ``timed``, and commits the tokens sampled before it."""
+    (start, end), (cache, causal) = slots, cached
+    use = cache is not None and model.cacheable(start, n_mdm)
+    a = cache.length if use else 0
+    mask = model.step_mask(a, end, min(start, n_mdm), causal)
+    with timed:
+        logits = model.backbone(z[:, a:end], sigma[:, a:end], mask, cache=cache if use else None, last=end - start)
+    if use:
+        cache.commit(start - a)  # the tokens sampled before this step are final
+    return a, logits
 
 
 def _sorted_buffer(model, sigma: torch.Tensor, prefix: torch.Tensor | None) -> tuple[torch.Tensor, int]:
