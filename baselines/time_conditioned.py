@@ -103,12 +103,16 @@ class TimeConditioned(LanguageModel):
         """One reverse step z_t -> z_s from the denoiser's ``logits`` at t; s = 0 is the final step."""
 
     # -- the contract ------------------------------------------------------------------------
+    def bound(self, tokens, t, valid, generator=None) -> torch.Tensor:
+        """The per-token NELBO [B, L] at times t [B]: ``token_loss`` plus the prior term, 0 off ``valid``."""
+        loss = self.token_loss(tokens, t, valid, generator)
+        return loss + self.prior_nats * valid.to(loss.dtype)
+
     def loss(self, tokens, valid=None) -> LossOutput:
         """Per-token NELBO (prior term included) at one stratified t per sequence."""
         self.check_tokens(tokens)
         valid = ones_like_valid(tokens, valid)
-        t = local_times(self, tokens.shape[0], device=tokens.device)
-        per_token = self.token_loss(tokens, t, valid) + self.prior_nats * valid
+        per_token = self.bound(tokens, local_times(self, tokens.shape[0], device=tokens.device), valid)
         n = valid.sum()
         return LossOutput(loss=per_token.sum() / n, nll_sum=per_token.sum().detach(), num_tokens=n)
 
@@ -121,7 +125,7 @@ class TimeConditioned(LanguageModel):
         self.check_tokens(tokens)
         valid = ones_like_valid(tokens, valid)
         t = stratified_times(tokens.shape[0], generator=generator, device=tokens.device)
-        per_token = self.token_loss(tokens, t, valid, generator) + self.prior_nats * valid
+        per_token = self.bound(tokens, t, valid, generator)
         return NLL(per_sequence=per_token.double().sum(1), num_tokens=valid.sum(1))
 
     @in_inference_mode
@@ -129,13 +133,16 @@ class TimeConditioned(LanguageModel):
         """lm-eval's log p(continuation | context) >= -NELBO with only the continuation noised and
         scored (spec 15.5.7, 15.5.8): ``scorer.mc_draws`` stratified t, seeded by ``scorer.seed``;
         a sum over the continuation's tokens (and its prior terms). Never greedy-exact."""
+        n = len(context) + len(continuation)
+        if n > self.config.length:
+            raise ConfigError(f"{self.name} scores at most length={self.config.length} tokens; got {n}: cut the "
+                              f"context from the left (esolm.lmeval.conditional_loglik does)")
         x = torch.tensor([list(context) + list(continuation)], device=self.device).expand(scorer.mc_draws, -1)
         noisy = torch.zeros_like(x, dtype=torch.bool)
         noisy[:, len(context):] = True
         generator = scorer.generator(self.device)
         t = stratified_times(scorer.mc_draws, generator=generator, device=self.device)
-        nelbo = self.token_loss(x, t, noisy, generator).double().sum(1).mean()
-        return -(float(nelbo) + self.prior_nats * len(continuation)), False
+        return -float(self.bound(x, t, noisy, generator).double().sum(1).mean()), False
 
     @in_inference_mode
     def generate(self, num_samples, options, *, generator=None, profile=False, given=None,

@@ -35,37 +35,38 @@ def uniform_noise(shape, mask_id: int, classes: int, generator=None, device=None
     return r + (r >= mask_id).long()
 
 
-def class_mask(vocab_size: int, mask_id: int, device=None) -> torch.Tensor:
-    """[V] bool: True at the K token classes, False at the mask id."""
-    keep = torch.ones(vocab_size, dtype=torch.bool, device=device)
-    keep[mask_id] = False
-    return keep
-
-
 def uniform_nelbo(x_theta: torch.Tensor, x: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor,
-                  dalpha: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+                  dalpha: torch.Tensor, mask_id: int) -> torch.Tensor:
     """The continuous-time NELBO integrand of 15.1.4 per position [...].
 
-    x_theta [..., V] the denoiser's distribution (0 off ``classes``), x the clean ids, z = z_t the
-    noisy ids, alpha / dalpha alpha_t and alpha'_t broadcasting against x. With
-    xbar = K alpha e_x + (1 - alpha) 1 and xbar_theta the same with x_theta, rho_j = xbar_j / xbar_i
-    and u_j = (xbar_theta_j / xbar_theta_i) / rho_j at i = z, 15.1.4's bracket is
-    -sum_j rho_j (u_j - 1 - log u_j), so
+    x_theta [..., V] the denoiser's distribution (0 at ``mask_id``, which is no class: K = V - 1),
+    x the clean ids, z = z_t the noisy ids, alpha / dalpha alpha_t and alpha'_t broadcasting
+    against x. With xbar = K alpha e_x + (1 - alpha) 1 (xbar_theta the same with x_theta),
+    rho_j = xbar_j / xbar_z and u_j = xbar_theta_j / (xbar_theta_z rho_j), 15.1.4's bracket is
+    -sum_j rho_j f(u_j) with f(u) = u - 1 - log u >= 0, so
 
-        loss = (-alpha' / (K alpha)) sum_j rho_j (u_j - 1 - log u_j),
+        loss = (-alpha' / (K alpha)) sum_j rho_j f(u_j),
 
-    a sum of non-negative terms (no cancellation of the O(K) terms of 15.1.4's forms; the tests
-    check it equals both), exactly 0 when x_theta = e_x.
+    a sum of non-negative terms (the tests check it equals both forms of 15.1.4), 0 when
+    x_theta = e_x. rho takes two values, rho_x at the clean token and rho_o elsewhere: the sum is
+    rho_o sum_j f(u_j) over all ids with rho_o in u, less the mask's and the clean token's terms,
+    plus the clean token's own (one [..., V] pass, no one-hot tensor).
     """
-    K = classes.sum()
+    K = x_theta.shape[-1] - 1
     alpha, dalpha = alpha.to(x_theta.dtype)[..., None], dalpha.to(x_theta.dtype)[..., None]
     xbar_theta = K * alpha * x_theta + (1 - alpha)
-    xbar = K * alpha * F.one_hot(x, x_theta.shape[-1]).to(x_theta.dtype) + (1 - alpha)
-    at_z = z[..., None]
-    rho = xbar / xbar.gather(-1, at_z)
-    u = xbar_theta / xbar_theta.gather(-1, at_z) / rho
-    terms = torch.where(classes, rho * (u - 1 - torch.log(u)), 0.0)
-    return (-dalpha / (K * alpha))[..., 0] * terms.sum(-1)
+    xbar_x = K * alpha + (1 - alpha)  # xbar at the clean token; 1 - alpha at the others
+    rho_o = (1 - alpha) / torch.where((x == z)[..., None], xbar_x, 1 - alpha)
+    rho_x = rho_o * xbar_x / (1 - alpha)
+    u = xbar_theta / (xbar_theta.gather(-1, z[..., None]) * rho_o)
+    u_x, u_mask = u.gather(-1, x[..., None]), u[..., mask_id:mask_id + 1]
+    total = rho_o * (_f(u).sum(-1, keepdim=True) - _f(u_x) - _f(u_mask)) + rho_x * _f(u_x * rho_o / rho_x)
+    return (-dalpha / (K * alpha) * total)[..., 0]
+
+
+def _f(u: torch.Tensor) -> torch.Tensor:
+    """u - 1 - log u: >= 0, and 0 only at u = 1."""
+    return u - 1 - torch.log(u)
 
 
 def prior_kl(classes: int, alpha_1: float) -> float:
@@ -75,15 +76,17 @@ def prior_kl(classes: int, alpha_1: float) -> float:
 
 
 def uniform_posterior(x_theta: torch.Tensor, z: torch.Tensor, alpha_t: float, alpha_s: float,
-                      classes: torch.Tensor) -> torch.Tensor:
+                      mask_id: int) -> torch.Tensor:
     """q(z_s | z_t, x_theta) of 15.1.6 times its normaliser K alpha_t <x_theta, z_t> + 1 - alpha_t
-    (float64 [..., V]; the draw takes unnormalised weights). alpha_s = 1 is the noise removal:
-    x_theta (K alpha_t e_z + (1 - alpha_t) 1), the Bayes posterior of the clean token."""
-    K = int(classes.sum())
+    (float64 [..., V], 0 at ``mask_id``; the draw takes unnormalised weights). alpha_s = 1 is the
+    noise removal: x_theta (K alpha_t e_z + (1 - alpha_t) 1), the Bayes posterior of the clean token."""
+    K = x_theta.shape[-1] - 1
     onehot = F.one_hot(z, x_theta.shape[-1]).double()
-    a_ts = alpha_t / alpha_s
-    return (K * alpha_t * x_theta * onehot + (a_ts - alpha_t) * onehot + (alpha_s - alpha_t) * x_theta
-            + (1 - a_ts) * (1 - alpha_s) / K * classes.double())
+    a_ts = alpha_s / alpha_t
+    q = (K * alpha_t * x_theta * onehot + (a_ts - alpha_t) * onehot + (alpha_s - alpha_t) * x_theta
+         + (1 - a_ts) * (1 - alpha_s) / K)
+    q[..., mask_id] = 0
+    return q
 
 
 class UDLM(TimeConditioned):
@@ -92,10 +95,6 @@ class UDLM(TimeConditioned):
     @classmethod
     def display(cls, config: TimeConditionedConfig) -> Display:
         return Display("UDLM", "UDLM", "#9467bd", marker="p", order=30)
-
-    def __init__(self, config: TimeConditionedConfig):
-        super().__init__(config)
-        self.register_buffer("class_mask", class_mask(config.vocab_size, config.mask_id), persistent=False)
 
     @property
     def prior_nats(self) -> float:
@@ -113,7 +112,7 @@ class UDLM(TimeConditioned):
         z = torch.where(noisy, self.corrupt(tokens, alpha, generator), tokens)
         logits = self.denoise(z, t)
         x_theta = logits.to(torch.promote_types(logits.dtype, torch.float32)).softmax(-1)
-        loss = uniform_nelbo(x_theta, tokens, z, alpha, self.schedule.dalpha(t)[:, None], self.class_mask)
+        loss = uniform_nelbo(x_theta, tokens, z, alpha, self.schedule.dalpha(t)[:, None], self.config.mask_id)
         return loss * noisy
 
     def initial(self, num_samples, length, generator=None) -> torch.Tensor:
@@ -126,5 +125,5 @@ class UDLM(TimeConditioned):
             return logits.argmax(-1)
         x_theta = nucleus_filter(logits, options.top_p).softmax(-1)
         q = uniform_posterior(x_theta, z, float(self.schedule.alpha(t)), float(self.schedule.alpha(s)),
-                              self.class_mask)
+                              self.config.mask_id)
         return sample_from_probs(q, generator)

@@ -4,7 +4,7 @@ submitit on Slurm, locally or in-process, cached and resumable.
 The graph, its keys and records are experiments/graph.py; the order and packing of the jobs
 (waves, rounds, lanes) experiments/lanes.py. A rerun submits only jobs without a record, and a
 training job resumes from its checkpoint under the work folder. Stages run in waves (train ->
-eval + sample -> time -> longctx) so timings never share the CPU with other jobs of this graph.
+eval + sample -> time -> longctx -> conditional) so timings never share the CPU with other jobs of this graph.
 """
 from __future__ import annotations
 

@@ -427,6 +427,18 @@ def test_eso_mixed_prompt_lengths_run_one_call_each_and_count_every_pass(monkeyp
     assert out.nfe == sum(grp["nfe"] for grp in out.extra["groups"]) == calls.count
 
 
+@pytest.mark.parametrize("name, kw, options", [
+    ("ar", {}, {}), ("mdlm", {}, dict(steps=4)), ("bd3lm", dict(block_size=4), dict(steps=8)),
+    ("esolm-b", dict(alpha_0=0.5), dict(steps=4)), ("esolm-a", dict(alpha_0=0.5), dict(steps=4)),
+])
+def test_a_fully_given_sequence_costs_no_network_call(monkeypatch, name, kw, options):
+    model = tiny(name, length=16, **kw)
+    full = from_ids([0, 1, 2, 3] * 4, 16)
+    calls = counted(monkeypatch, model)
+    out = model.sample(2, given=full, **options)
+    assert out.nfe == calls.count == 0 and torch.equal(out.tokens, full.tokens.expand(2, 16))
+
+
 def test_bd3lm_stores_the_whole_prompt_blocks_in_one_pass(monkeypatch):
     model = tiny("bd3lm", length=16, block_size=4)
     base = from_ids([0, 1, 2, 3, 0, 1, 2, 3, 1, 2], 16)  # blocks 0 and 1 given, block 2 half given

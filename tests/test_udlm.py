@@ -204,7 +204,7 @@ def expected_nelbo(model, x: torch.Tensor, lo: float, hi: float = 1.0, context: 
     q = torch.where(states == x, alpha + (1 - alpha) / K, (1 - alpha) / K)[..., context:].prod(-1)  # [n, S]
     z = states.expand(len(nodes), -1, -1)
     loss = uniform_nelbo(x_theta, x.expand_as(z), z, alpha, torch.full_like(alpha, model.schedule.dalpha(0.5)),
-                         model.class_mask)
+                         model.config.mask_id)
     return float((torch.tensor(weights) * (q * loss[..., context:].sum(-1)).sum(-1)).sum())
 
 
@@ -232,14 +232,14 @@ def paper_form(x_theta, x, i, a, da):
 
 
 def test_the_nelbo_integrand_equals_both_forms_of_15_1_4_for_every_clean_and_noisy_token():
-    Kx, classes = 7, torch.tensor([True] * 7 + [False])
+    Kx = 7  # the mask id 7 is no class
     for _ in range(4):
         a, da = float(torch.rand(1)) * 0.98 + 0.01, -0.999
         x_theta = torch.rand(Kx, dtype=torch.float64).softmax(-1)
         padded = torch.cat([x_theta, torch.zeros(1, dtype=torch.float64)])
         for x, i in itertools.product(range(Kx), repeat=2):
             got = uniform_nelbo(padded, torch.tensor(x), torch.tensor(i), torch.tensor(a, dtype=torch.float64),
-                                torch.tensor(da, dtype=torch.float64), classes)
+                                torch.tensor(da, dtype=torch.float64), Kx)
             assert float(got) == pytest.approx(float(duo_form(x_theta, x, i, a, da)), abs=1e-9)
             assert float(got) == pytest.approx(float(paper_form(x_theta, x, i, a, da)), abs=1e-9)
             assert float(got) >= 0
@@ -308,12 +308,17 @@ def test_the_conditional_loglik_noises_and_scores_only_the_continuation_and_sums
 
 
 def test_a_perfect_denoiser_scores_only_the_prior_term_on_every_draw():
-    """15.1.5: x_theta = e_x gives loss 0 for every z_t and every t."""
-    model = registry.build("udlm", preset="smoke", vocab_size=9, length=8).double()
+    """15.1.5: x_theta = e_x gives loss 0 for every z_t and every t; what is left is the prior term
+    KL(q_1(. | x) || Uniform(K)) = sum_j q_j log(K q_j), q = eps e_x + (1 - eps) / K (K = 8 here)."""
+    model = registry.build("udlm", preset="smoke", vocab_size=9, length=8, schedule_eps=0.2).double()
     x = torch.randint(0, 8, (64, 8))
     model.denoise = lambda z, t: torch.nn.functional.one_hot(x, 9).double() * 1e6 - 1e6
     per_token = model.nll(x).per_sequence / 8
-    assert torch.allclose(per_token, torch.full_like(per_token, model.prior_nats), atol=1e-12, rtol=0)
+    q = torch.full((8,), 0.8 / 8, dtype=torch.float64)
+    q[0] += 0.2
+    kl = float((q * torch.log(8 * q)).sum())
+    assert kl > 0.01 and model.prior_nats == pytest.approx(kl, rel=1e-12)
+    assert torch.allclose(per_token, torch.full_like(per_token, kl), atol=1e-12, rtol=0)
 
 
 def uniform_expected_loss(Kx: int, a: float) -> float:
@@ -323,14 +328,13 @@ def uniform_expected_loss(Kx: int, a: float) -> float:
 
 def test_a_uniform_denoiser_meets_the_closed_forms_of_15_1_5_and_the_prior_term_makes_the_bound_ln_K():
     Kx, eps = 7, 1e-3
-    classes = torch.tensor([True] * Kx + [False])
     uniform = torch.cat([torch.full((Kx,), 1 / Kx, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)])
     for a in (0.01, 0.3, 0.9, 0.999):
         q = torch.full((Kx,), (1 - a) / Kx, dtype=torch.float64)
         q[2] += a
         z = torch.arange(Kx)
         loss = uniform_nelbo(uniform.expand(Kx, -1), torch.full((Kx,), 2), z, torch.tensor(a, dtype=torch.float64),
-                             torch.tensor(-0.999, dtype=torch.float64), classes)
+                             torch.tensor(-0.999, dtype=torch.float64), Kx)
         assert float((q * loss).sum()) == pytest.approx(uniform_expected_loss(Kx, a), rel=1e-10)
     nodes, weights = gauss_nodes(0.0, 1.0)
     D = sum(w * uniform_expected_loss(Kx, 1 - 0.999 * t) for t, w in zip(nodes, weights))
@@ -355,15 +359,14 @@ def test_a_fresh_model_is_the_uniform_denoiser_and_its_nll_approaches_the_restri
 def test_the_posterior_of_15_1_6_is_bayes_rule_and_at_alpha_s_1_the_clean_token_posterior():
     x_theta = torch.rand(5, 4, K, dtype=torch.float64).softmax(-1)
     z = torch.randint(0, K, (5, 4))
-    classes = torch.tensor([True] * K + [False])
     padded = torch.cat([x_theta, torch.zeros(5, 4, 1, dtype=torch.float64)], -1)
     for a_t, a_s in ((0.2, 0.5), (0.7, 0.71), (0.4, 1.0)):
-        q = uniform_posterior(padded, z, a_t, a_s, classes)
+        q = uniform_posterior(padded, z, a_t, a_s, K)
         assert torch.all(q[..., K] == 0)
         assert torch.allclose(q[..., :K] / q.sum(-1, keepdim=True), bayes_posterior(x_theta, z, a_t, a_s), atol=1e-12)
     onehot = torch.nn.functional.one_hot(z, K).double()
     clean = x_theta * (K * 0.4 * onehot + 0.6)
-    q = uniform_posterior(padded, z, 0.4, 1.0, classes)[..., :K]
+    q = uniform_posterior(padded, z, 0.4, 1.0, K)[..., :K]
     assert torch.allclose(q / q.sum(-1, keepdim=True), clean / clean.sum(-1, keepdim=True), atol=1e-12)
 
 

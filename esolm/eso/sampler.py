@@ -112,7 +112,8 @@ def plan(model, num_samples: int, length: int, steps: int, alpha_0_eval: float, 
     dev = model.device
     if sampler == "binomial":
         g = 0 if given is None else int(given.counts[0])
-        sizes, n_mdm = eso_schedule(length - g, alpha_0_eval, steps, generator, model.config.schedule_eps)
+        n = length - g  # the free positions
+        sizes, n_mdm = eso_schedule(n, alpha_0_eval, steps, generator, model.config.schedule_eps) if n else ([], 0)
         if given is None:
             return order.sampling_orders(num_samples, length, n_mdm, generator, dev), sizes, n_mdm
         return order.conditional_orders(given.mask, n_mdm, generator), sizes, g + n_mdm
