@@ -82,7 +82,7 @@ def uniform_posterior(x_theta: torch.Tensor, z: torch.Tensor, alpha_t: float, al
     noise removal: x_theta (K alpha_t e_z + (1 - alpha_t) 1), the Bayes posterior of the clean token."""
     K = x_theta.shape[-1] - 1
     onehot = F.one_hot(z, x_theta.shape[-1]).double()
-    a_ts = alpha_s / alpha_t
+    a_ts = alpha_t / alpha_s
     q = (K * alpha_t * x_theta * onehot + (a_ts - alpha_t) * onehot + (alpha_s - alpha_t) * x_theta
          + (1 - a_ts) * (1 - alpha_s) / K)
     q[..., mask_id] = 0

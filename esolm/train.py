@@ -406,18 +406,7 @@ def _start_from(run: _Run) -> None:
                           f"saving it, or a torn save); rerun once its training has finished")
     use_ema = bool(state.get("ema"))
     weights = state["ema"] if use_ema else state["model"]
-    mine = run.model.state_dict()
-    missing, extra = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
-    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(mine[k].shape)}" for k in sorted(set(mine) & set(weights))
-              if tuple(weights[k].shape) != tuple(mine[k].shape)]
-    if missing or extra or shapes:
-        what = "; ".join(f"{n} {len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
-                         for n, v in (("missing from it", missing), ("not in this model", extra),
-                                      ("of other shapes (its vs this model's)", shapes)) if v)
-        raise ConfigError(f"--init-from {src['path']}: its {state['model_name']} weights do not fit this "
-                          f"{run.name} model, parameters {what}; initialise from a checkpoint of the same "
-                          f"backbone (d_model, n_layers, n_heads, vocabulary; MDLM, BD3-LM and Eso-LM share one, "
-                          f"AR's lacks the time conditioning), or drop --init-from to train from scratch")
+    _check_fits(weights, run.model.state_dict(), src["path"], state["model_name"], run.name)
     run.model.load_state_dict(weights)
     if run.ema is not None:
         run.ema = EMA(run.model, run.cfg.ema)
@@ -426,6 +415,22 @@ def _start_from(run: _Run) -> None:
         run.log(f"initialised {run.name} from the {'EMA' if use_ema else 'live'} weights of the {state['model_name']} "
                 f"checkpoint {src['path']} (step {state.get('step')}, {len(weights)} tensors); the optimizer, lr "
                 f"schedule, EMA and step counter start afresh: {run.cfg.steps} steps of its own")
+
+
+def _check_fits(weights: dict, mine: dict, path, source_model: str, name: str) -> None:
+    """One ConfigError naming the parameters of ``weights`` that are missing from, extra to or of
+    another shape than this model's (``mine``)."""
+    missing, extra = sorted(set(mine) - set(weights)), sorted(set(weights) - set(mine))
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(mine[k].shape)}" for k in sorted(set(mine) & set(weights))
+              if tuple(weights[k].shape) != tuple(mine[k].shape)]
+    if missing or extra or shapes:
+        what = "; ".join(f"{n} {len(v)} ({', '.join(v[:3])}{', ...' if len(v) > 3 else ''})"
+                         for n, v in (("missing from it", missing), ("not in this model", extra),
+                                      ("of other shapes (its vs this model's)", shapes)) if v)
+        raise ConfigError(f"--init-from {path}: its {source_model} weights do not fit this "
+                          f"{name} model, parameters {what}; initialise from a checkpoint of the same "
+                          f"backbone (d_model, n_layers, n_heads, vocabulary; MDLM, BD3-LM and Eso-LM share one, "
+                          f"AR's lacks the time conditioning), or drop --init-from to train from scratch")
 
 
 def _restore(run: _Run, path: Path, state: dict) -> None:

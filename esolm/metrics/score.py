@@ -138,18 +138,29 @@ def score_samples(samples_path, *, evaluator: str | None = None, references: lis
     if judge2 is not None:
         result["gen_ppl_judge2"] = judge2
     result["distributional"] = _distributional(clean, refs if refs is not None else references, corpus, say)
-    result["mauve"] = None
-    if mauve and not any(clean):  # e.g. the all-EOS calibration row: no text to featurize, no MAUVE
-        say("no MAUVE: every sample is empty once special tokens are stripped")
-    elif mauve:
-        say(f"MAUVE against {len(refs)} references with featurizer {featurizer}")
-        result["mauve"] = mauve_score(clean, refs, featurizer=featurizer, evaluator=ev, seed=mauve_seed,
-                                      max_text_length=max_text_length, device=device)
+    result["mauve"] = _mauve(clean, refs, ev, say, device=device, featurizer=featurizer, mauve_seed=mauve_seed,
+                             max_text_length=max_text_length) if mauve else None
     atomic_write_json(out, result)
-    g = result_ppl["gen_ppl"]
-    say(("gen PPL undefined (no target scored)" if g is None else f"gen PPL {g:.3f}")
-        + f", entropy {result['entropy']['mean']:.3f}" + (f", MAUVE {result['mauve']['mauve']:.4f}" if result["mauve"] else "") + f"; wrote {out}")
+    _say_scored(say, result, out)
     return result
+
+
+def _mauve(clean: list[str], refs: list[str], ev, say, *, device, featurizer: str, mauve_seed: int,
+           max_text_length: int) -> dict | None:
+    """MAUVE of the cleaned samples against ``refs``; None when every sample is empty."""
+    if not any(clean):  # e.g. the all-EOS calibration row: no text to featurize, no MAUVE
+        say("no MAUVE: every sample is empty once special tokens are stripped")
+        return None
+    say(f"MAUVE against {len(refs)} references with featurizer {featurizer}")
+    return mauve_score(clean, refs, featurizer=featurizer, evaluator=ev, seed=mauve_seed,
+                       max_text_length=max_text_length, device=device)
+
+
+def _say_scored(say, result: dict, out: Path) -> None:
+    g = result["gen_ppl"]["gen_ppl"]
+    say(("gen PPL undefined (no target scored)" if g is None else f"gen PPL {g:.3f}")
+        + f", entropy {result['entropy']['mean']:.3f}"
+        + (f", MAUVE {result['mauve']['mauve']:.4f}" if result["mauve"] else "") + f"; wrote {out}")
 
 
 # what the metrics JSON copies from the first sample record
