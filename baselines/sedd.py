@@ -61,7 +61,8 @@ def step_probs(h: torch.Tensor, alpha_t: float, unmask: float, mask_id: int, top
     p_hat = nucleus_filter(h, top_p).softmax(-1)
     if unmask is None:
         return p_hat
-    total = torch.logsumexp(log_score(h.double(), torch.tensor(alpha_t, dtype=torch.float64)), -1).exp()
+    alpha = torch.tensor(alpha_t, dtype=torch.float64, device=h.device)
+    total = torch.logsumexp(log_score(h.double(), alpha), -1).exp()
     probs = unmask * total[..., None] * p_hat
     probs[..., mask_id] = (1 - unmask * total).clamp_min(0)
     return probs

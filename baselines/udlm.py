@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 
 from baselines.time_conditioned import TimeConditioned, TimeConditionedConfig
 from esolm.interface import Display, SampleOptions
@@ -81,10 +80,10 @@ def uniform_posterior(x_theta: torch.Tensor, z: torch.Tensor, alpha_t: float, al
     (float64 [..., V], 0 at ``mask_id``; the draw takes unnormalised weights). alpha_s = 1 is the
     noise removal: x_theta (K alpha_t e_z + (1 - alpha_t) 1), the Bayes posterior of the clean token."""
     K = x_theta.shape[-1] - 1
-    onehot = F.one_hot(z, x_theta.shape[-1]).double()
     a_ts = alpha_t / alpha_s
-    q = (K * alpha_t * x_theta * onehot + (a_ts - alpha_t) * onehot + (alpha_s - alpha_t) * x_theta
-         + (1 - a_ts) * (1 - alpha_s) / K)
+    q = (alpha_s - alpha_t) * x_theta + (1 - a_ts) * (1 - alpha_s) / K
+    at_z = z[..., None]  # the terms on e_z, added in place of a one-hot [..., V] tensor
+    q.scatter_add_(-1, at_z, K * alpha_t * x_theta.gather(-1, at_z) + (a_ts - alpha_t))
     q[..., mask_id] = 0
     return q
 
@@ -122,7 +121,7 @@ class UDLM(TimeConditioned):
         """Ancestral step t -> s over the posterior of 15.1.6 with x_theta nucleus-filtered first
         (Duo's main branch); at s = 0 the noise removal of ``options.noise_removal``."""
         if s == 0.0 and options.noise_removal == "greedy":
-            return logits.argmax(-1)
+            return z
         x_theta = nucleus_filter(logits, options.top_p).softmax(-1)
         q = uniform_posterior(x_theta, z, float(self.schedule.alpha(t)), float(self.schedule.alpha(s)),
                               self.config.mask_id)

@@ -282,13 +282,20 @@ def _template_lm():
 TemplateLM, _register = _template_lm()
 
 
+# model arguments lm-eval itself passes to every model class (not sample options)
+LM_EVAL_EXTRAS = {"max_batch_size", "dtype", "trust_remote_code", "pretrained", "parallelize"}
+
+
 @_register("esolm")
 class EsolmLM(TemplateLM):
     """An esolm checkpoint as an lm-eval model: ``lm_eval --model esolm --model_args
     checkpoint=PATH[,mc_draws=128,num_orders=1,seed=0,device=cpu]`` (after ``import
     esolm.lmeval``; ``python experiments/run.py lm-eval`` does both). ``kind`` says what its
-    log-likelihoods are (:func:`kind`). generate_until needs the conditional sampler of issue
-    27 item 1, which the models do not have yet: it refuses with that message."""
+    log-likelihoods are (:func:`kind`). ``generate_until`` samples the continuation of each
+    context with the model's own conditional sampler (the context a given prefix, spec 15.4) and
+    the sample options given as model arguments (``steps=``, ``top_p=``, a model's own, e.g.
+    ``alpha_0_eval=``; ``steps`` defaults to one token per step), then cuts it at the first
+    stop string or EOS."""
 
     backend = "causal"
 
@@ -300,15 +307,19 @@ class EsolmLM(TemplateLM):
                 raise ConfigError("lm-eval model esolm needs checkpoint=PATH (a trained checkpoint or an authors' release)")
             from esolm.checkpoint import load_model
             from esolm.data import corpus_from_spec
+            from esolm.importers import ensure_checkpoint
 
-            model, state = load_model(checkpoint, device=device)
+            model, state = load_model(ensure_checkpoint(checkpoint), device=device)  # hf: and authors' files too
             tokenizer = corpus_from_spec(state["corpus"]).tokenizer
         if tokenizer is None:
             raise ConfigError("EsolmLM(model=...) needs the model's tokenizer too")
         self.model, self.tok = model.eval(), tokenizer
         self.scorer = Scorer(mc_draws=int(mc_draws), num_orders=int(num_orders), seed=int(seed))
         self.kind = kind(model, self.scorer)
-        self.checkpoint = checkpoint
+        self.checkpoint, self.seed = checkpoint, int(seed)
+        from esolm.interface import sample_options
+
+        self.sample_opts = sample_options(model, {k: v for k, v in kwargs.items() if k not in LM_EVAL_EXTRAS})
 
     @property
     def eot_token_id(self) -> int:
@@ -343,9 +354,36 @@ class EsolmLM(TemplateLM):
         return out
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        raise ConfigError("generate_until needs prompt-conditioned sampling, which esolm's samplers do not have yet "
-                          "(issue 27 item 1); run loglikelihood and loglikelihood_rolling tasks (multiple choice, "
-                          "perplexity) instead")
+        out = []
+        for i, req in enumerate(requests):
+            context, gen_kwargs = req.args
+            out.append(self.continuation(context, gen_kwargs, seed=self.seed + i))
+            self.cache_hook.add_partial("generate_until", (context, gen_kwargs), out[-1])
+        return out
+
+    def continuation(self, context: str, gen_kwargs: dict, *, seed: int = 0) -> str:
+        """One sampled continuation of ``context`` (BOS first; its start dropped when the context
+        and ``max_gen_toks`` exceed the model's L), cut at the first of ``until`` and at EOS."""
+        from esolm.conditioning import from_ids
+
+        until = gen_kwargs.get("until") or []
+        until = [until] if isinstance(until, str) else list(until)
+        L = self.model.config.length
+        gen = max(1, min(int(gen_kwargs.get("max_gen_toks", 256)), L - 1))
+        ids = [self.tok.bos_id, *self.tok_encode(context)]
+        ids = ids if len(ids) <= L - gen else [self.tok.bos_id, *ids[len(ids) - (L - gen - 1):]]
+        length = len(ids) + gen
+        opts = dict(self.sample_opts)
+        opts.setdefault("steps", gen)
+        g = torch.Generator(device=self.model.device).manual_seed(seed)
+        with torch.no_grad():
+            x = self.model.sample(1, generator=g, given=from_ids(ids, length, mask_id=self.tok.mask_id),
+                                  length=length, **opts).tokens[0, len(ids):].tolist()
+        if self.tok.eos_id in x:
+            x = x[:x.index(self.tok.eos_id)]
+        text = self.tok_decode(x)
+        cuts = [text.index(u) for u in until if u and u in text]
+        return text[:min(cuts)] if cuts else text
 
     def _cache(self, pair, result) -> None:
         if pair is not None:

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from esolm import registry
 from esolm.log import printer
-from esolm.checkpoint import load_model
 from esolm.io import atomic_write_json
 from esolm.samples import head_texts, make_conditions, stream_samples
-from esolm.config import ConfigError, coerce, field_names, parse_keys
+from esolm.config import ConfigError, coerce, field_names
 from esolm.interface import sample_options
 from experiments.runspec import RunSpec
+from experiments.target import open_target, positive
 
 
 say = printer()  # progress and outputs' paths on stderr (esolm/log.py)
@@ -97,50 +97,6 @@ def train_device(cfg, key: str | None, flag: str):
     return cfg
 
 
-def resolve_checkpoint(args) -> Path:
-    if getattr(args, "checkpoint", None):
-        from esolm.importers import ensure_checkpoint
-
-        return ensure_checkpoint(args.checkpoint, ema=False if getattr(args, "no_ema", False) else None, log=say)
-    if not getattr(args, "model", None):
-        raise ConfigError("pass --checkpoint PATH, or --model NAME (with the --preset/--corpus/overrides "
-                          "used for training) to use that run's checkpoint")
-    spec = args.run_spec
-    path = spec.run_dir() / "checkpoint.safetensors"
-    if not path.exists():
-        runs = sorted(str(p) for p in spec.run_dir().parent.glob(f"{args.model}-*/checkpoint.safetensors"))
-        raise ConfigError(f"no checkpoint at {path} (the run of --model {args.model} --preset {args.preset} --corpus "
-                          f"{spec.corpus_name} with overrides {spec.overrides or 'none'}); train it first, or pass "
-                          f"--checkpoint" + (f"; existing runs: {', '.join(runs)}" if runs else ""))
-    return path
-
-
-def check_model_matches(args, state: dict, ckpt: Path) -> None:
-    """--model with --checkpoint must name the checkpoint's model (it is never silently ignored)."""
-    if getattr(args, "model", None) and getattr(args, "checkpoint", None) and state["model_name"] != args.model:
-        raise ConfigError(f"--model {args.model} but {ckpt} holds a {state['model_name']} model; drop --model "
-                          f"or pass a checkpoint of {args.model}")
-
-
-def positive(value, name: str) -> int:
-    """An integer >= 1, or a ConfigError naming the option."""
-    n = coerce(value, int, name)
-    if n < 1:
-        raise ConfigError(f"{name} must be a positive integer; got {value}")
-    return n
-
-
-def command_keys(args, own: dict) -> dict:
-    """Route the command's ``key=value`` pairs through the one parser: the command's ``own``
-    sections first (name -> dataclass), then, with --model and no --checkpoint, the sections of
-    the training run that locate the checkpoint (``args.run_spec``). Returns section -> {key: value}."""
-    if getattr(args, "model", None) and not getattr(args, "checkpoint", None):
-        args.run_spec, routed = RunSpec.from_pairs(args.model, args.preset, args.corpus, args.overrides, first=own)
-        return routed
-    args.run_spec = None
-    return parse_keys(args.overrides, own)
-
-
 @dataclass
 class EvalKeys:
     """The ``key=value`` settings of ``run.py eval``."""
@@ -163,17 +119,14 @@ class SampleKeys:
 
 # -------------------------------------------------------------------------- eval
 def cmd_eval(args) -> int:
-    from esolm.data import corpus_from_spec
     from esolm.evaluate import evaluate, format_result
 
-    given = command_keys(args, {"eval": EvalKeys})["eval"]
+    target = open_target(args, {"eval": EvalKeys})
+    given = target.keys["eval"]
     typed = {k: positive(v, k) for k, v in given.items() if k != "seed"}
     if "seed" in given:
         typed["seed"] = coerce(given["seed"], int, "seed")
-    ckpt = resolve_checkpoint(args)
-    model, state = load_model(ckpt, device=args.device)
-    check_model_matches(args, state, ckpt)
-    corpus = corpus_from_spec(state["corpus"])
+    ckpt, model, state, corpus = target.checkpoint, target.model, target.state, target.corpus
     extra = {"pass_batch": typed.pop("pass_batch")} if "pass_batch" in typed else {}
     result = evaluate(model, corpus, args.split, exact=args.exact, progress=not args.no_progress,
                       batch_size=typed.get("batch_size", 32), max_batches=typed.get("max_batches"),
@@ -234,23 +187,19 @@ def cmd_import(args) -> int:
 
 
 def cmd_sample(args) -> int:
-    from esolm.data import corpus_from_spec
-
     # the model's sample options (its SampleOptions) and the command's keys first; with --model,
     # the rest locate the training run
     options = registry.model_class(args.model).sample_options_class if args.model else None
     if options is None or args.checkpoint:
         options = _sample_option_names()
-    routed = command_keys(args, {"options": options, "call": SampleKeys})
-    call = routed["call"]
+    target = open_target(args, {"options": options, "call": SampleKeys})
+    routed, call = target.keys, target.keys["call"]
     num_samples = positive(call.get("num_samples", args.num_samples), "--num-samples")
-    ckpt = resolve_checkpoint(args)
-    model, state = load_model(ckpt, device=args.device)
-    check_model_matches(args, state, ckpt)
-    corpus = corpus_from_spec(state["corpus"])
+    ckpt, model, state, corpus = target.checkpoint, target.model, target.state, target.corpus
     seed = coerce(call.get("seed", 0), int, "seed")
     sample_opts = sample_options(model, routed["options"])
     sample_opts.setdefault("steps", model.config.length)
+    model.options(sample_opts)  # every value checked before a file is written (e.g. steps=0, eta=3)
     conditions = sample_conditions(args, model, corpus.tokenizer, sample_opts, num_samples)
     total = num_samples if conditions is None else conditions.total
     batch_size = positive(call.get("batch_size", min(total, 64)), "batch_size")

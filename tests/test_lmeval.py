@@ -229,10 +229,40 @@ def test_lm_eval_runs_the_local_tasks_end_to_end_offline_and_writes_sums(tmp_pat
                      str(tmp_path / "x.json")]) == 2
 
 
-def test_generate_until_refuses_until_the_samplers_take_prompts(corpus):
+class _Request:  # what lm-eval hands generate_until: .args = (context, gen_kwargs)
+    def __init__(self, context, gen_kwargs):
+        self.args = (context, gen_kwargs)
+
+
+@pytest.mark.parametrize("name,options", [("ar", {}), ("mdlm", {"steps": "4"}), ("esolm-b", {"alpha_0_eval": "1"})])
+def test_generate_until_continues_the_context_with_the_models_sampler_and_cuts_at_the_stop_strings(
+        corpus, name, options, monkeypatch):
+    model = build(name, corpus, **({"alpha_0": 1.0} if name == "esolm-b" else {}))
+    lm = EsolmLM(model=model, tokenizer=corpus.tokenizer, seed=3, **options)
+    seen = []
+    real = model.sample
+    monkeypatch.setattr(model, "sample", lambda *a, **kw: seen.append(kw) or real(*a, **kw))
+    context = "ROMEO:"
+    free = lm.generate_until([_Request(context, {"max_gen_toks": 6})])[0]
+    assert isinstance(free, str) and len(free) <= 6  # byte-level: at most one character per token
+    given = seen[0]["given"]
+    ids = [corpus.tokenizer.bos_id, *corpus.tokenizer.encode(context)]
+    assert seen[0]["length"] == len(ids) + 6 and given.tokens[0, :len(ids)].tolist() == ids
+    assert given.mask[0, :len(ids)].all() and not given.mask[0, len(ids):].any()
+    for k, v in options.items():  # the model arguments are the sampler's options, typed
+        assert seen[0][k] == type(seen[0][k])(v)
+    assert lm.generate_until([_Request(context, {"max_gen_toks": 6})]) == [free]  # seeded
+    cut = lm.generate_until([_Request(context, {"max_gen_toks": 6, "until": [free[1:2]]})])[0] if len(free) > 1 else ""
+    assert cut == free[:free.index(free[1:2])] if len(free) > 1 else True
+
+
+def test_generate_until_keeps_the_end_of_a_long_context_and_refuses_unknown_options(corpus):
     lm = EsolmLM(model=build("ar", corpus), tokenizer=corpus.tokenizer)
-    with pytest.raises(ConfigError, match="issue 27"):
-        lm.generate_until([])
+    long = "x" * 40  # more than L = 16 bytes
+    out = lm.generate_until([_Request(long, {"max_gen_toks": 100, "until": "\n\n"})])
+    assert len(out) == 1 and len(out[0]) <= L - 1
+    with pytest.raises(ConfigError, match="unknown sampling option 'nope'"):
+        EsolmLM(model=build("ar", corpus), tokenizer=corpus.tokenizer, nope=1)
 
 
 def test_the_local_multiple_choice_items_keep_the_text_as_it_is_and_one_true_choice():

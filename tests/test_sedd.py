@@ -198,6 +198,19 @@ def test_with_a_tiny_top_p_every_position_unmasks_to_the_top_token_of_its_step()
     assert early > 0 and not (prev == 19).any()
 
 
+@pytest.mark.parametrize("predictor", ["analytic", "euler"])
+def test_a_decoded_token_never_changes_again(predictor):
+    """Absorbing graph (15.2.6): P = delta_z at a clean position, at every step."""
+    model = randomized("sedd", scale=0.1, vocab_size=20, length=8)
+    zs = []
+    model.sample(16, steps=6, predictor=predictor, generator=torch.Generator().manual_seed(5),
+                 hooks=dict(on_step=lambda i, t, s, z: zs.append(z.clone())))
+    for prev, z in zip(zs, zs[1:]):
+        decoded = prev != 19
+        assert torch.equal(z[decoded], prev[decoded])
+    assert 0 < int((zs[2] != 19).sum()) < zs[2].numel()
+
+
 def test_under_loglinear_the_euler_step_is_the_tweedie_step():
     """alpha_t is linear in t, so dt sigma'_t = (1 - eps) dt / alpha_t = alpha_s / alpha_t - 1 =
     e^{sigma_t - sigma_s} - 1: the two predictors of 15.2.6 draw the same samples here."""
