@@ -19,7 +19,8 @@ from esolm.backbone import Backbone, in_inference_mode
 from esolm.conditioning import INFILL, PREFIX
 from esolm.config import ConfigError, ModelConfig
 from esolm.diffusion import local_times, ones_like_valid
-from esolm.interface import NLL, Capabilities, Clock, LanguageModel, LossOutput, SampleOptions, SampleOutput
+from esolm.interface import (NLL, Capabilities, Clock, Display, LanguageModel, LossOutput, SampleOptions,
+                             SampleOutput)
 from esolm.schedules import LogLinear, stratified_times
 
 T_MIN = 1e-5  # the last grid time of the samplers; the final step goes from here to t = 0 (15.1.7, 15.2.6)
@@ -56,6 +57,12 @@ class TimeConditioned(LanguageModel):
     # changes every step, 15.1.3); the likelihood is a NELBO bound
     capabilities = Capabilities(kv_cache=False, exact_likelihood=False, single_pass_likelihood=False,
                                 conditioning=(PREFIX, INFILL))
+
+    style: Display  # how tables and figures show the model, the same for every config
+
+    @classmethod
+    def display(cls, config: TimeConditionedConfig) -> Display:
+        return cls.style
 
     @classmethod
     def capabilities_for(cls, config: TimeConditionedConfig) -> Capabilities:
@@ -127,6 +134,9 @@ class TimeConditioned(LanguageModel):
         t = stratified_times(tokens.shape[0], generator=generator, device=tokens.device)
         per_token = self.bound(tokens, t, valid, generator)
         return NLL(per_sequence=per_token.double().sum(1), num_tokens=valid.sum(1))
+
+    # what conditional_loglik returns, in the words of esolm.lmeval's KINDS
+    lmeval_kind = "conditional NELBO (a lower bound on the log-likelihood), {M} Monte Carlo draws, seed {seed}"
 
     @in_inference_mode
     def conditional_loglik(self, context: list[int], continuation: list[int], scorer) -> tuple[float, bool]:

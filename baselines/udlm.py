@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from baselines.time_conditioned import TimeConditioned, TimeConditionedConfig
+from baselines.time_conditioned import TimeConditioned
 from esolm.interface import Display, SampleOptions
 from esolm.sampling import nucleus_filter, sample_from_probs
 
@@ -90,10 +90,7 @@ def uniform_posterior(x_theta: torch.Tensor, z: torch.Tensor, alpha_t: float, al
 
 class UDLM(TimeConditioned):
     sample_options_class = UDLMSampleOptions
-
-    @classmethod
-    def display(cls, config: TimeConditionedConfig) -> Display:
-        return Display("UDLM", "UDLM", "#9467bd", marker="p", order=30)
+    style = Display("UDLM", "UDLM", "#9467bd", marker="p", order=30)  # the paper's Table 1 row
 
     @property
     def prior_nats(self) -> float:
@@ -121,7 +118,7 @@ class UDLM(TimeConditioned):
         """Ancestral step t -> s over the posterior of 15.1.6 with x_theta nucleus-filtered first
         (Duo's main branch); at s = 0 the noise removal of ``options.noise_removal``."""
         if s == 0.0 and options.noise_removal == "greedy":
-            return z
+            return logits.argmax(-1)
         x_theta = nucleus_filter(logits, options.top_p).softmax(-1)
         q = uniform_posterior(x_theta, z, float(self.schedule.alpha(t)), float(self.schedule.alpha(s)),
                               self.config.mask_id)

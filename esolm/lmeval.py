@@ -12,6 +12,8 @@ depends on the model, and every result says which (:data:`KINDS`):
     MDLM        the conditional NELBO (a bound): only the continuation is noised, the context
                 is always clean; ``mc_draws`` stratified t, a fixed seed
     BD3-LM      its conditional NELBO: one t per block, context tokens clean
+    UDLM, SEDD  their conditional NELBO (the model's own conditional_loglik: only the continuation
+                noised and scored, ``mc_draws`` stratified t, a fixed seed)
 
 Every request runs at its natural length |context| + |continuation| <= L (the context cut from
 the left to fit; a continuation longer than L - 1 is scored in rolling windows), except BD3-LM,
@@ -65,7 +67,11 @@ class Scorer:
 
 
 def family(model) -> str:
-    """The model's family as KINDS names it (AR, Eso-LM, MDLM, BD3-LM)."""
+    """The model's family as KINDS names it (AR, Eso-LM, MDLM, BD3-LM), or "own" for a model that
+    scores itself (a ``conditional_loglik(context, continuation, scorer)`` method and an
+    ``lmeval_kind`` saying what it returns: UDLM, SEDD, a plugin's model)."""
+    if callable(getattr(model, "conditional_loglik", None)) and isinstance(getattr(model, "lmeval_kind", None), str):
+        return "own"
     from baselines.ar import AR
     from baselines.bd3lm import BD3LM
     from baselines.mdlm import MDLM
@@ -75,7 +81,8 @@ def family(model) -> str:
         if isinstance(model, cls):
             return name
     raise ConfigError(f"lm-eval scoring knows AR, MDLM, BD3-LM and Eso-LM; {type(model).__name__} is none of them "
-                      f"(give its class a conditional_loglik(context, continuation, scorer) method to add it)")
+                      f"(give its class a conditional_loglik(context, continuation, scorer) method and an "
+                      f"lmeval_kind string saying what it returns, to add it)")
 
 
 def kind(model, scorer: Scorer) -> str:
@@ -83,7 +90,8 @@ def kind(model, scorer: Scorer) -> str:
     fam = family(model)
     if fam == "Eso-LM" and scorer.num_orders > 1:
         fam = "Eso-LM IW"
-    return KINDS[fam].format(K=scorer.num_orders, M=scorer.mc_draws, seed=scorer.seed)
+    words = model.lmeval_kind if fam == "own" else KINDS[fam]
+    return words.format(K=scorer.num_orders, M=scorer.mc_draws, seed=scorer.seed)
 
 
 def is_exact(model, scorer: Scorer) -> bool:

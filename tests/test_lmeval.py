@@ -279,3 +279,16 @@ def test_the_local_multiple_choice_items_keep_the_text_as_it_is_and_one_true_cho
         assert "\n" in it["context"]  # newlines and indentation kept
         assert sum(t.startswith(it["context"] + c) for c in it["choices"]) == 1
     assert mc_items(texts, 8, seed=1) == items
+
+
+@pytest.mark.parametrize("name", ["udlm", "sedd"])
+def test_the_time_conditioned_families_score_themselves_as_a_bound_with_the_kind_said(corpus, name):
+    model = build(name, corpus)
+    lm = EsolmLM(model=model, tokenizer=corpus.tokenizer, mc_draws=8, seed=2)
+    assert lm.kind.startswith("conditional NELBO") and "8 Monte Carlo draws, seed 2" in lm.kind
+    x = tokens(corpus, L)
+    a, greedy = conditional_loglik(model, x[:5], x[5:9], Scorer(mc_draws=8, seed=2))
+    b, _ = conditional_loglik(model, x[:5], x[5:9], Scorer(mc_draws=8, seed=2))
+    assert a == b and a < 0 and greedy is False  # seeded; a sum of log-probabilities, never greedy-exact
+    one, _ = conditional_loglik(model, x[:5], x[5:6], Scorer(mc_draws=8, seed=2))
+    assert a < one  # a sum over the continuation's tokens, not a mean
