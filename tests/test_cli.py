@@ -87,6 +87,11 @@ def test_sample_option_unknown_to_the_model_is_refused(tmp_path):
         "steps=2", "length=16")
     proc = run("sample", "--checkpoint", str(out / "checkpoint.safetensors"), "alpha_0_eval=0.5", ok=False)
     assert proc.returncode == 2 and "alpha_0_eval" in proc.stderr and "valid" in proc.stderr
+    # a known option with a value the model refuses: one error before any file is written
+    for bad, word in (("steps=0", "steps"), ("top_p=2", "top_p")):
+        proc = run("sample", "--checkpoint", str(out / "checkpoint.safetensors"), bad, ok=False)
+        assert proc.returncode == 2 and word in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "samples").exists() or not any((out / "samples").iterdir())
 
 
 @pytest.mark.parametrize("name", registry.available())
