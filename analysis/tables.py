@@ -1,7 +1,8 @@
 """The paper's tables from the results store, our numbers with the paper's beside them
-(spec 10): Table 1 (test PPL), Tables 6-8 (IW vs K), Table 11 (NFE = L latency) and
-Tables 13-15 (gen PPL, entropy, MAUVE, time per configuration), each as Markdown, LaTeX
-and CSV under results/<preset>/tables/. Matching rules: docs/analysis.md.
+(spec 10): Table 1 (test PPL), Tables 6-8 (IW vs K), Table 11 (NFE = L latency),
+Tables 13-15 (gen PPL, entropy, MAUVE, time per configuration) and Table 16 (XSum summaries,
+analysis/table16.py), each as Markdown, LaTeX and CSV under results/<preset>/tables/. Matching
+rules: docs/analysis.md.
 
     python -m analysis.tables results/tiny
 """
@@ -23,6 +24,7 @@ from analysis.conditional import conditional_table
 from analysis.pareto import collapsed, group_styles, ordered_groups, split_calibration
 from analysis.render import BLANK, Col, Table
 from analysis.table5 import table5
+from analysis.table16 import table16
 
 NOT_SAME = ("Ours and the paper's are not the same quantity (corpus, sequence length, model size, training budget, "
             "evaluator and device all differ): read them side by side, never as a difference.")
@@ -509,6 +511,7 @@ def build_tables(results_dir) -> list[Table]:
     out += sweep_tables(df, A.paper_points(anchors), summary)
     out += table5(df, summary)  # the zero-shot stage of the released presets
     out += [t for t in (conditional_table(df, summary),) if t is not None]  # the conditional task (issue 27)
+    out += [t for t in (table16(df, summary),) if t is not None]  # Table 16: XSum (experiments/presets_xsum.py)
     for t in out:
         t.notes += _missing_note(summary)
     return out

@@ -123,6 +123,14 @@ def build_graph(preset: P.Preset, work: Path, code: str | None = None) -> list[J
     """All jobs of a preset, dependencies first (``code`` is not used: each job's key hashes
     the code it runs, experiments/versions.py)."""
     P.resolve_methods(preset)  # entries added after get() (tests) get their method too
+    if getattr(preset, "summarize", None) is not None:  # Table 16 (experiments/presets_xsum.py)
+        return _summarize_graph(preset, work)
+    return _training_graph(preset, work)
+
+
+def _training_graph(preset: P.Preset, work: Path) -> list[Job]:
+    """The jobs of a training or released preset: train (or import), eval, zero-shot, sample, time,
+    long context and the conditional task."""
     g = Graph(preset, work)
     judge_entries = [e for e in (_evaluator_entry(preset, preset.evaluator, "evaluator"),
                                  _evaluator_entry(preset, preset.second_evaluator, "evaluator-2")) if e]
@@ -291,6 +299,52 @@ def _conditional_jobs(g: Graph, m: P.ModelEntry, tr: Job, judges: Judges) -> Non
         g.add(Job("conditional", name, identity,
                   dict(identity, checkpoint=g.checkpoint(tr), model_overrides=m.overrides, **judges.config),
                   m.label, m.group, m.model, [tr] + judges.deps, uses=judges.models))
+
+
+def _summarize_graph(preset: P.Preset, work: Path) -> list[Job]:
+    """Table 16 (experiments/presets_xsum.py): each released entry's import (stage "train"), each
+    finetune entry's "finetune" job from the entry it initialises from, and a "summarize" job per
+    sweep point of a finetune entry; no other stage (the finetuned models' data is not a corpus of
+    esolm.data, and the table needs none)."""
+    from experiments.presets_xsum import summarize_settings
+
+    settings = summarize_settings(preset)
+    g = Graph(preset, work)
+    for m in preset.models:
+        if getattr(m, "finetune_on", None) is None:
+            g.train(m)
+    for m in preset.models:
+        if getattr(m, "finetune_on", None) is not None:
+            ft = _finetune_job(g, m)
+            for opts in m.sweep:
+                _summarize_job(g, m, ft, opts, settings)
+    return g.jobs
+
+
+def _finetune_job(g: Graph, m: P.ModelEntry) -> Job:
+    """``m`` trained on its ``finetune_on`` data from the checkpoint of the entry it initialises from
+    (``init_from``: that entry's job key in the identity, its checkpoint in the config); the run's
+    training settings with the entry's own over them."""
+    if m.init_from not in g.trains:
+        raise ConfigError(f"preset {g.preset.name}: finetune entry {m.label!r} initialises from {m.init_from!r}, which "
+                          f"is not an entry imported or trained before it (entries: {', '.join(g.trains) or 'none'})")
+    src = g.trains[m.init_from]
+    train = {**dataclasses.asdict(g.run.train), **m.train}
+    identity = dict(model=m.model, model_overrides=dict(m.overrides), data=dict(m.finetune_on), train=train,
+                    init_from=dict(label=m.init_from, train=src.key))
+    job = g.add(Job("finetune", f"finetune/{m.label}", identity, dict(identity, init_checkpoint=g.checkpoint(src)),
+                    m.label, m.group, m.model, [src]))
+    job.outputs = (str(g.work / "finetune" / job.key / "checkpoint.safetensors"),)  # what summarize loads
+    return job
+
+
+def _summarize_job(g: Graph, m: P.ModelEntry, ft: Job, opts: dict, settings: dict) -> None:
+    """One Table 16 configuration: the finetuned model summarises the test documents with ``opts``."""
+    tag = ",".join(f"{k}={v}" for k, v in opts.items())
+    identity = dict(finetune=ft.key, options=opts, top_p=g.run.sampling.top_p, data=dict(m.finetune_on), seed=0,
+                    **settings)
+    g.add(Job("summarize", f"summarize/{m.label}/{tag}", identity, dict(identity, checkpoint=ft.outputs[0]),
+              m.label, m.group, m.model, [ft]))
 
 
 CALIBRATION_GROUP = "calibration"  # config.group of the null samplers' rows (not a method)

@@ -637,3 +637,66 @@ def _conditional_skipped(job: dict) -> tuple:
     print(f"[conditional] {job['name']}: {c['skipped']}", flush=True)
     row = dict(config=dict(form=c["form"], skipped=c["skipped"]), display=dataclasses.asdict(display), metrics={})
     return row, dict(skipped=c["skipped"]), {}
+
+
+# ------------------------------------------------------------------------ Table 16 (XSum)
+@_joins("finetune")
+@recorded
+def job_finetune(job: dict) -> tuple:
+    """Table 16's finetune (experiments/presets_xsum.py): the source entry's checkpoint (an imported
+    release) trained for its own ``train.steps`` on the XSum rows (esolm/data/xsum.py: one example
+    per row, the model's own objective over the whole row) from the source's weights with a fresh
+    optimizer, schedule and EMA (esolm.train.fit ``init_from``); resumes from its own checkpoint."""
+    from esolm.checkpoint import load_model
+    from esolm.config import ConfigError, make_config
+    from esolm.data.xsum import xsum_from_spec
+    from esolm.distributed import setup_distributed
+    from esolm.train import TrainConfig, fit, seed_everything
+
+    c = job["config"]
+    _, world, _ = setup_distributed()
+    data = xsum_from_spec(c["data"])  # first: missing data fails before any weight is read
+    model, state = load_model(c["init_checkpoint"])
+    if state["model_name"] != c["model"]:
+        raise ConfigError(f"{c['init_checkpoint']} holds {state['model_name']}, but {job['name']} finetunes "
+                          f"{c['model']}")
+    data.check_model(model.config, f"{c['model']} of {c['init_checkpoint']}")
+    cfg = make_config(TrainConfig, c["train"])
+    seed_everything(cfg.seed)
+    result = fit(c["model"], model.train(), data.corpus(), cfg, job["work"], progress=False,
+                 init_from=c["init_checkpoint"])
+    m = result["metrics"]
+    valid = m.get("valid", {})
+    metrics = dict(params=model.num_parameters(), steps_trained=m.get("step"), train_loss=m.get("train_loss"),
+                   tokens_per_s=m.get("tokens_per_s"), **{f"valid_{k}": valid.get(v) for k, v in
+                                                          (("nll", "nll_per_token"), ("ppl", "ppl"))})
+    row = dict(config=dict(finetuned_on=data.name, summary_budget=data.budget), display=_display(model),
+               metrics=metrics)
+    return row, m, dict(checkpoint=result["checkpoint"], world_size=world)
+
+
+@_joins("summarize")
+@recorded
+def job_summarize(job: dict) -> tuple:
+    """One sweep configuration of Table 16 (esolm/metrics/summarize.py): the finetuned model writes
+    the summaries of the first XSum test documents with its sampler options (T steps over the
+    summary slots), each sampling call timed whole on the job's device (a GPU where there is one),
+    scored by rescaled BERTScore F1 against the references, each number with its 95 % interval."""
+    from esolm.checkpoint import load_model
+    from esolm.data.xsum import xsum_from_spec
+    from esolm.metrics.summarize import summarize
+
+    c = job["config"]
+    data = xsum_from_spec(c["data"])
+    model, _ = load_model(c["checkpoint"], device="auto")
+    out = summarize(model, data, featurizer=c["featurizer"], options=dict(c["options"], top_p=c["top_p"]),
+                    num_examples=c["num_examples"], batch_size=c["batch_size"], seed=c["seed"], warmup=c["warmup"],
+                    rounds=c["rounds"])
+    m = out["metrics"]
+    print(f"[summarize] {job['name']}: BERTScore F1 {m['bertscore_f1']:.4f}, {m['sec_per_example']:.4g} s per "
+          f"example, NFE {m['nfe']:.3g}", flush=True)
+    row = dict(config=dict(top_p=c["top_p"], batch_size=c["batch_size"], featurizer=c["featurizer"],
+                           summary_budget=data.budget, device=str(model.device)),
+               options=c["options"], display=_display(model), metrics=m)
+    extra = dict(per_example=out["per_example"], featurizer=out["featurizer"], bertscore_hash=out["bertscore_hash"])
+    return row, extra, dict(examples=out["examples"])

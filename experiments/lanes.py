@@ -8,10 +8,12 @@ from __future__ import annotations
 from esolm import registry
 from experiments.graph import Job
 
-# the conditional task times its sampling calls: a wave of its own, like time and longctx
-WAVES = [["train"], ["eval", "zeroshot", "sample"], ["time"], ["longctx"], ["conditional"]]
+# a finetune after the training (or import) it starts from; the conditional task and Table 16's
+# summaries time their sampling calls: waves of their own, like time and longctx
+WAVES = [["train"], ["finetune"], ["eval", "zeroshot", "sample"], ["time"], ["longctx"], ["summarize"],
+         ["conditional"]]
 # jobs of one model share a process in these stages (one model load, sequential timings)
-GROUP_BY_MODEL = {"sample", "time", "eval", "zeroshot", "conditional"}
+GROUP_BY_MODEL = {"sample", "time", "eval", "zeroshot", "conditional", "summarize"}
 
 
 def stage_rounds(jobs: list[Job]) -> list[list[Job]]:
@@ -41,11 +43,11 @@ def submitted_groups(stage: str, jobs: list[Job], n_lanes: int | None = None) ->
 
 
 def job_cost(job: Job) -> float:
-    """A job's size for lane packing: a training job's steps x its model's train_step_cost
-    (positions per token: 1 for AR and MDLM, 2 for BD3-LM, 1.5 for Eso-LM at kappa = 0.5);
-    any other job 1."""
+    """A job's size for lane packing: a training (or finetune) job's steps x its model's
+    train_step_cost (positions per token: 1 for AR and MDLM, 2 for BD3-LM, 1.5 for Eso-LM at
+    kappa = 0.5); any other job 1."""
     train = job.identity.get("train")
-    if job.stage != "train" or not isinstance(train, dict):
+    if job.stage not in ("train", "finetune") or not isinstance(train, dict):
         return 1.0
     cls = registry.model_class(job.model)
     config = registry.build_config(job.model, **job.identity.get("model_overrides", {}))

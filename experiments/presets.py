@@ -339,3 +339,5 @@ def check_styles(entries: list[ModelEntry]) -> None:
 
 from experiments.presets_released import PRESETS as _RELEASED  # noqa: E402 - the released-checkpoint presets
 PRESETS.update(_RELEASED)
+from experiments.presets_xsum import PRESETS as _XSUM  # noqa: E402 - Table 16 (XSum)
+PRESETS.update(_XSUM)
