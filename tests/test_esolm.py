@@ -56,7 +56,7 @@ def test_batch_too_small_for_both_halves_names_the_fix():
 def test_variants_declare_their_capabilities():
     assert EsoLMB.capabilities.as_dict() == {"kv_cache": True, "exact_likelihood": True,
                                              "single_pass_likelihood": True, "next_token_scoring": False,
-                                             "nfe_equals_l": {"steps": 10**6}}
+                                             "nfe_equals_l": {"steps": 10**6}, "conditioning": ("prefix", "infill")}
     # (A)'s diffusion-phase conditionals see their clean set bidirectionally: one pass each
     assert EsoLMA.capabilities.kv_cache and not EsoLMA.capabilities.single_pass_likelihood
 

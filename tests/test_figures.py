@@ -232,3 +232,19 @@ def test_the_legend_shows_each_methods_own_marker():
     h = {x.get_label().split(" (")[0]: x.get_marker() for x in
          P.legend_handles(list(styles), styles, {}, paper_ref=None, collapse=False)}
     assert h["UDLM"] == "D" and h["AR"] == "*" and h["Eso-LM"] == "o"  # shaded: its markers are the shade entries'
+
+
+def test_a_point_of_infinite_gen_ppl_is_left_out_of_the_pareto_figure_and_named(capsys):
+    """A sample the judge gives probability 0 (gen PPL inf) cannot stand on a log axis: the
+    figure leaves it out and says which; a metric with no finite point draws no figure."""
+    import pandas as pd
+
+    from analysis.pareto import finite_points
+
+    points = pd.DataFrame(dict(label=["a", "b", "c"], gen_ppl=[12.0, float("inf"), float("nan")]))
+    kept = finite_points(points, "gen_ppl", "results/x")
+    assert list(kept["label"]) == ["a", "c"]
+    err = capsys.readouterr().err
+    assert "1 point(s) with gen_ppl = inf left out" in err and "(b)" in err
+    assert finite_points(points.iloc[[0, 2]], "gen_ppl", "results/x").shape[0] == 2
+    assert capsys.readouterr().err == ""

@@ -81,31 +81,30 @@ def _fake_entry_points(monkeypatch, group: str, name: str, value: str):
                         lambda **kw: [ep] if kw.get("group") == group else real(**kw))
 
 
-def test_a_plugin_may_not_shadow_a_built_in_model_or_preset(monkeypatch):
-    _fake_entry_points(monkeypatch, registry.ENTRY_POINT_GROUP, "mdlm", "somewhere.else:MDLM")
+@pytest.fixture
+def fresh_registry():
+    """The registry reads its sources again before and after the test (its caches hold them)."""
     registry.refresh()
-    try:
-        with pytest.raises(ConfigError, match="shadows the built-in model 'mdlm'"):
-            registry.available()
-    finally:
-        monkeypatch.undo()
-        registry.refresh()
+    yield
+    registry.refresh()
+
+
+def test_a_plugin_may_not_shadow_a_built_in_model_or_preset(monkeypatch, fresh_registry):
+    _fake_entry_points(monkeypatch, registry.ENTRY_POINT_GROUP, "mdlm", "somewhere.else:MDLM")
+    with pytest.raises(ConfigError, match="shadows the built-in model 'mdlm'"):
+        registry.available()
+    monkeypatch.undo()
     _fake_entry_points(monkeypatch, P.PRESET_ENTRY_POINTS, "tiny", "somewhere.else:tiny")
     with pytest.raises(ConfigError, match="shadows the built-in preset 'tiny'"):
         P.names()
 
 
-def test_a_malformed_registration_is_one_clear_error(tmp_path, monkeypatch):
+def test_a_malformed_registration_is_one_clear_error(tmp_path, monkeypatch, fresh_registry):
     table = tmp_path / "models.toml"
     table.write_text('[models]\nbroken = "baselines.mdlm.MDLM"\n')
     monkeypatch.setattr(registry, "BUILTIN_TABLE", table)
-    registry.refresh()
-    try:
-        with pytest.raises(ConfigError, match="must name its class as \"module:Class\""):
-            registry.available()
-    finally:
-        monkeypatch.undo()
-        registry.refresh()
+    with pytest.raises(ConfigError, match="must name its class as \"module:Class\""):
+        registry.available()
 
 
 def test_two_methods_in_one_colour_are_refused(monkeypatch):

@@ -1,5 +1,6 @@
-"""A small preset of the plugin's model beside the harness's AR (synthetic data, the true source
-as the judge), run through the harness's pipeline by name: `run.py pareto --preset demo-micro`."""
+"""A small preset of the plugin's model beside the harness's AR (synthetic data, a Kneser-Ney n-gram
+judge fitted on its train split), run through the harness's pipeline by name:
+`run.py pareto --preset demo-micro`."""
 from esolm import runs
 from esolm.runs import RunConfig
 from esolm.train import train_config
@@ -18,4 +19,4 @@ def demo_micro() -> Preset:
                     slurm={"default": dict(time_min=10, array_parallelism=4)})
     models = [ModelEntry("ar", "ar", {}, [dict(steps=15)]),
               ModelEntry("demo", "demo-mdlm", {}, [dict(steps=4), dict(steps=8)])]
-    return Preset(run, models=models, evaluator="source")
+    return Preset(run, models=models, evaluator="ngram")
