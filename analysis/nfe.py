@@ -28,6 +28,7 @@ from analysis.pareto import (
     draw_calibration,
     error_bars,
     eval_handles,
+    finite_points,
     grid_groups,
     group_styles,
     marker_fill,
@@ -190,6 +191,8 @@ def draw_nfe(results_dir) -> list[Path]:
     """figures/nfe_gen_ppl.png/.pdf from the store's sample rows."""
     results = Path(results_dir)
     points = S.speed_quality(S.load_results(results))
+    if not points.empty:
+        points = finite_points(points, "gen_ppl", f"nfe_gen_ppl of {results}")
     if points.empty or points["gen_ppl"].isna().all():
         print(f"[analysis] no scored sample rows in {results / 'results.csv'}: no NFE figure", file=sys.stderr)
         return []

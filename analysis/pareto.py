@@ -628,15 +628,16 @@ def pareto_metrics(points: pd.DataFrame) -> list[str]:
     return [m.name for m in X.METRICS if m.pareto and m.name in points.columns and points[m.name].notna().any()]
 
 
-def finite_points(points: pd.DataFrame, metric: str, where: Path) -> pd.DataFrame:
+def finite_points(points: pd.DataFrame, metric: str, figure: str) -> pd.DataFrame:
     """``points`` without those whose ``metric`` is infinite (a gen PPL of inf: a sample the judge
     gives probability 0, e.g. the true source judging an undertrained model), each dropped point
-    named on stderr: it cannot stand on a log axis."""
+    named on stderr under ``figure``: it cannot stand on a log axis. Every figure of gen PPL
+    (Pareto, NFE) draws through it."""
     value = points[metric].astype(float)
     off = points[np.isinf(value)]
     if not off.empty:
         names = ", ".join(f"{r.get('label')} {r.get('options_tag', '')}".strip() for _, r in off.iterrows())
-        print(f"[analysis] pareto_{metric} of {where}: {len(off)} point(s) with {metric} = inf left out of the "
+        print(f"[analysis] {figure}: {len(off)} point(s) with {metric} = inf left out of the "
               f"figure ({names}); the tables show them", file=sys.stderr)
     return points[~np.isinf(value)]
 
@@ -657,7 +658,7 @@ def draw_pareto(results_dir) -> list[Path]:
         return out
     paper = A.paper_points()
     for metric in pareto_metrics(points):
-        drawn = finite_points(points, metric, results)
+        drawn = finite_points(points, metric, f"pareto_{metric} of {results}")
         if drawn[metric].notna().any():
             fig = pareto_figure(drawn, paper, metric=metric, summary=summary)
             out += save(fig, S.output_dir(results, "figures") / f"pareto_{metric}")
